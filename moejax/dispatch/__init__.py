@@ -1,0 +1,93 @@
+"""Dispatch and combine: route tokens to experts, run them, and mix the outputs.
+
+`moe_ffn(x, routing, params, ...)` is the one entry point. Modes:
+  'einsum'   one-hot dispatch/combine tensors (T5X); O(T*E*C*d) per group.
+  'scatter'  index scatter/gather into capacity buffers; O((A + E*C)*d).
+  'dropless' sort by expert + grouped matmul; O(active assignments * d).
+  'auto'     dropless with ragged_dot on GPU/TPU; on CPU whichever of
+             'scatter' and 'dropless' (blocked matmul) computes fewer rows
+             (never 'einsum'); 'scatter' under expert parallelism.
+All modes give the same output for the same RoutingResult: capacity drops
+are decided by the router, not by the dispatch.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from moejax.dispatch import buffers as buf
+from moejax.dispatch.dropless import block_size_for, dropless_matmul, sort_by_expert
+from moejax.dispatch.expert_parallel import expert_parallel_ffn
+from moejax.ffn import ffn
+from moejax.routing.base import RoutingResult
+
+MODES = ("auto", "einsum", "scatter", "dropless")
+
+
+def resolve_mode(mode: str, r: RoutingResult, expert_parallel: bool = False,
+                 backend: str | None = None) -> str:
+    """The concrete mode `auto` stands for (see module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"dispatch mode must be one of {MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    if expert_parallel:
+        return "scatter"
+    if (backend or jax.default_backend()) != "cpu":
+        return "dropless"
+    g, a = r.token.shape
+    rows = g * a
+    dropless_rows = rows + r.num_experts * block_size_for(rows, r.num_experts)
+    return "dropless" if dropless_rows < g * r.num_experts * r.capacity else "scatter"
+
+
+def default_grouped_matmul(backend: str | None = None) -> str:
+    return "blocks" if (backend or jax.default_backend()) == "cpu" else "ragged_dot"
+
+
+def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mode: str = "auto",
+            grouped_matmul: str | None = None, mesh: Mesh | None = None,
+            expert_axis: str | None = None, data_axes: Sequence[str] = ("data",)):
+    """Mixture of expert FFNs.
+
+    x: [G, T, d]; routing: RoutingResult for the same [G, T]; params: expert
+    weights {'wi' | 'wi_0', 'wi_1', ...: [E, d, f], 'wo': [E, f, d]} in the
+    compute dtype. With `mesh` and `expert_axis`, experts run sharded over
+    that axis (buffer modes only). Returns [G, T, d]; tokens without an
+    active expert get 0 (the residual connection carries them).
+    """
+    g, t, _ = x.shape
+    if routing.token.shape[0] != g:
+        raise ValueError(f"routing has {routing.token.shape[0]} groups, inputs have {g}")
+    expert_parallel = mesh is not None and expert_axis is not None
+    mode = resolve_mode(mode, routing, expert_parallel)
+    if mode == "dropless":
+        if expert_parallel:
+            raise ValueError("dispatch mode 'dropless' does not support expert parallelism; "
+                             "use 'scatter', 'einsum' or 'auto'")
+        token, expert, weight, group_sizes = sort_by_expert(routing, t)
+        matmul = dropless_matmul(expert, group_sizes, grouped_matmul or default_grouped_matmul())
+        flat_x = x.reshape(g * t, -1)
+        out = ffn(flat_x[token], params, activations, matmul)
+        out = jnp.where((expert < routing.num_experts)[:, None], out * weight[:, None].astype(out.dtype), 0)
+        return jnp.zeros_like(flat_x).at[token].add(out).reshape(x.shape)
+
+    if mode == "einsum":
+        dispatch, combine = buf.one_hot_tensors(routing, t, x.dtype)
+        buffers = buf.einsum_to_buffers(x, dispatch)
+    else:
+        buffers = buf.scatter_to_buffers(x, routing)
+    if expert_parallel:
+        out = expert_parallel_ffn(buffers, params, activations, mesh=mesh,
+                                  expert_axis=expert_axis, data_axes=data_axes)
+    else:
+        out = ffn(buffers, params, activations, buf.expert_matmul)
+    if mode == "einsum":
+        return buf.einsum_from_buffers(out, combine)
+    return buf.scatter_from_buffers(out, routing, t)
+
+
+__all__ = ["MODES", "expert_parallel_ffn", "moe_ffn", "resolve_mode"]

@@ -1,0 +1,55 @@
+"""Capacity-buffer dispatch: tokens go to per-expert buffers [G, E, C, d].
+
+Two ways to fill and empty the buffers, same result:
+- 'einsum' (T5X/GShard): one-hot dispatch and combine tensors [G, T, E, C];
+  costs O(T * E * C * d) per group. The reference path.
+- 'scatter' (flaxformer's scatter router): index scatter/gather; costs
+  O((A + E * C) * d) per group.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from moejax.routing.base import RoutingResult
+
+
+def _group_index(r: RoutingResult):
+    return jnp.arange(r.token.shape[0])[:, None]
+
+
+def expert_matmul(x, w):
+    """Per-expert matmul on buffers: x [G, E, C, k] @ w [E, k, n] -> [G, E, C, n]."""
+    return jnp.einsum("geck,ekn->gecn", x, w)
+
+
+def one_hot_tensors(r: RoutingResult, num_tokens: int, dtype):
+    """dispatch (0/1) and combine (weights) tensors, both [G, T, E, C]."""
+    shape = (r.token.shape[0], num_tokens, r.num_experts, r.capacity)
+    index = (_group_index(r), r.token, r.expert, r.slot)
+    dispatch = jnp.zeros(shape, dtype).at[index].add(r.valid.astype(dtype))
+    combine = jnp.zeros(shape, jnp.float32).at[index].add(r.weight)
+    return dispatch, combine
+
+
+def einsum_to_buffers(x, dispatch):
+    return jnp.einsum("gtd,gtec->gecd", x, dispatch)
+
+
+def einsum_from_buffers(y, combine):
+    return jnp.einsum("gecd,gtec->gtd", y, combine.astype(y.dtype))
+
+
+def scatter_to_buffers(x, r: RoutingResult):
+    """x [G, T, d] -> buffers [G, E, C, d]; dropped assignments write nothing."""
+    g, _, d = x.shape
+    gi = _group_index(r)
+    slot = jnp.where(r.valid, r.slot, r.capacity)  # out of range -> dropped by mode='drop'
+    buffers = jnp.zeros((g, r.num_experts, r.capacity, d), x.dtype)
+    return buffers.at[gi, r.expert, slot].set(x[gi, r.token], mode="drop")
+
+
+def scatter_from_buffers(y, r: RoutingResult, num_tokens: int):
+    """buffers [G, E, C, d] -> [G, T, d], summing weight * expert output per token."""
+    gi = _group_index(r)
+    out = y[gi, r.expert, r.slot] * r.weight[..., None].astype(y.dtype)
+    return jnp.zeros((y.shape[0], num_tokens, y.shape[-1]), y.dtype).at[gi, r.token].add(out)

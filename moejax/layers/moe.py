@@ -1,0 +1,110 @@
+"""MoeLayer: a thin Flax wrapper around a pure router and `moe_ffn`."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from moejax.dispatch import MODES, moe_ffn
+from moejax.ffn import check_activations, input_kernel_names
+from moejax.routing import RouterConfig, RoutingResult
+from moejax.routing.scores import cosine_logits, hash_logits, linear_logits
+
+# Collection the layer sows its aux loss and routing metrics into.
+MOE_COLLECTION = "moe"
+# Collection holding non-trainable router weights (router 'frozen'): the
+# optimiser only ever sees 'params', so it cannot move them.
+FROZEN_COLLECTION = "frozen"
+
+expert_kernel_init = nn.initializers.variance_scaling(
+    1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,))
+# Switch Transformers: a reduced router init scale keeps early routing stable.
+default_router_init = nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal")
+
+
+class MoeLayer(nn.Module):
+    """Router + E expert FFNs (T5.1.1 gated or plain, no bias).
+
+    Inputs x [batch, length, embed] are routed in groups of `group_size`
+    tokens (None: one group per sequence), so capacity and expert choice act
+    per group. `mask` [batch, length] marks real tokens (padding is never
+    routed); `token_ids` [batch, length] are needed by the hash router.
+    Sows `aux_loss` and `metrics` into the 'moe' collection.
+    Needs a 'router' rng in training for routers that sample or jitter.
+    """
+
+    router: RouterConfig
+    d_ff: int
+    activations: Sequence[str] = ("gelu", "linear")
+    group_size: int | None = None
+    dispatch: str = "auto"
+    grouped_matmul: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = expert_kernel_init
+    router_init: Callable = default_router_init
+    mesh: Mesh | None = None
+    expert_axis: str | None = None
+
+    def _logits(self, x, token_ids, rng, train):
+        cfg, spec = self.router, self.router.spec
+        d, e = x.shape[-1], cfg.num_experts
+        if spec.scorer == "hash":
+            if token_ids is None:
+                raise ValueError("router 'hash' needs token_ids [batch, length]")
+            return hash_logits(token_ids.reshape(x.shape[:2]), e)
+        if spec.scorer == "cosine":
+            r = cfg.xmoe_dim
+            proj = self.param("router_projection", nn.with_logical_partitioning(
+                self.router_init, ("embed", "unmodeled")), (d, r), jnp.float32)
+            emb = self.param("router_expert_embeddings", nn.with_logical_partitioning(
+                nn.initializers.normal(1.0), ("unmodeled", "unmodeled")), (r, e), jnp.float32)
+            log_t = self.param("router_log_temperature", nn.with_logical_partitioning(
+                nn.initializers.constant(jnp.log(cfg.xmoe_temperature)), ()), (), jnp.float32)
+            return cosine_logits(x, proj, emb, log_t)
+        init = nn.with_logical_partitioning(self.router_init, ("embed", "unmodeled"))
+        if spec.trainable:
+            kernel = self.param("router_kernel", init, (d, e), jnp.float32)
+        else:
+            kernel = self.variable(FROZEN_COLLECTION, "router_kernel",
+                                   lambda: init(self.make_rng("params"), (d, e), jnp.float32)).value
+        return linear_logits(x, kernel, jitter_eps=cfg.jitter_eps, rng=rng, train=train)
+
+    def _expert_params(self, d):
+        e = self.router.num_experts
+        shapes = {name: ((e, d, self.d_ff), ("expert", "embed", "mlp"))
+                  for name in input_kernel_names(self.activations)}
+        shapes["wo"] = ((e, self.d_ff, d), ("expert", "mlp", "embed"))
+        return {name: jnp.asarray(self.param(name, nn.with_logical_partitioning(self.kernel_init, axes),
+                                             shape, self.param_dtype), self.dtype)
+                for name, (shape, axes) in shapes.items()}
+
+    @nn.compact
+    def __call__(self, x, *, mask=None, token_ids=None, deterministic: bool = True):
+        activations = check_activations(self.activations)
+        if self.dispatch not in MODES:
+            raise ValueError(f"dispatch must be one of {MODES}, got {self.dispatch!r}")
+        b, l, d = x.shape
+        if mask is not None and mask.shape != (b, l):
+            raise ValueError(f"mask shape {mask.shape} must be (batch, length)=({b}, {l})")
+        t = self.group_size or l
+        if (b * l) % t:
+            raise ValueError(f"group_size={t} must divide batch*length={b * l}")
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        xg = jnp.asarray(x, self.dtype).reshape(b * l // t, t, d)
+        maskg = None if mask is None else mask.reshape(xg.shape[:2])
+        ids = None if token_ids is None else token_ids.reshape(xg.shape[:2])
+        train = not deterministic
+        rng = self.make_rng("router") if train and self.has_rng("router") else None
+        jitter_rng, route_rng = jax.random.split(rng) if rng is not None else (None, None)
+        logits = self._logits(xg, ids, jitter_rng, train)
+        result: RoutingResult = self.router.spec.kernel(
+            logits, mask=maskg, rng=route_rng, cfg=self.router, train=train)
+        y = moe_ffn(xg, result, self._expert_params(d), activations=activations, mode=self.dispatch,
+                    grouped_matmul=self.grouped_matmul, mesh=self.mesh, expert_axis=self.expert_axis)
+        self.sow(MOE_COLLECTION, "aux_loss", result.aux_loss)
+        self.sow(MOE_COLLECTION, "metrics", result.metrics)
+        return nn.with_logical_constraint(y.reshape(b, l, d), ("batch", "length", "embed"))

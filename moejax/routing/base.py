@@ -1,0 +1,183 @@
+"""The result type every router returns, and the maths routers share.
+
+Shapes: a batch of tokens is split into G groups of T tokens; E experts;
+each group has A assignment slots (A = T*K for token choice with K choices
+per token, A = E*C for expert choice). Capacity C is the number of tokens an
+expert processes per group.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class RoutingResult:
+    """Active (token, expert, slot) assignments of one routing decision.
+
+    token:   int32 [G, A]  token position inside its group, in [0, T).
+    expert:  int32 [G, A]  expert index, in [0, E).
+    slot:    int32 [G, A]  position in the expert's per-group buffer, in
+             [0, capacity) wherever `valid`.
+    weight:  float32 [G, A] combine weight; exactly 0 where not `valid`.
+    valid:   bool [G, A]   the assignment is active (not padding, not dropped
+             for capacity, not rejected by the router).
+    aux_loss: float32 []   weighted sum of the router's auxiliary losses; add
+             it to the training loss.
+    metrics: dict of float32 arrays: `dropped_fraction` [], `expert_load`
+             [E] (fraction of active assignments per expert),
+             `experts_per_token` [], `router_entropy` [], and the unweighted
+             aux losses the router computed (`load_balance_loss`, `z_loss`,
+             `entropy_loss`).
+    num_experts, capacity: static ints (E, C).
+    """
+
+    token: Array
+    expert: Array
+    slot: Array
+    weight: Array
+    valid: Array
+    aux_loss: Array
+    metrics: dict[str, Array]
+    num_experts: int = flax.struct.field(pytree_node=False)
+    capacity: int = flax.struct.field(pytree_node=False)
+
+
+def compute_capacity(num_tokens: int, num_experts: int, k: float,
+                     capacity_factor: float | None) -> int:
+    """C = ceil(capacity_factor * T * k / E), at most T; None means no drops (C = T).
+
+    No expert can receive a token twice, so C = T already guarantees that
+    nothing is dropped.
+    """
+    if capacity_factor is None:
+        return num_tokens
+    return max(1, min(num_tokens, math.ceil(capacity_factor * num_tokens * k / num_experts)))
+
+
+def masked_mean(x: Array, mask: Array, axis: Any = None) -> Array:
+    """Mean of `x` over positions where `mask` is true (0 when none are)."""
+    mask = mask.astype(jnp.float32)
+    total = jnp.sum(x * mask, axis=axis)
+    return total / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
+
+
+def entropy(probs: Array) -> Array:
+    """-sum p log p over the last axis, with 0 log 0 = 0."""
+    return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), -1)
+
+
+def load_balance_loss(probs: Array, top1: Array, mask: Array) -> Array:
+    """Switch/GShard balance loss E * sum_e f_e * P_e, averaged over groups.
+
+    probs: [G, T, E]; top1: int [G, T] each token's most likely expert;
+    mask: bool [G, T]. f_e is the fraction of (non-padding) tokens whose top-1
+    is e, P_e the mean router probability of e; 1.0 at perfect balance.
+    """
+    num_experts = probs.shape[-1]
+    m = mask[..., None]
+    f = masked_mean(jax.nn.one_hot(top1, num_experts, dtype=jnp.float32), m, axis=1)
+    p = masked_mean(probs, m, axis=1)
+    return jnp.mean(num_experts * jnp.sum(f * p, axis=-1))
+
+
+def z_loss(logits: Array, mask: Array) -> Array:
+    """ST-MoE router z-loss: mean over tokens of logsumexp(logits)^2."""
+    return masked_mean(jnp.square(jax.nn.logsumexp(logits, axis=-1)), mask)
+
+
+def assign_slots(expert: Array, request: Array, capacity: int, num_experts: int,
+                 priority: Array | None = None) -> tuple[Array, Array]:
+    """Token-choice buffer positions: who gets a place at each expert.
+
+    expert: int [G, T, K] the k-th choice of each token; request: bool
+    [G, T, K] choices that ask for a place. All first choices claim places
+    before any second choice (and so on); within one choice rank, tokens go
+    in position order, or in order of descending `priority` [G, T] (V-MoE
+    batch-prioritised routing; ties keep position order).
+    Returns (slot int32 [G, T, K], kept bool [G, T, K]); kept = request and
+    slot < capacity.
+    """
+    g, t, k = expert.shape
+    if priority is None:
+        order = jnp.broadcast_to(jnp.arange(t), (g, t))
+    else:
+        order = jnp.argsort(-priority, axis=1, stable=True)
+    take = lambda a: jnp.take_along_axis(a, order[..., None], axis=1)
+    onehot = jax.nn.one_hot(take(expert), num_experts, dtype=jnp.int32) * take(request)[..., None]
+    # Rank-major flattening makes every first choice precede every second one.
+    onehot = onehot.transpose(0, 2, 1, 3).reshape(g, k * t, num_experts)
+    before = jnp.cumsum(onehot, axis=1) - onehot
+    slot_sorted = jnp.sum(before * onehot, axis=-1).reshape(g, k, t).transpose(0, 2, 1)
+    slot = jnp.take_along_axis(slot_sorted, jnp.argsort(order, axis=1)[..., None], axis=1)
+    return slot.astype(jnp.int32), request & (slot < capacity)
+
+
+def routing_metrics(probs: Array, mask: Array, token: Array, expert: Array,
+                    valid: Array, losses: dict[str, Array]) -> dict[str, Array]:
+    """Statistics every router reports (see RoutingResult.metrics)."""
+    g, t, e = probs.shape
+    per_token = jnp.zeros((g, t), jnp.float32).at[
+        jnp.arange(g)[:, None], token].add(valid.astype(jnp.float32))
+    load = jnp.zeros((e,), jnp.float32).at[expert.reshape(-1)].add(
+        valid.reshape(-1).astype(jnp.float32))
+    metrics = {
+        "dropped_fraction": masked_mean((per_token == 0).astype(jnp.float32), mask),
+        "expert_load": load / jnp.maximum(jnp.sum(load), 1.0),
+        "experts_per_token": masked_mean(per_token, mask),
+        "router_entropy": masked_mean(entropy(probs), mask),
+    }
+    metrics.update(losses)
+    return metrics
+
+
+def token_choice_result(probs: Array, mask: Array, expert: Array, weight: Array,
+                        request: Array, capacity: int, losses: dict[str, Array],
+                        loss_weights: dict[str, float],
+                        priority: Array | None = None) -> RoutingResult:
+    """Builds the RoutingResult of a token-choice router.
+
+    probs [G, T, E]; mask [G, T]; expert, weight, request [G, T, K] (each
+    token's K choices, their combine weights and which of them are wanted).
+    Padding tokens never request. Places are given by `assign_slots`.
+    """
+    g, t, k = expert.shape
+    request = request & mask[..., None]
+    slot, kept = assign_slots(expert, request, capacity, probs.shape[-1], priority)
+    flat = lambda a: a.reshape(g, t * k)
+    token = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :, None], (g, t, k))
+    weight = jnp.where(kept, weight, 0.0).astype(jnp.float32)
+    aux = sum((loss_weights[name] * value for name, value in losses.items()),
+              jnp.zeros((), jnp.float32))
+    return RoutingResult(
+        token=flat(token), expert=flat(expert).astype(jnp.int32),
+        slot=flat(jnp.where(kept, slot, 0)), weight=flat(weight), valid=flat(kept),
+        aux_loss=aux,
+        metrics=routing_metrics(probs, mask, flat(token), flat(expert), flat(kept), losses),
+        num_experts=probs.shape[-1], capacity=capacity)
+
+
+def check_logits(logits: Array, mask: Array | None, num_experts: int) -> Array:
+    """Validates router inputs; returns the token mask (all true when None)."""
+    if logits.ndim != 3:
+        raise ValueError(f"logits must be [groups, tokens, experts], got shape {logits.shape}")
+    if logits.shape[-1] != num_experts:
+        raise ValueError(f"logits have {logits.shape[-1]} experts on the last axis but "
+                         f"num_experts={num_experts}")
+    if mask is None:
+        return jnp.ones(logits.shape[:2], bool)
+    if mask.shape != logits.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} must equal logits.shape[:2]={logits.shape[:2]}")
+    return mask.astype(bool)
+
+
+def require_rng(rng: Array | None, router: str) -> Array:
+    if rng is None:
+        raise ValueError(f"router {router!r} samples in training and needs rng; got rng=None")
+    return rng

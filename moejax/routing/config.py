@@ -1,0 +1,105 @@
+"""RouterConfig: every knob a router reads, validated once at construction."""
+from __future__ import annotations
+
+import dataclasses
+
+from moejax.routing.registry import get_router
+
+MOESART_SAMPLING = ("without_replacement", "with_replacement")
+MOESART_WEIGHTING = ("renormalized", "softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterConfig:
+    """Hashable (static under jit) router settings.
+
+    name: a registered router (see `moejax.routing.ROUTERS`).
+    num_experts: E.
+    k: experts per token for token-choice routers (None: the router's
+      default, 1 for switch/hash, 2 for gshard_top2). For `top_p` it is the
+      average experts per token that capacity is sized for, not a limit.
+    capacity_factor / eval_capacity_factor: C = ceil(cf * T * k / E) in
+      training / evaluation; None = no capacity limit (nothing dropped).
+      Expert choice uses C = ceil(cf * T / E).
+    batch_prioritized: token-choice places are claimed in order of each
+      token's max probability instead of position (V-MoE).
+    normalize_weights: combine weights are renormalised to sum to 1 over a
+      token's chosen experts (top_k, vmoe, xmoe, frozen, top_p).
+    noise_std: V-MoE gating noise std added to logits in training
+      (None: 1/E). Only `vmoe` reads it.
+    jitter_eps: Switch input jitter, x * U(1-eps, 1+eps) in training
+      (linear scorers).
+    load_balance_weight, z_loss_weight, entropy_weight: aux-loss weights.
+    threshold: top_p cumulative-probability threshold, in (0, 1].
+    max_experts_per_token: cap on experts per token (EC-CAP for
+      expert_choice; a cap for top_p); None = no cap.
+    sampling / sample_weighting: MOESART choices, see moejax/routing/moesart.py.
+    xmoe_dim / xmoe_temperature: X-MoE projection size and initial temperature.
+    """
+
+    name: str = "switch"
+    num_experts: int = 8
+    k: int | None = None
+    capacity_factor: float | None = 1.25
+    eval_capacity_factor: float | None = 2.0
+    batch_prioritized: bool = False
+    normalize_weights: bool = False
+    noise_std: float | None = None
+    jitter_eps: float = 0.0
+    load_balance_weight: float = 1e-2
+    z_loss_weight: float = 1e-3
+    entropy_weight: float = 0.0
+    threshold: float = 0.4
+    max_experts_per_token: int | None = None
+    sampling: str = "without_replacement"
+    sample_weighting: str = "renormalized"
+    xmoe_dim: int = 16
+    xmoe_temperature: float = 0.07
+
+    def __post_init__(self):
+        spec = get_router(self.name)
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
+        k = spec.default_k if self.k is None else self.k
+        if spec.fixed_k and k != spec.default_k:
+            raise ValueError(f"router {self.name!r} uses k={spec.default_k}, got k={k}; "
+                             "use router 'top_k' for other values")
+        if not 1 <= k <= self.num_experts:
+            raise ValueError(f"k must be in [1, num_experts={self.num_experts}], got k={k}")
+        object.__setattr__(self, "k", k)
+        for field in ("capacity_factor", "eval_capacity_factor"):
+            value = getattr(self, field)
+            if value is not None and not value > 0:
+                raise ValueError(f"{field} must be > 0 (or None for no capacity limit), got {value}")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if not 0 <= self.jitter_eps < 1:
+            raise ValueError(f"jitter_eps must be in [0, 1), got {self.jitter_eps}")
+        if self.noise_std is not None and self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        for field in ("load_balance_weight", "z_loss_weight", "entropy_weight"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
+        cap = self.max_experts_per_token
+        if cap is not None and not 1 <= cap <= self.num_experts:
+            raise ValueError(f"max_experts_per_token must be in [1, num_experts={self.num_experts}] "
+                             f"or None, got {cap}")
+        if self.sampling not in MOESART_SAMPLING:
+            raise ValueError(f"sampling must be one of {MOESART_SAMPLING}, got {self.sampling!r}")
+        if self.sample_weighting not in MOESART_WEIGHTING:
+            raise ValueError(f"sample_weighting must be one of {MOESART_WEIGHTING}, "
+                             f"got {self.sample_weighting!r}")
+        if self.xmoe_dim < 1 or self.xmoe_temperature <= 0:
+            raise ValueError(f"xmoe_dim must be >= 1 and xmoe_temperature > 0, got "
+                             f"{self.xmoe_dim} and {self.xmoe_temperature}")
+
+    @property
+    def spec(self):
+        return get_router(self.name)
+
+    def capacity_factor_for(self, train: bool) -> float | None:
+        return self.capacity_factor if train else self.eval_capacity_factor
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"load_balance_loss": self.load_balance_weight, "z_loss": self.z_loss_weight,
+                "entropy_loss": self.entropy_weight}

@@ -1,0 +1,50 @@
+"""Name -> router table. Adding a router is one kernel plus one `register_router` call."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from moejax.routing.base import RoutingResult
+
+SCORERS = ("linear", "cosine", "hash")
+
+@dataclasses.dataclass(frozen=True)
+class RouterSpec:
+    """How a named router is built.
+
+    kernel: pure (logits [G, T, E] float32, mask [G, T], rng, cfg, train) ->
+      RoutingResult.
+    scorer: what turns tokens into logits: 'linear' (x @ W_r), 'cosine'
+      (X-MoE low-dimensional cosine similarity / temperature) or 'hash'
+      (fixed expert per token id).
+    trainable: False keeps the scorer's weights out of the optimiser.
+    default_k: experts per token when the config leaves k unset.
+    fixed_k: the router only makes sense with k == default_k.
+    """
+
+    kernel: Callable[..., RoutingResult]
+    scorer: str = "linear"
+    trainable: bool = True
+    default_k: int = 1
+    fixed_k: bool = False
+
+
+ROUTERS: dict[str, RouterSpec] = {}
+
+
+def register_router(name: str, kernel: Callable[..., RoutingResult], *, scorer: str = "linear",
+                    trainable: bool = True, default_k: int = 1, fixed_k: bool = False) -> None:
+    """Makes `name` usable as `RouterConfig(name=...)` and in config files."""
+    if name in ROUTERS:
+        raise ValueError(f"router name {name!r} is already registered")
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
+    ROUTERS[name] = RouterSpec(kernel, scorer, trainable, default_k, fixed_k)
+
+
+def get_router(name: str) -> RouterSpec:
+    try:
+        return ROUTERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown router name {name!r}; known routers: {', '.join(sorted(ROUTERS))}") from None
