@@ -5,7 +5,7 @@
   'scatter'  index scatter/gather into capacity buffers; O((A + E*C)*d).
   'dropless' sort by expert + grouped matmul; O(active assignments * d).
   'auto'     dropless with ragged_dot on GPU/TPU; on CPU whichever of
-             'scatter' and 'dropless' (blocked matmul) computes fewer rows
+             'scatter' and 'dropless' (blocked matmul) computes fewer rows on average
              (never 'einsum'); 'scatter' under expert parallelism.
 All modes give the same output for the same RoutingResult: capacity drops
 are decided by the router, not by the dispatch.
@@ -40,7 +40,8 @@ def resolve_mode(mode: str, r: RoutingResult, expert_parallel: bool = False,
         return "dropless"
     g, a = r.token.shape
     rows = g * a
-    dropless_rows = rows + r.num_experts * block_size_for(rows, r.num_experts)
+    # Padding to blocks costs half a block per expert on average.
+    dropless_rows = rows + r.num_experts * block_size_for(rows, r.num_experts) // 2
     return "dropless" if dropless_rows < g * r.num_experts * r.capacity else "scatter"
 
 

@@ -1,0 +1,63 @@
+"""Expert parallelism on 8 fake CPU devices equals the single-device layer."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from moejax.dispatch import expert_parallel_ffn
+from moejax.layers import MOE_COLLECTION, MoeLayer
+from moejax.routing import RouterConfig
+
+
+def run(layer, params, x, mask):
+    def loss(params, x):
+        y, _ = layer.apply({"params": params}, x, mask=mask, deterministic=False,
+                           rngs={"router": jax.random.PRNGKey(9)}, mutable=[MOE_COLLECTION])
+        return jnp.sum(jnp.sin(y)), y
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+    return y, grads
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 8), (2, 4), (4, 2)])
+@pytest.mark.parametrize("name,mode", [("top_k", "auto"), ("gshard_top2", "einsum"),
+                                       ("expert_choice", "scatter")])
+def test_sharded_layer_equals_single_device(mesh_shape, name, mode):
+    assert jax.device_count() == 8
+    mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape), ("data", "expert"))
+    cfg = RouterConfig(name=name, num_experts=8, capacity_factor=1.0)
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 8, 12))
+    mask = jnp.arange(8)[None, :] < jnp.arange(16)[:, None] % 8 + 1  # varied padding
+    single = MoeLayer(cfg, d_ff=20, dispatch=mode)
+    params = nn.unbox(single.init(jax.random.PRNGKey(1), x))["params"]
+    y0, g0 = run(single, params, x, mask)
+    sharded = MoeLayer(cfg, d_ff=20, dispatch=mode, mesh=mesh, expert_axis="expert")
+    xs = jax.device_put(x, NamedSharding(mesh, P(("data", "expert"))))
+    ps = {k: jax.device_put(v, NamedSharding(mesh, P("expert") if v.ndim == 3 else P()))
+          for k, v in params.items()}
+    y1, g1 = run(sharded, ps, xs, mask)
+    assert len(y1.sharding.device_set) == 8
+    np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_all_to_all_is_in_the_compiled_program():
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "expert"))
+    buffers = jnp.ones((8, 8, 3, 4))
+    params = {"wi": jnp.ones((8, 4, 6)), "wo": jnp.ones((8, 6, 4))}
+    hlo = jax.jit(lambda b, p: expert_parallel_ffn(b, p, ("relu",), mesh=mesh)).lower(
+        buffers, params).compile().as_text()
+    assert "all-to-all" in hlo
+
+
+def test_expert_parallel_errors():
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "expert"))
+    params = {"wi": jnp.ones((8, 4, 6)), "wo": jnp.ones((8, 6, 4))}
+    with pytest.raises(ValueError, match=r"number of groups \(4\) divisible by 8"):
+        expert_parallel_ffn(jnp.ones((4, 8, 3, 4)), params, ("relu",), mesh=mesh)
+    with pytest.raises(ValueError, match="num_experts=6 must be divisible by the 'expert' mesh axis size 4"):
+        expert_parallel_ffn(jnp.ones((8, 6, 3, 4)), params, ("relu",), mesh=mesh)
+    with pytest.raises(ValueError, match="expert_axis 'experts' is not a mesh axis"):
+        expert_parallel_ffn(jnp.ones((8, 8, 3, 4)), params, ("relu",), mesh=mesh, expert_axis="experts")

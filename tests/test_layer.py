@@ -1,0 +1,147 @@
+"""MoeLayer: trainability of routers, gradients, dtypes, axis names, errors."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from moejax.layers import FROZEN_COLLECTION, MOE_COLLECTION, MlpBlock, MoeLayer
+from moejax.routing import ROUTERS, RouterConfig
+
+B, L, D, F, E = 2, 8, 16, 32, 4
+
+
+def make(name, dtype=jnp.float32, **kw):
+    cfg = RouterConfig(name=name, num_experts=E, capacity_factor=2.0, jitter_eps=0.01, **kw)
+    layer = MoeLayer(cfg, d_ff=F, dtype=dtype)
+    x = jax.random.normal(jax.random.PRNGKey(0), (B, L, D), dtype)
+    ids = jax.random.randint(jax.random.PRNGKey(1), (B, L), 0, 500)
+    variables = nn.unbox(layer.init(jax.random.PRNGKey(2), x, token_ids=ids))
+    variables.pop(MOE_COLLECTION)
+    return layer, variables, x, ids
+
+
+def train(name, steps=5):
+    layer, variables, x, ids = make(name)
+    target = jax.random.normal(jax.random.PRNGKey(4), x.shape)
+    # AdamW with weight decay would shrink any parameter it is given.
+    opt = optax.adamw(1e-2, weight_decay=0.1)
+    params = variables["params"]
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, rng):
+        def loss(p):
+            y, moe = layer.apply({**variables, "params": p}, x, token_ids=ids, deterministic=False,
+                                 rngs={"router": rng}, mutable=[MOE_COLLECTION])
+            return jnp.mean((y - target) ** 2) + sum(jax.tree.leaves(moe[MOE_COLLECTION]["aux_loss"]))
+        grads = jax.grad(loss)(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    new = params
+    for i in range(steps):
+        new, state = step(new, state, jax.random.PRNGKey(i))
+    return variables, new
+
+
+def test_frozen_router_weights_never_move_but_experts_do():
+    variables, new = train("frozen")
+    assert "router_kernel" not in new
+    assert FROZEN_COLLECTION in variables  # held outside the optimiser's reach
+    for name in ("wi_0", "wi_1", "wo"):
+        assert not np.allclose(new[name], variables["params"][name])
+
+
+def test_learned_router_weights_change():
+    variables, new = train("switch")
+    assert not np.allclose(new["router_kernel"], variables["params"]["router_kernel"])
+
+
+def test_frozen_router_routes_like_switch_with_the_same_weights():
+    frozen, fv, x, ids = make("frozen")
+    switch, sv, _, _ = make("switch")
+    sv["params"]["router_kernel"] = fv[FROZEN_COLLECTION]["router_kernel"]
+    sv["params"].update({k: v for k, v in fv["params"].items()})
+    np.testing.assert_allclose(frozen.apply(fv, x), switch.apply(sv, x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ROUTERS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_every_router_has_finite_gradients_under_jit(name, dtype):
+    layer, variables, x, ids = make(name, dtype)
+
+    def loss(params, x):
+        y, moe = layer.apply({**variables, "params": params}, x, token_ids=ids, deterministic=False,
+                             rngs={"router": jax.random.PRNGKey(5)}, mutable=[MOE_COLLECTION])
+        assert y.dtype == dtype
+        aux = moe[MOE_COLLECTION]["aux_loss"][0]
+        return jnp.sum(y.astype(jnp.float32) ** 2) + aux
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+    for leaf in jax.tree.leaves(grads):
+        assert np.all(np.isfinite(np.asarray(leaf, np.float32)))
+    assert float(jnp.sum(jnp.abs(grads[1].astype(jnp.float32)))) > 0
+    router_grads = [v for k, v in grads[0].items() if k.startswith("router")]
+    if ROUTERS[name].scorer != "hash" and ROUTERS[name].trainable:
+        assert router_grads and any(float(jnp.sum(jnp.abs(g))) > 0 for g in router_grads)
+    else:
+        assert not router_grads
+
+
+def test_router_maths_is_float32_for_bf16_inputs():
+    layer, variables, x, ids = make("top_k", jnp.bfloat16, k=2)
+    _, moe = layer.apply(variables, x, mutable=[MOE_COLLECTION])
+    for v in jax.tree.leaves(moe[MOE_COLLECTION]):
+        assert v.dtype == jnp.float32
+
+
+def test_every_parameter_has_logical_axis_names():
+    for name in ("switch", "xmoe", "frozen"):
+        cfg = RouterConfig(name=name, num_experts=E)
+        boxed = MoeLayer(cfg, d_ff=F).init(jax.random.PRNGKey(0), jnp.ones((B, L, D)))
+        boxed.pop(MOE_COLLECTION)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(
+                boxed, is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))[0]:
+            assert isinstance(leaf, nn.LogicallyPartitioned), path
+            assert len(leaf.names) == leaf.value.ndim, path
+    specs = nn.get_partition_spec(MoeLayer(RouterConfig(num_experts=E), d_ff=F).init(
+        jax.random.PRNGKey(0), jnp.ones((B, L, D)))["params"])
+    assert tuple(specs["wi_0"]) == ("expert", "embed", "mlp")
+    assert tuple(specs["wo"]) == ("expert", "mlp", "embed")
+
+
+def test_sown_metrics_have_documented_keys():
+    layer, variables, x, ids = make("top_p", entropy_weight=0.1)
+    _, moe = layer.apply(variables, x, mutable=[MOE_COLLECTION])
+    metrics = moe[MOE_COLLECTION]["metrics"][0]
+    assert set(metrics) == {"dropped_fraction", "expert_load", "experts_per_token", "router_entropy",
+                            "load_balance_loss", "z_loss", "entropy_loss"}
+    assert metrics["expert_load"].shape == (E,)
+
+
+def test_dense_mlp_block_matches_manual_computation():
+    x = jax.random.normal(jax.random.PRNGKey(0), (B, L, D))
+    block = MlpBlock(d_ff=F, activations=("relu",))
+    p = nn.unbox(block.init(jax.random.PRNGKey(1), x))["params"]
+    want = np.maximum(np.asarray(x) @ np.asarray(p["wi"]), 0) @ np.asarray(p["wo"])
+    np.testing.assert_allclose(block.apply({"params": p}, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_errors_name_the_bad_value():
+    x = jnp.ones((B, L, D))
+    cfg = RouterConfig(num_experts=E)
+    with pytest.raises(ValueError, match="group_size=5 must divide batch\\*length=16"):
+        MoeLayer(cfg, d_ff=F, group_size=5).init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="router 'hash' needs token_ids"):
+        MoeLayer(RouterConfig(name="hash", num_experts=E), d_ff=F).init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="dispatch must be one of"):
+        MoeLayer(cfg, d_ff=F, dispatch="dense").init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="activations must be a non-empty sequence"):
+        MoeLayer(cfg, d_ff=F, activations=("swish",)).init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match=r"mask shape \(2, 3\) must be \(batch, length\)"):
+        MoeLayer(cfg, d_ff=F).init(jax.random.PRNGKey(0), x, mask=jnp.ones((2, 3), bool))
+    with pytest.raises(ValueError, match="jitter_eps > 0 in training needs rng"):
+        layer = MoeLayer(RouterConfig(num_experts=E, jitter_eps=0.1), d_ff=F)
+        v = layer.init(jax.random.PRNGKey(0), x)
+        layer.apply(v, x, deterministic=False, mutable=[MOE_COLLECTION])

@@ -1,0 +1,281 @@
+"""Routers against the numpy reference, hand-computed losses and sampling statistics."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference as ref
+from moejax.routing import ROUTERS, RouterConfig, compute_capacity, get_router
+from moejax.routing.gshard import second_expert_keep_probability
+
+G, T, E = 3, 24, 6
+
+
+def route(name, logits, mask=None, rng=0, train=False, **kw):
+    cfg = RouterConfig(name=name, num_experts=logits.shape[-1], **kw)
+    rng = jax.random.PRNGKey(rng)
+    return get_router(name).kernel(jnp.asarray(logits), mask=None if mask is None else jnp.asarray(mask),
+                                   rng=rng, cfg=cfg, train=train)
+
+
+def as_dict(r):
+    """{(g, t, e): (slot, weight)} of the valid assignments."""
+    out = {}
+    tok, exp, slot, w, v = (np.asarray(a) for a in (r.token, r.expert, r.slot, r.weight, r.valid))
+    for g, a in zip(*np.nonzero(v)):
+        key = (int(g), int(tok[g, a]), int(exp[g, a]))
+        assert key not in out, f"duplicate assignment {key}"
+        out[key] = (int(slot[g, a]), float(w[g, a]))
+    assert np.all(np.asarray(r.weight)[~v] == 0)
+    return out
+
+
+def assert_same(got, want):
+    assert set(got) == set(want), (sorted(set(got) ^ set(want)))[:10]
+    for key, (slot, w) in want.items():
+        assert got[key][0] == slot, (key, got[key], want[key])
+        assert got[key][1] == pytest.approx(w, rel=1e-5, abs=1e-6), key
+
+
+@pytest.fixture
+def logits():
+    return np.random.default_rng(0).normal(size=(G, T, E)).astype(np.float32) * 2
+
+
+@pytest.fixture
+def mask():
+    m = np.ones((G, T), bool)
+    m[1, -5:] = False  # padded tail
+    m[2, ::4] = False
+    return m
+
+
+@pytest.mark.parametrize("k,cf,normalize,prioritized", [
+    (1, 1.0, False, False), (1, 0.5, False, True), (2, 1.0, True, False),
+    (2, 0.75, False, True), (3, 1.25, True, True), (2, None, False, False)])
+def test_top_k_matches_reference(logits, mask, k, cf, normalize, prioritized):
+    r = route("top_k", logits, mask, k=k, eval_capacity_factor=cf, normalize_weights=normalize,
+              batch_prioritized=prioritized)
+    probs = ref.softmax(logits)
+    cap = T if cf is None else ref.capacity(T, E, k, cf)
+    assert r.capacity == cap
+    prio = probs.max(-1) if prioritized else None
+    want = ref.claim_places(ref.top_k_choices(probs, k, normalize), mask, cap, prio)
+    assert_same(as_dict(r), want)
+
+
+def test_position_and_priority_order_drop_different_tokens(logits, mask):
+    by_position = as_dict(route("top_k", logits, mask, k=1, eval_capacity_factor=0.5))
+    by_priority = as_dict(route("top_k", logits, mask, k=1, eval_capacity_factor=0.5,
+                                batch_prioritized=True))
+    assert set(by_position) != set(by_priority)
+    # Under position order, an expert's kept tokens are its earliest ones.
+    probs = ref.softmax(logits)
+    for (g, t, e) in by_position:
+        earlier = [s for s in range(t) if mask[g, s] and probs[g, s].argmax() == e]
+        assert all((g, s, e) in by_position for s in earlier)
+
+
+def test_switch_is_top1_and_vmoe_eval_is_prioritized_top_k(logits, mask):
+    assert_same(as_dict(route("switch", logits, mask)),
+                as_dict(route("top_k", logits, mask, k=1)))
+    assert_same(as_dict(route("vmoe", logits, mask, k=2)),
+                as_dict(route("top_k", logits, mask, k=2, batch_prioritized=True)))
+    # In training the V-MoE noise changes some decisions.
+    assert set(as_dict(route("vmoe", logits, mask, k=2, train=True))) != \
+        set(as_dict(route("vmoe", logits, mask, k=2)))
+
+
+def test_gshard_eval_keeps_both_with_renormalised_weights(logits, mask):
+    r = route("gshard_top2", logits, mask, eval_capacity_factor=1.0)
+    probs = ref.softmax(logits)
+    want = ref.claim_places(ref.top_k_choices(probs, 2, normalize=True), mask,
+                            ref.capacity(T, E, 2, 1.0))
+    assert_same(as_dict(r), want)
+
+
+def test_gshard_second_expert_statistics():
+    # Every token has g1 = 0.5, g2 = 0.3: keep the second with p = min(1, 0.6/0.8) = 0.75.
+    p = np.array([0.5, 0.3, 0.1, 0.1])
+    n = 20000
+    logits = np.tile(np.log(p), (1, n, 1)).astype(np.float32)
+    r = route("gshard_top2", logits, train=True, capacity_factor=None, rng=7)
+    d = np.asarray(r.valid).reshape(n, 2)
+    assert d[:, 0].all()
+    freq = d[:, 1].mean()
+    assert abs(freq - 0.75) < 4 * math.sqrt(0.75 * 0.25 / n)
+    w = np.asarray(r.weight).reshape(n, 2)
+    np.testing.assert_allclose(w[d[:, 1]], np.tile([0.5 / 0.8, 0.3 / 0.8], (d[:, 1].sum(), 1)), rtol=1e-5)
+    np.testing.assert_allclose(w[~d[:, 1], 0], 1.0, rtol=1e-6)
+    assert float(second_expert_keep_probability(0.4, 0.4)) == 1.0
+
+
+def test_gshard_first_choices_claim_capacity_first():
+    # 4 tokens all prefer expert 0 then 1; capacity 2 per expert.
+    logits = np.log(np.array([[[0.6, 0.4]] * 4], np.float32))
+    r = route("gshard_top2", logits, eval_capacity_factor=0.5)  # C = ceil(0.5*4*2/2) = 2
+    got = as_dict(r)
+    assert set(got) == {(0, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 1)}
+
+
+@pytest.mark.parametrize("cf,cap", [(1.0, None), (2.0, None), (2.0, 2), (0.5, 1)])
+def test_expert_choice_matches_reference(logits, mask, cf, cap):
+    r = route("expert_choice", logits, mask, eval_capacity_factor=cf, max_experts_per_token=cap)
+    c = ref.capacity(T, E, 1, cf)
+    assert r.capacity == c
+    probs = ref.softmax(logits)
+    want = ref.expert_choice(probs, mask, c, cap)
+    got = as_dict(r)
+    assert set(got) == set(want)
+    for key, w in want.items():
+        assert got[key][1] == pytest.approx(w, rel=1e-5)
+
+
+def test_expert_choice_gives_every_expert_exactly_c_tokens(logits):
+    r = route("expert_choice", logits, eval_capacity_factor=2.0)
+    per_expert = np.zeros((G, E), int)
+    for (g, t, e) in as_dict(r):
+        per_expert[g, e] += 1
+    assert (per_expert == math.ceil(2.0 * T / E)).all()
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.4, 0.7, 1.0])
+def test_top_p_keeps_smallest_set_reaching_threshold(logits, mask, threshold):
+    r = route("top_p", logits, mask, threshold=threshold, eval_capacity_factor=None)
+    probs = ref.softmax(logits)
+    want = ref.claim_places(ref.top_p_choices(probs, threshold), mask, T)
+    got = as_dict(r)
+    if threshold == 1.0:  # float32 cumsum may stop one expert earlier or later: check the set property
+        for g in range(G):
+            for t in range(T):
+                mine = [e for (gg, tt, e) in got if (gg, tt) == (g, t)]
+                assert len(mine) >= E - 1 if mask[g, t] else not mine
+        return
+    assert_same(got, want)
+    for g in range(G):
+        for t in np.nonzero(mask[g])[0]:
+            kept = sorted((probs[g, t, e] for (gg, tt, e) in got if (gg, tt) == (g, t)), reverse=True)
+            assert sum(kept) >= threshold - 1e-6 and sum(kept[:-1]) < threshold
+
+
+def test_top_p_cap_and_capacity(logits, mask):
+    r = route("top_p", logits, mask, threshold=0.9, max_experts_per_token=2, eval_capacity_factor=1.0)
+    assert r.capacity == compute_capacity(T, E, 2, 1.0)
+    probs = ref.softmax(logits)
+    choices = [[row[:2] for row in group] for group in ref.top_p_choices(probs, 0.9)]
+    assert_same(as_dict(r), ref.claim_places(choices, mask, r.capacity))
+
+
+def test_moesart_inference_is_renormalised_top_k(logits, mask):
+    r = route("moesart", logits, mask, k=2, eval_capacity_factor=None)
+    want = ref.claim_places(ref.top_k_choices(ref.softmax(logits), 2, True), mask, T)
+    assert_same(as_dict(r), want)
+
+
+@pytest.mark.parametrize("sampling", ["without_replacement", "with_replacement"])
+def test_moesart_sampling_statistics(sampling):
+    p = np.array([0.5, 0.25, 0.15, 0.1])
+    n = 20000
+    logits = np.tile(np.log(p), (1, n, 1)).astype(np.float32)
+    r = route("moesart", logits, train=True, k=2, capacity_factor=None, sampling=sampling, rng=3)
+    got = as_dict(r)
+    freq = np.zeros(4)
+    for (_, _, e) in got:
+        freq[e] += 1 / n
+    if sampling == "without_replacement":  # P(e in sample) = p_e + sum_j p_j p_e / (1 - p_j)
+        want = np.array([p[e] + sum(p[j] * p[e] / (1 - p[j]) for j in range(4) if j != e)
+                         for e in range(4)])
+    else:  # two independent draws
+        want = 1 - (1 - p) ** 2
+    np.testing.assert_allclose(freq, want, atol=4 * math.sqrt(0.25 / n))
+    # Renormalised weighting: each token's weights are its sampled p over their sum.
+    per_token = {}
+    for (_, t, e), (_, w) in got.items():
+        per_token.setdefault(t, []).append((e, w))
+    for t in range(50):
+        es = [e for e, _ in per_token[t]]
+        for e, w in per_token[t]:
+            assert w == pytest.approx(p[e] / p[es].sum(), rel=1e-5)
+
+
+def test_aux_losses_hand_computed():
+    # Three real tokens, p = [.25, .75], [.75, .25], [.25, .75]; a padding
+    # token with extreme logits must not count.
+    l3 = math.log(3)
+    logits = np.array([[[0, l3], [l3, 0], [0, l3], [50, -50]]], np.float32)
+    mask = np.array([[True, True, True, False]])
+    r = route("top_p", logits, mask, threshold=0.5, load_balance_weight=0.1, z_loss_weight=0.01,
+              entropy_weight=0.5, eval_capacity_factor=None)
+    lb = 2 * (1 / 3 * 5 / 12 + 2 / 3 * 7 / 12)
+    z = math.log(4) ** 2
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    m = r.metrics
+    assert float(m["load_balance_loss"]) == pytest.approx(lb, rel=1e-5)
+    assert float(m["z_loss"]) == pytest.approx(z, rel=1e-5)
+    assert float(m["entropy_loss"]) == pytest.approx(h, rel=1e-5)
+    assert float(m["router_entropy"]) == pytest.approx(h, rel=1e-5)
+    assert float(r.aux_loss) == pytest.approx(0.1 * lb + 0.01 * z + 0.5 * h, rel=1e-5)
+    assert float(m["experts_per_token"]) == pytest.approx(1.0)
+    np.testing.assert_allclose(m["expert_load"], [1 / 3, 2 / 3], rtol=1e-6)
+
+
+def test_padding_is_never_routed_and_not_counted(logits, mask):
+    for name in ROUTERS:
+        kw = {"eval_capacity_factor": 2.0}
+        r = route(name, logits, mask, **kw)
+        for (g, t, e) in as_dict(r):
+            assert mask[g, t], (name, g, t)
+        # Statistics are unchanged by what the padded positions hold.
+        noisy = np.where(mask[..., None], logits, 40 * np.random.default_rng(1).normal(size=logits.shape))
+        r2 = route(name, noisy.astype(np.float32), mask, **kw)
+        for key in r.metrics:
+            np.testing.assert_allclose(r.metrics[key], r2.metrics[key], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_dropped_fraction_metric(logits):
+    r = route("switch", logits, eval_capacity_factor=0.5)
+    kept_tokens = {(g, t) for (g, t, e) in as_dict(r)}
+    assert float(r.metrics["dropped_fraction"]) == pytest.approx(1 - len(kept_tokens) / (G * T))
+
+
+def test_kernels_jit_and_vmap(logits):
+    cfg = RouterConfig(name="top_k", num_experts=E, k=2)
+    kernel = get_router("top_k").kernel
+    f = jax.jit(lambda l: kernel(l, mask=None, rng=None, cfg=cfg, train=False))
+    batched = jax.vmap(f)(jnp.stack([logits, logits]))
+    np.testing.assert_array_equal(batched.expert[1], f(logits).expert)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(name="top_k", k=7), "k must be in [1, num_experts=6], got k=7"),
+    (dict(name="switch", k=2), "router 'switch' uses k=1"),
+    (dict(name="top_k", capacity_factor=0.0), "capacity_factor must be > 0"),
+    (dict(name="top_k", eval_capacity_factor=-1.0), "eval_capacity_factor must be > 0"),
+    (dict(name="top_p", threshold=0.0), "threshold must be in (0, 1]"),
+    (dict(name="top_p", threshold=1.5), "threshold must be in (0, 1]"),
+    (dict(name="expert_choice", max_experts_per_token=9), "max_experts_per_token"),
+    (dict(name="moesart", sampling="gumbel"), "sampling must be one of"),
+    (dict(name="no_such_router"), "unknown router name 'no_such_router'; known routers: "
+                                  "expert_choice, frozen, gshard_top2, hash"),
+])
+def test_bad_config_is_a_clear_value_error(kwargs, needle):
+    with pytest.raises(ValueError) as err:
+        RouterConfig(num_experts=E, **kwargs)
+    assert needle in str(err.value)
+
+
+def test_bad_shapes_are_clear_value_errors(logits):
+    cfg = RouterConfig(name="top_k", num_experts=E)
+    kernel = get_router("top_k").kernel
+    with pytest.raises(ValueError, match=r"mask shape \(3, 5\) must equal logits.shape\[:2\]"):
+        kernel(jnp.asarray(logits), mask=jnp.ones((3, 5), bool), rng=None, cfg=cfg, train=False)
+    with pytest.raises(ValueError, match="logits have 6 experts on the last axis but num_experts=8"):
+        kernel(jnp.asarray(logits), mask=None, rng=None,
+               cfg=RouterConfig(name="top_k", num_experts=8), train=False)
+    with pytest.raises(ValueError, match=r"logits must be \[groups, tokens, experts\]"):
+        kernel(jnp.asarray(logits[0]), mask=None, rng=None, cfg=cfg, train=False)
+    with pytest.raises(ValueError, match="router 'gshard_top2' samples in training and needs rng"):
+        get_router("gshard_top2").kernel(jnp.asarray(logits), mask=None, rng=None,
+                                         cfg=RouterConfig(name="gshard_top2", num_experts=E), train=True)
