@@ -23,10 +23,13 @@ from moejax.routing.base import RoutingResult
 GROUPED_MATMULS = ("ragged_dot", "blocks")
 
 
-def block_size_for(num_rows: int, num_experts: int, max_block: int = 128) -> int:
-    """A power of two near M / (4E): padding stays ~1/8 of the rows on
-    average while blocks stay large enough for an efficient matmul."""
-    target = max(8, min(max_block, num_rows // (4 * num_experts)))
+def block_size_for(num_rows: int, num_experts: int, max_block: int = 256) -> int:
+    """The largest power of two <= the mean rows per expert, in [8, max_block].
+
+    Measured on CPU (scripts/bench_moe_layer.py): smaller blocks lose more to
+    per-block matmul overhead than they save in padding.
+    """
+    target = max(8, min(max_block, num_rows // num_experts))
     return 1 << (target.bit_length() - 1)
 
 
