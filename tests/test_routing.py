@@ -279,3 +279,34 @@ def test_bad_shapes_are_clear_value_errors(logits):
     with pytest.raises(ValueError, match="router 'gshard_top2' samples in training and needs rng"):
         get_router("gshard_top2").kernel(jnp.asarray(logits), mask=None, rng=None,
                                          cfg=RouterConfig(name="gshard_top2", num_experts=E), train=True)
+
+
+def test_a_new_router_is_one_kernel_and_one_registration():
+    """The README's recipe, end to end through MoeLayer."""
+    import flax.linen as nn
+
+    from moejax.layers import MoeLayer
+    from moejax.routing import register_router
+    from moejax.routing.base import check_logits, load_balance_loss, token_choice_result
+
+    def lowest_index_route(logits, *, mask, rng, cfg, train):  # always expert 0, weight 1
+        mask = check_logits(logits, mask, cfg.num_experts)
+        probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+        expert = jnp.zeros(logits.shape[:2] + (1,), jnp.int32)
+        losses = {"load_balance_loss": load_balance_loss(probs, expert[..., 0], mask)}
+        return token_choice_result(probs, mask, expert, jnp.ones(expert.shape), jnp.ones(expert.shape, bool),
+                                   logits.shape[1], losses, cfg.loss_weights())
+
+    register_router("always_zero", lowest_index_route)
+    try:
+        layer = MoeLayer(RouterConfig(name="always_zero", num_experts=4), d_ff=8, activations=("relu",))
+        x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5))
+        v = nn.unbox(layer.init(jax.random.PRNGKey(1), x))
+        y = layer.apply({"params": v["params"]}, x)
+        p = v["params"]
+        want = np.maximum(np.asarray(x) @ np.asarray(p["wi"][0]), 0) @ np.asarray(p["wo"][0])
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="already registered"):
+            register_router("always_zero", lowest_index_route)
+    finally:
+        ROUTERS.pop("always_zero")

@@ -55,7 +55,7 @@ class MoeLayer(nn.Module):
         if spec.scorer == "hash":
             if token_ids is None:
                 raise ValueError("router 'hash' needs token_ids [batch, length]")
-            return hash_logits(token_ids.reshape(x.shape[:2]), e)
+            return hash_logits(token_ids, e)
         if spec.scorer == "cosine":
             r = cfg.xmoe_dim
             proj = self.param("router_projection", nn.with_logical_partitioning(
