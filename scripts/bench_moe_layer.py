@@ -82,7 +82,7 @@ def main():
     parser.add_argument("--d_model", type=int, default=128)
     parser.add_argument("--d_ff", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default="bench_moe_layer.json")
+    parser.add_argument("--out", default="results/bench/bench_moe_layer.json")
     args = parser.parse_args()
 
     x = jax.random.normal(jax.random.PRNGKey(2), (args.batch, args.length, args.d_model))
@@ -109,6 +109,7 @@ def main():
     for r in rows:
         print(f"{r['experts']:>4} {r['router']:<14} {r['mode']:<9} {r['resolved']:<9} {r['moe_ms']:>8.1f} "
               f"{r['dense_ms']:>9.1f} {r['ratio']:>6.2f} {r['moe_mb']:>8.1f} {r['dense_mb']:>9.1f}")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"args": vars(args), "backend": jax.default_backend(), "rows": rows}, f, indent=1)
     print(f"wrote {args.out}")

@@ -35,7 +35,7 @@ def gshard_top2_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     request = jnp.stack([jnp.ones_like(keep2), keep2], axis=-1)
     weight = jnp.where(request, gates, 0.0)
     weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
-    g, t, e = probs.shape
+    t, e = probs.shape[1:]
     capacity = compute_capacity(t, e, 2, cfg.capacity_factor_for(train))
     losses = {"load_balance_loss": load_balance_loss(probs, expert[..., 0], mask),
               "z_loss": z_loss(logits, mask)}

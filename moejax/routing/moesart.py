@@ -50,7 +50,7 @@ def moesart_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
         weight = chosen / jnp.sum(chosen, axis=-1, keepdims=True)
     else:
         weight = chosen
-    g, t, e = probs.shape
+    t, e = probs.shape[1:]
     capacity = compute_capacity(t, e, k, cfg.capacity_factor_for(train))
     losses = {"load_balance_loss": load_balance_loss(probs, jnp.argmax(probs, -1), mask),
               "z_loss": z_loss(logits, mask)}

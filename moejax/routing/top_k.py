@@ -18,7 +18,7 @@ def _route_top_k(logits, mask, rng, cfg, train, noise_std: float, prioritized: b
     weight, expert = jax.lax.top_k(probs, cfg.k)
     if cfg.normalize_weights:
         weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
-    g, t, e = probs.shape
+    t, e = probs.shape[1:]
     capacity = compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train))
     losses = {"load_balance_loss": load_balance_loss(probs, expert[..., 0], mask),
               "z_loss": z_loss(logits, mask)}

@@ -24,7 +24,7 @@ def top_p_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     mask = check_logits(logits, mask, cfg.num_experts)
     logits = logits.astype(jnp.float32)
     probs = jax.nn.softmax(logits, axis=-1)
-    g, t, e = probs.shape
+    t, e = probs.shape[1:]
     max_k = cfg.max_experts_per_token or e
     sorted_p, expert = jax.lax.top_k(probs, max_k)
     before = jnp.cumsum(sorted_p, axis=-1) - sorted_p
