@@ -91,11 +91,13 @@ def main():
     for e, router, mode in tqdm(jobs, desc="bench", unit="config"):
         kwargs, active = ROUTERS[router]
         if active not in dense:
-            dense[active] = prepare(x, MlpBlock(d_ff=args.d_ff * active))
+            dense_run = prepare(x, MlpBlock(d_ff=args.d_ff * active))
+            dense[active] = dense_run, memory_mb(*dense_run)
+        (dense_run, dense_mb) = dense[active]
         cfg = RouterConfig(num_experts=e, **kwargs)
         moe = prepare(x, MoeLayer(cfg, d_ff=args.d_ff, dispatch=mode, group_size=args.group_size))
-        moe_s, dense_s = timed_pair(moe, dense[active], args.repeats)
-        moe_mb, dense_mb = memory_mb(*moe), memory_mb(*dense[active])
+        moe_s, dense_s = timed_pair(moe, dense_run, args.repeats)
+        moe_mb = memory_mb(*moe)
         logits = jnp.zeros((x.shape[0] * x.shape[1] // args.group_size, args.group_size, e))
         probe = get_router(cfg.name).kernel(logits, mask=None, rng=jax.random.PRNGKey(0), cfg=cfg, train=True)
         rows.append(dict(experts=e, router=router, mode=mode, resolved=resolve_mode(mode, probe),

@@ -92,6 +92,13 @@ def z_loss(logits: Array, mask: Array) -> Array:
     return masked_mean(jnp.square(jax.nn.logsumexp(logits, axis=-1)), mask)
 
 
+def balance_losses(logits: Array, probs: Array, mask: Array) -> dict[str, Array]:
+    """The token-choice routers' unweighted aux losses: load balance on each
+    token's most probable expert, and the router z-loss."""
+    return {"load_balance_loss": load_balance_loss(probs, jnp.argmax(probs, -1), mask),
+            "z_loss": z_loss(logits, mask)}
+
+
 def assign_slots(expert: Array, request: Array, capacity: int, num_experts: int,
                  priority: Array | None = None) -> tuple[Array, Array]:
     """Token-choice buffer positions: who gets a place at each expert.

@@ -4,8 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, check_logits, compute_capacity,
-                                 load_balance_loss, require_rng, token_choice_result, z_loss)
+from moejax.routing.base import (RoutingResult, balance_losses, check_logits, compute_capacity,
+                                 require_rng, token_choice_result)
 
 
 def second_expert_keep_probability(g1, g2):
@@ -37,8 +37,7 @@ def gshard_top2_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
     t, e = probs.shape[1:]
     capacity = compute_capacity(t, e, 2, cfg.capacity_factor_for(train))
-    losses = {"load_balance_loss": load_balance_loss(probs, expert[..., 0], mask),
-              "z_loss": z_loss(logits, mask)}
+    losses = balance_losses(logits, probs, mask)
     return token_choice_result(
         probs, mask, expert, weight, request, capacity, losses, cfg.loss_weights(),
         priority=gates[..., 0] if cfg.batch_prioritized else None)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, check_logits, compute_capacity,
-                                 load_balance_loss, require_rng, token_choice_result, z_loss)
+from moejax.routing.base import (RoutingResult, balance_losses, check_logits, compute_capacity,
+                                 require_rng, token_choice_result)
 
 
 def moesart_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
@@ -52,8 +52,7 @@ def moesart_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
         weight = chosen
     t, e = probs.shape[1:]
     capacity = compute_capacity(t, e, k, cfg.capacity_factor_for(train))
-    losses = {"load_balance_loss": load_balance_loss(probs, jnp.argmax(probs, -1), mask),
-              "z_loss": z_loss(logits, mask)}
+    losses = balance_losses(logits, probs, mask)
     return token_choice_result(probs, mask, expert, weight, request, capacity, losses,
                                cfg.loss_weights(),
                                priority=jnp.max(probs, -1) if cfg.batch_prioritized else None)

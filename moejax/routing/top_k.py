@@ -4,8 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, check_logits, compute_capacity,
-                                 load_balance_loss, require_rng, token_choice_result, z_loss)
+from moejax.routing.base import (RoutingResult, balance_losses, check_logits, compute_capacity,
+                                 require_rng, token_choice_result)
 
 
 def _route_top_k(logits, mask, rng, cfg, train, noise_std: float, prioritized: bool):
@@ -20,8 +20,7 @@ def _route_top_k(logits, mask, rng, cfg, train, noise_std: float, prioritized: b
         weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
     t, e = probs.shape[1:]
     capacity = compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train))
-    losses = {"load_balance_loss": load_balance_loss(probs, expert[..., 0], mask),
-              "z_loss": z_loss(logits, mask)}
+    losses = balance_losses(logits, probs, mask)
     return token_choice_result(
         probs, mask, expert, weight, jnp.ones(expert.shape, bool), capacity, losses,
         cfg.loss_weights(), priority=jnp.max(probs, axis=-1) if prioritized else None)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, check_logits, compute_capacity, entropy,
-                                 load_balance_loss, masked_mean, token_choice_result, z_loss)
+from moejax.routing.base import (RoutingResult, balance_losses, check_logits, compute_capacity,
+                                 entropy, masked_mean, token_choice_result)
 
 
 def top_p_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
@@ -33,8 +33,7 @@ def top_p_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     if cfg.normalize_weights:
         weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
     capacity = compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train))
-    losses = {"load_balance_loss": load_balance_loss(probs, expert[..., 0], mask),
-              "z_loss": z_loss(logits, mask),
+    losses = {**balance_losses(logits, probs, mask),
               "entropy_loss": masked_mean(entropy(probs), mask)}
     return token_choice_result(probs, mask, expert, weight, request, capacity, losses,
                                cfg.loss_weights(),
