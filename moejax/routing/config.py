@@ -97,6 +97,12 @@ class RouterConfig:
     def spec(self):
         return get_router(self.name)
 
+    @property
+    def is_causal(self) -> bool:
+        """Safe in an autoregressive decoder: batch-prioritised drops depend
+        on later tokens' probabilities, expert choice on later tokens."""
+        return self.spec.causal and not self.batch_prioritized
+
     def capacity_factor_for(self, train: bool) -> float | None:
         return self.capacity_factor if train else self.eval_capacity_factor
 

@@ -20,6 +20,9 @@ class RouterSpec:
     trainable: False keeps the scorer's weights out of the optimiser.
     default_k: experts per token when the config leaves k unset.
     fixed_k: the router only makes sense with k == default_k.
+    causal: a token's routing depends only on itself and earlier tokens of
+      its group, so it may run in an autoregressive decoder. Expert choice is
+      not: which tokens an expert takes depends on later tokens.
     """
 
     kernel: Callable[..., RoutingResult]
@@ -27,19 +30,21 @@ class RouterSpec:
     trainable: bool = True
     default_k: int = 1
     fixed_k: bool = False
+    causal: bool = True
 
 
 ROUTERS: dict[str, RouterSpec] = {}
 
 
 def register_router(name: str, kernel: Callable[..., RoutingResult], *, scorer: str = "linear",
-                    trainable: bool = True, default_k: int = 1, fixed_k: bool = False) -> None:
+                    trainable: bool = True, default_k: int = 1, fixed_k: bool = False,
+                    causal: bool = True) -> None:
     """Makes `name` usable as `RouterConfig(name=...)` and in config files."""
     if name in ROUTERS:
         raise ValueError(f"router name {name!r} is already registered")
     if scorer not in SCORERS:
         raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
-    ROUTERS[name] = RouterSpec(kernel, scorer, trainable, default_k, fixed_k)
+    ROUTERS[name] = RouterSpec(kernel, scorer, trainable, default_k, fixed_k, causal)
 
 
 def get_router(name: str) -> RouterSpec:

@@ -1,0 +1,125 @@
+"""T5Config: the encoder-decoder's shape and MoE placement, validated once."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax.numpy as jnp
+
+from moejax.dispatch import MODES
+from moejax.ffn import check_activations
+from moejax.routing import RouterConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+    """Where and how one stack (encoder or decoder) uses experts.
+
+    interval: layer i has an MoE FFN iff i % interval == interval - 1
+      (2 = every other layer starting at the second, as in Switch; 1 = every
+      layer; 0 = a dense stack).
+    router: the router of every MoE layer of the stack.
+    d_ff / activations: expert FFN size and activations (None: the model's).
+    group_size: tokens routed together (capacity and expert choice are per
+      group); None = one group per sequence.
+    dispatch: see moejax.dispatch.MODES.
+    """
+
+    interval: int = 0
+    router: RouterConfig = RouterConfig()
+    d_ff: int | None = None
+    activations: tuple[str, ...] | None = None
+    group_size: int | None = None
+    dispatch: str = "auto"
+
+    def __post_init__(self):
+        if self.interval < 0:
+            raise ValueError(f"interval must be >= 0 (0 = no MoE layers), got {self.interval}")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise ValueError(f"d_ff must be >= 1 or None, got {self.d_ff}")
+        if self.activations is not None:
+            check_activations(self.activations)
+        if self.group_size is not None and self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1 or None, got {self.group_size}")
+        if self.dispatch not in MODES:
+            raise ValueError(f"dispatch must be one of {MODES}, got {self.dispatch!r}")
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.interval > 0 and i % self.interval == self.interval - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """A T5.1.1 / Switch encoder-decoder.
+
+    head_dim: per-head size (T5's d_kv); None = d_model // num_heads.
+    activations: dense FFN activations; ('gelu', 'linear') is T5.1.1's
+      gated GELU, ('relu',) the original T5 / Switch FFN.
+    tie_embeddings: output logits use the input embedding, scaled by
+      d_model ** -0.5 as in T5; False gives a separate output projection.
+    dtype: activation dtype ('float32' or 'bfloat16'); parameters, norms,
+      softmaxes, router and logits stay float32.
+    allow_decoder_expert_choice: a non-causal router (expert choice,
+      batch-prioritised token choice) in the decoder lets a token's routing
+      depend on later tokens, which leaks the targets in training. It is only
+      accepted with this explicit opt-in, and warns.
+    """
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    num_heads: int = 6
+    head_dim: int | None = 64
+    d_ff: int = 1024
+    num_encoder_layers: int = 8
+    num_decoder_layers: int = 8
+    activations: tuple[str, ...] = ("gelu", "linear")
+    dropout_rate: float = 0.0
+    layer_norm_eps: float = 1e-6
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    tie_embeddings: bool = False
+    dtype: str = "float32"
+    encoder_moe: MoeConfig = MoeConfig()
+    decoder_moe: MoeConfig = MoeConfig()
+    allow_decoder_expert_choice: bool = False
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "num_heads", "d_ff", "relative_attention_num_buckets",
+                     "relative_attention_max_distance"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_encoder_layers", "num_decoder_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model} "
+                             "(or set head_dim explicitly)")
+        if self.head_dim is not None and self.head_dim < 1:
+            raise ValueError(f"head_dim must be >= 1 or None, got {self.head_dim}")
+        check_activations(self.activations)
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        router = self.decoder_moe.router
+        if self.decoder_moe.interval and self.num_decoder_layers and not router.is_causal:
+            what = (f"router {router.name!r}" + (" with batch_prioritized=True"
+                                                  if router.batch_prioritized else ""))
+            if not self.allow_decoder_expert_choice:
+                raise ValueError(
+                    f"decoder_moe uses {what}, which is not causal: a token's routing would depend "
+                    "on later tokens and leak the targets. Use a token-choice router in the "
+                    "decoder, or set allow_decoder_expert_choice=True to accept the leak.")
+            warnings.warn(f"decoder_moe uses non-causal {what} (allow_decoder_expert_choice=True): "
+                          "routing sees later tokens, so training leaks targets and decoding "
+                          "differs from teacher forcing.", stacklevel=2)
+
+    @property
+    def kv_dim(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]

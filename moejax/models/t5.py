@@ -1,0 +1,257 @@
+"""T5.1.1 / Switch encoder-decoder in Flax linen, with MoE FFNs where the config says.
+
+Param tree (T5X naming): token_embedder; encoder/{relpos_bias, layers_i/
+{pre_attention_layer_norm, attention, pre_mlp_layer_norm, mlp}, encoder_norm};
+decoder/{relpos_bias, layers_i/{pre_self_attention_layer_norm,
+self_attention, pre_cross_attention_layer_norm, encoder_decoder_attention,
+pre_mlp_layer_norm, mlp}, decoder_norm, logits_dense (untied only)}.
+Token id 0 is padding (and the decoder's start token).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+from jax.sharding import Mesh
+
+from moejax.layers import MOE_COLLECTION, MlpBlock, MoeLayer
+from moejax.layers.attention import NEG_INF, MultiHeadAttention, RelativePositionBias
+from moejax.models.config import MoeConfig, T5Config
+
+
+def attention_bias(q_mask, k_mask, q_segment=None, k_segment=None, q_index=None, k_index=None):
+    """Additive mask [B, 1, Lq, Lk]: 0 where query and key are both real
+    tokens of the same segment (and key <= query when indices are given), else -1e10."""
+    allowed = q_mask[:, :, None] & k_mask[:, None, :]
+    if q_segment is not None:
+        allowed &= q_segment[:, :, None] == k_segment[:, None, :]
+    if q_index is not None:
+        allowed &= k_index[:, None, :] <= q_index[:, :, None]
+    return jnp.where(allowed, 0.0, NEG_INF).astype(jnp.float32)[:, None]
+
+
+def _norm(cfg: T5Config, name: str):
+    return nn.RMSNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                      name=name)
+
+
+class FeedForward(nn.Module):
+    """Pre-norm FFN sublayer with residual: dense MlpBlock or MoeLayer."""
+
+    config: T5Config
+    moe: MoeConfig | None
+    mesh: Mesh | None = None
+    expert_axis: str | None = None
+
+    @nn.compact
+    def __call__(self, x, mask, token_ids, *, deterministic, decode=False):
+        cfg = self.config
+        y = _norm(cfg, "pre_mlp_layer_norm")(x)
+        if self.moe is None:
+            y = MlpBlock(cfg.d_ff, cfg.activations, dtype=cfg.compute_dtype, name="mlp")(y)
+        else:
+            y = MoeLayer(self.moe.router, d_ff=self.moe.d_ff or cfg.d_ff,
+                         activations=self.moe.activations or cfg.activations,
+                         # One decode step is one token per sequence: route it alone.
+                         group_size=None if decode else self.moe.group_size,
+                         dispatch=self.moe.dispatch, dtype=cfg.compute_dtype, mesh=self.mesh,
+                         expert_axis=self.expert_axis, name="mlp")(
+                y, mask=mask, token_ids=token_ids, deterministic=deterministic)
+        return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+
+
+def _attention(cfg: T5Config, name: str):
+    return MultiHeadAttention(cfg.num_heads, cfg.kv_dim, cfg.dropout_rate, cfg.compute_dtype,
+                              name=name)
+
+
+class _Layer(nn.Module):
+    config: T5Config
+    index: int
+    mesh: Mesh | None = None
+    expert_axis: str | None = None
+
+    def feed_forward(self, moe: MoeConfig):
+        return FeedForward(self.config, moe if moe.is_moe_layer(self.index) else None, self.mesh,
+                           self.expert_axis, name="mlp")
+
+
+class EncoderLayer(_Layer):
+    @nn.compact
+    def __call__(self, x, bias, mask, token_ids, *, deterministic):
+        cfg = self.config
+        y = _norm(cfg, "pre_attention_layer_norm")(x)
+        y = _attention(cfg, "attention")(y, y, bias, deterministic=deterministic)
+        x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        return self.feed_forward(cfg.encoder_moe)(x, mask, token_ids, deterministic=deterministic)
+
+
+class DecoderLayer(_Layer):
+    @nn.compact
+    def __call__(self, x, encoded, self_bias, cross_bias, mask, token_ids, *, deterministic,
+                 decode=False, decode_position=None, max_length=None):
+        cfg = self.config
+        y = _norm(cfg, "pre_self_attention_layer_norm")(x)
+        y = _attention(cfg, "self_attention")(
+            y, y, self_bias, deterministic=deterministic, decode="self" if decode else None,
+            decode_position=decode_position, max_length=max_length)
+        x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        y = _norm(cfg, "pre_cross_attention_layer_norm")(x)
+        y = _attention(cfg, "encoder_decoder_attention")(
+            y, encoded, cross_bias, deterministic=deterministic, decode="cross" if decode else None)
+        x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+        return self.feed_forward(cfg.decoder_moe)(x, mask, token_ids, deterministic=deterministic,
+                                                  decode=decode)
+
+
+class _Stack(nn.Module):
+    """What Encoder and Decoder share: embedding, relative position bias, final norm."""
+
+    config: T5Config
+    embedder: nn.Embed
+    mesh: Mesh | None = None
+    expert_axis: str | None = None
+
+    def embed(self, tokens, deterministic):
+        x = self.embedder(tokens).astype(self.config.compute_dtype)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return nn.Dropout(self.config.dropout_rate)(x, deterministic=deterministic)
+
+    def relpos(self, bidirectional):
+        cfg = self.config
+        return RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
+                                    cfg.relative_attention_max_distance, bidirectional,
+                                    name="relpos_bias")
+
+    def final(self, x, name, deterministic):
+        x = _norm(self.config, name)(x)
+        return nn.Dropout(self.config.dropout_rate)(x, deterministic=deterministic)
+
+    def layer_args(self, i):
+        return dict(config=self.config, index=i, mesh=self.mesh, expert_axis=self.expert_axis,
+                    name=f"layers_{i}")
+
+
+class Encoder(_Stack):
+    @nn.compact
+    def __call__(self, tokens, segment_ids=None, positions=None, *, deterministic=True):
+        """tokens [B, L] -> encoded [B, L, d]."""
+        cfg = self.config
+        mask = tokens > 0
+        x = self.embed(tokens, deterministic)
+        pos = jnp.arange(tokens.shape[1])[None] if positions is None else positions
+        bias = self.relpos(True)(pos, pos) + attention_bias(mask, mask, segment_ids, segment_ids)
+        for i in range(cfg.num_encoder_layers):
+            x = EncoderLayer(**self.layer_args(i))(x, bias, mask, tokens, deterministic=deterministic)
+        return self.final(x, "encoder_norm", deterministic)
+
+
+class Decoder(_Stack):
+    @nn.compact
+    def __call__(self, encoded, encoder_mask, tokens, target_mask=None, encoder_segment_ids=None,
+                 segment_ids=None, positions=None, *, deterministic=True, decode=False,
+                 decode_position=None, max_length=None):
+        """tokens [B, L] (L = 1 when decoding) -> logits [B, L, vocab] float32.
+
+        target_mask [B, L]: real target positions (None: all). In decode mode
+        the token sits at `decode_position` of a `max_length` cache.
+        """
+        cfg = self.config
+        b, l = tokens.shape
+        mask = jnp.ones((b, l), bool) if target_mask is None else target_mask
+        x = self.embed(tokens, deterministic)
+        if decode:
+            q_index = jnp.full((1, l), decode_position, jnp.int32)
+            k_index = jnp.arange(max_length)[None]
+            self_bias = self.relpos(False)(q_index, k_index) + attention_bias(
+                mask, jnp.ones((b, max_length), bool), q_index=jnp.broadcast_to(q_index, (b, l)),
+                k_index=jnp.broadcast_to(k_index, (b, max_length)))
+        else:
+            index = jnp.broadcast_to(jnp.arange(l)[None], (b, l))
+            pos = index if positions is None else positions
+            self_bias = self.relpos(False)(pos, pos) + attention_bias(
+                mask, mask, segment_ids, segment_ids, index, index)
+        cross_bias = attention_bias(mask, encoder_mask, segment_ids, encoder_segment_ids)
+        for i in range(cfg.num_decoder_layers):
+            x = DecoderLayer(**self.layer_args(i))(
+                x, encoded, self_bias, cross_bias, mask, tokens, deterministic=deterministic,
+                decode=decode, decode_position=decode_position, max_length=max_length)
+        y = self.final(x, "decoder_norm", deterministic).astype(jnp.float32)
+        if cfg.tie_embeddings:
+            logits = self.embedder.attend(y) * cfg.d_model ** -0.5
+        else:
+            kernel = self.param("logits_dense", nn.with_logical_partitioning(
+                nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+                ("embed", "vocab")), (cfg.d_model, cfg.vocab_size), jnp.float32)
+            logits = y @ kernel
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder. With `mesh` whose `expert_axis` has size > 1, MoE
+    layers run expert-parallel (shard_map + all-to-all); otherwise sharding is
+    left to the compiler through the logical axis annotations."""
+
+    config: T5Config
+    mesh: Mesh | None = None
+    expert_axis: str = "expert"
+
+    def setup(self):
+        cfg = self.config
+        ep = self.mesh is not None and self.mesh.shape.get(self.expert_axis, 1) > 1
+        mesh, axis = (self.mesh, self.expert_axis) if ep else (None, None)
+        # float32 table: lookups are cast to the compute dtype, tied logits stay float32.
+        self.token_embedder = nn.Embed(
+            cfg.vocab_size, cfg.d_model, dtype=jnp.float32, param_dtype=jnp.float32,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                        ("vocab", "embed")))
+        self.encoder = Encoder(cfg, self.token_embedder, mesh, axis)
+        self.decoder = Decoder(cfg, self.token_embedder, mesh, axis)
+
+    def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None, *,
+               enable_dropout: bool = False):
+        return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                            deterministic=not enable_dropout)
+
+    def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
+               decoder_target_tokens=None, encoder_segment_ids=None, decoder_segment_ids=None,
+               decoder_positions=None, *, enable_dropout: bool = False, decode: bool = False,
+               decode_position=None, max_length: int | None = None):
+        target_mask = None if decoder_target_tokens is None else decoder_target_tokens > 0
+        return self.decoder(encoded, encoder_input_tokens > 0, decoder_input_tokens, target_mask,
+                            encoder_segment_ids, decoder_segment_ids, decoder_positions,
+                            deterministic=not enable_dropout, decode=decode,
+                            decode_position=decode_position, max_length=max_length)
+
+    def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
+                 encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
+                 decoder_positions=None, *, enable_dropout: bool = False):
+        """Teacher-forced logits [B, L_dec, vocab] float32. Packed inputs pass
+        segment ids (and positions within each segment)."""
+        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                              enable_dropout=enable_dropout)
+        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                           decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
+                           decoder_positions, enable_dropout=enable_dropout)
+
+
+def moe_outputs(moe_collection) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(sum of every MoE layer's weighted aux loss, per-layer routing metrics
+    keyed 'encoder/layers_1/expert_load', ...) from the sown 'moe' collection."""
+    flat = traverse_util.flatten_dict(moe_collection or {}, sep="/")
+    aux = jnp.zeros((), jnp.float32)
+    metrics = {}
+    for key, values in flat.items():
+        layer, kind = key.rsplit("/", 1)
+        prefix = layer.removesuffix("/mlp/mlp")
+        for value in values:  # sow appends one entry per call
+            if kind == "aux_loss":
+                aux = aux + value
+            else:
+                metrics.update({f"{prefix}/{name}": v for name, v in value.items()})
+    return aux, metrics
+
+
+__all__ = ["Decoder", "Encoder", "MOE_COLLECTION", "Transformer", "attention_bias", "moe_outputs"]

@@ -1,0 +1,60 @@
+"""Typed, validated configs from the nested mappings config files give.
+
+Config files are ml_collections ConfigDicts (see configs/); the code reads
+frozen dataclasses, so each field has one type and one validation. This module
+is the bridge: an unknown key is an error naming the key, where it is, and
+the close matches among the known fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from typing import Any, Mapping
+
+
+def unknown_key_error(key: str, known, where: str) -> ValueError:
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return ValueError(f"unknown config field {where + key!r}{hint} Known fields of "
+                      f"{where or 'the config'}: {', '.join(sorted(known))}")
+
+
+def _freeze(value):
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str = ""):
+    """Builds dataclass `cls` from `mapping` (a dict or ConfigDict), recursing
+    into fields whose type is itself a dataclass. Missing keys keep the
+    dataclass defaults; lists become tuples so the result is hashable."""
+    mapping = dict(mapping.to_dict() if hasattr(mapping, "to_dict") else (mapping or {}))
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in mapping.items():
+        if key not in fields:
+            raise unknown_key_error(key, fields, where)
+        field_type = hints[key]
+        if dataclasses.is_dataclass(field_type) and not dataclasses.is_dataclass(value):
+            value = from_mapping(field_type, value, f"{where}{key}.")
+        kwargs[key] = _freeze(value)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"{where or cls.__name__ + ': '}{e}") from None
+
+
+def to_mapping(obj) -> dict[str, Any]:
+    """The inverse of `from_mapping`: nested plain dicts (tuples as lists)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_mapping(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
