@@ -161,6 +161,11 @@ def params_from_state_dict(cfg: T5Config, state: dict[str, Any], switch: bool) -
     if missing:
         raise ValueError(f"HF checkpoint lacks {len(missing)} tensors moejax needs, e.g. "
                          f"{', '.join(missing[:5])}")
+    for stack in ("encoder", "decoder"):
+        key = f"{stack}.embed_tokens.weight"
+        if key in state and not np.array_equal(state[key], state["shared.weight"]):
+            raise ValueError(f"HF {key} differs from shared.weight; moejax (like T5) shares one "
+                             "input embedding between encoder and decoder")
     flat = {}
     for hf, path, how in rows:
         if how == "experts":
@@ -279,14 +284,14 @@ def to_hf_model(cfg: T5Config, params):
         state[f"{stack}.embed_tokens.weight"] = state["shared.weight"]
     if "lm_head.weight" not in state:
         state["lm_head.weight"] = state["shared.weight"]
+    if not cfg.tie_embeddings:
+        # HF T5 always builds lm_head tied to the input embedding; untie it
+        # first so loading one does not overwrite the other.
+        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
     missing, unexpected = model.load_state_dict(
-        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False)
+        {k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=False)
     if missing or unexpected:
         raise ValueError(f"export mapping incomplete: missing {missing}, unexpected {unexpected}")
-    if not switch:
-        # HF T5 ties lm_head to the embedding unless the weights differ on load.
-        model.lm_head.weight = torch.nn.Parameter(torch.from_numpy(
-            np.ascontiguousarray(state["lm_head.weight"])))
     return model.eval()
 
 

@@ -49,7 +49,9 @@ class MoeLayer(nn.Module):
     mesh: Mesh | None = None
     expert_axis: str | None = None
 
-    def _logits(self, x, token_ids, rng, train):
+    def router_logits(self, x, token_ids, rng, train):
+        """Router logits [G, T, E] float32 (capture with
+        `capture_intermediates=lambda m, name: name == "router_logits"`)."""
         cfg, spec = self.router, self.router.spec
         d, e = x.shape[-1], cfg.num_experts
         if spec.scorer == "hash":
@@ -100,7 +102,7 @@ class MoeLayer(nn.Module):
         train = not deterministic
         rng = self.make_rng("router") if train and self.has_rng("router") else None
         jitter_rng, route_rng = jax.random.split(rng) if rng is not None else (None, None)
-        logits = self._logits(xg, ids, jitter_rng, train)
+        logits = self.router_logits(xg, ids, jitter_rng, train)
         result: RoutingResult = self.router.spec.kernel(
             logits, mask=maskg, rng=route_rng, cfg=self.router, train=train)
         y = moe_ffn(xg, result, self._expert_params(d), activations=activations, mode=self.dispatch,
