@@ -1,0 +1,50 @@
+"""The model sharded over (data, model, expert) meshes of 8 CPU devices equals one device."""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from model_util import init, tiny_config, tokens
+from moejax.models import Transformer
+from moejax.train.partitioning import logical_rules, make_mesh, sharding_context, shardings
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = tiny_config(encoder_router="expert_choice", decoder_router="top_k", num_heads=4,
+                      vocab_size=48)
+    enc, dec = tokens(0, (8, 12), 48, pad_from=[12, 9, 12, 5, 12, 12, 7, 12]), tokens(1, (8, 6), 48)
+    model, params = init(cfg, enc, dec)
+    boxed = jax.eval_shape(Transformer(cfg).init, jax.random.PRNGKey(0), enc, dec)
+    loss = lambda m: lambda p, e, d: jax.numpy.mean(m.apply({"params": p}, e, d) ** 2)
+    expected = jax.jit(jax.value_and_grad(loss(model)))(params, enc, dec)
+    return cfg, enc, dec, params, boxed, loss, expected
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)])
+def test_sharded_logits_and_grads_equal_single_device(setup, shape):
+    cfg, enc, dec, params, boxed, loss, (value, grads) = setup
+    mesh, rules = make_mesh(shape), logical_rules()
+    model = Transformer(cfg, mesh=mesh)
+    sharded = jax.device_put(params, shardings(boxed, mesh, rules)["params"])
+    experts = sharded["encoder"]["layers_1"]["mlp"]["mlp"]["wi_0"]
+    assert len({str(s.index) for s in experts.addressable_shards}) == shape[1] * shape[2]
+    with sharding_context(mesh, rules):
+        out = jax.jit(jax.value_and_grad(loss(model)))(sharded, enc, dec)
+        logits = jax.jit(lambda p: model.apply({"params": p}, enc, dec))(sharded)
+    assert len(logits.sharding.device_set) == 8
+    np.testing.assert_allclose(out[0], value, rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                           out[1], grads)
+
+
+def test_make_mesh_fills_and_rejects():
+    assert dict(make_mesh({"data": -1, "expert": 2}).shape) == {"data": 4, "model": 1, "expert": 2}
+    with pytest.raises(ValueError, match="needs 12 devices, but 8 are available"):
+        make_mesh((3, 2, 2))
+    with pytest.raises(ValueError, match="8 devices are not divisible by 3"):
+        make_mesh((-1, 3, 1))
+    with pytest.raises(ValueError, match="unknown mesh axes \\['tensor'\\]"):
+        make_mesh({"tensor": 8})
+    with pytest.raises(ValueError, match="expert_axis must be 'expert' or 'data'"):
+        logical_rules("model")
