@@ -20,7 +20,9 @@ class MoeConfig:
     interval: layer i has an MoE FFN iff i % interval == interval - 1
       (2 = every other layer starting at the second, as in Switch; 1 = every
       layer; 0 = a dense stack).
-    router: the router of every MoE layer of the stack.
+    router: the router of every MoE layer of the stack. T5Config's defaults:
+      expert choice (capacity factor 2) in the encoder, token-choice top-2
+      in the decoder.
     d_ff / activations: expert FFN size and activations (None: the model's).
     group_size: tokens routed together (capacity and expert choice are per
       group); None = one group per sequence.
@@ -28,7 +30,7 @@ class MoeConfig:
     """
 
     interval: int = 0
-    router: RouterConfig = RouterConfig()
+    router: RouterConfig = RouterConfig("top_k", k=2)
     d_ff: int | None = None
     activations: tuple[str, ...] | None = None
     group_size: int | None = None
@@ -81,7 +83,7 @@ class T5Config:
     relative_attention_max_distance: int = 128
     tie_embeddings: bool = False
     dtype: str = "float32"
-    encoder_moe: MoeConfig = MoeConfig()
+    encoder_moe: MoeConfig = MoeConfig(router=RouterConfig("expert_choice", capacity_factor=2.0))
     decoder_moe: MoeConfig = MoeConfig()
     allow_decoder_expert_choice: bool = False
 
