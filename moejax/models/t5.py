@@ -56,7 +56,9 @@ class FeedForward(nn.Module):
                          activations=self.moe.activations or cfg.activations,
                          # One decode step is one token per sequence: route it alone.
                          group_size=None if decode else self.moe.group_size,
-                         dispatch=self.moe.dispatch, dtype=cfg.compute_dtype, mesh=self.mesh,
+                         # Capacity buffers would hold E slots per decoded token.
+                         dispatch="dropless" if decode else self.moe.dispatch,
+                         dtype=cfg.compute_dtype, mesh=None if decode else self.mesh,
                          expert_axis=self.expert_axis, name="mlp")(
                 y, mask=mask, token_ids=token_ids, deterministic=deterministic)
         return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)

@@ -1,0 +1,134 @@
+"""moejax vs Hugging Face torch on CPU: train step and greedy decoding of the same Switch model.
+
+    python scripts/bench_vs_hf.py [--steps 10] [--batch 8] [--length 64]
+
+Builds one random Switch config (T5 shape reduced to fit a CPU), converts
+the HF model's weights to moejax so both run the same network, and times in
+one run, alternating the two: a train step (forward + backward of the
+cross-entropy loss, no optimizer update) and greedy decoding with a cache.
+Both route per sequence with the same expert capacity. Prints the median
+step times, tokens/s and the moejax / HF time ratio (< 1: moejax is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+import transformers
+
+from moejax import convert
+from moejax.models import Transformer, moe_outputs
+from moejax.models.decoding import generate
+
+
+def hf_switch(args):
+    capacity = math.ceil(1.25 * args.length / args.experts)
+    cfg = transformers.SwitchTransformersConfig(
+        vocab_size=args.vocab, d_model=args.d_model, d_kv=64, d_ff=4 * args.d_model,
+        num_heads=args.d_model // 64, num_layers=args.layers, num_decoder_layers=args.layers,
+        num_sparse_encoder_layers=args.layers // 2, num_sparse_decoder_layers=args.layers // 2,
+        num_experts=args.experts, expert_capacity=capacity, router_jitter_noise=0.0,
+        dropout_rate=0.0, decoder_start_token_id=0)
+    torch.manual_seed(0)
+    return transformers.SwitchTransformersForConditionalGeneration(cfg), capacity
+
+
+def timed(fn, steps):
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=64, help="encoder and decoder length")
+    parser.add_argument("--decode_length", type=int, default=32)
+    parser.add_argument("--d_model", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--out", default="results/bench/vs_hf.json")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count())
+
+    hf, capacity = hf_switch(args)
+    cfg, params = convert.from_hf(hf, capacity_factor=1.25, eval_capacity_factor=1.25)
+    model = Transformer(cfg)
+    rng = np.random.RandomState(0)
+    enc = rng.randint(2, args.vocab, (args.batch, args.length)).astype(np.int32)
+    labels = rng.randint(2, args.vocab, (args.batch, args.length)).astype(np.int32)
+    dec = np.concatenate([np.zeros((args.batch, 1), np.int32), labels[:, :-1]], 1)
+
+    def loss_fn(p, e, d, y):
+        logits, state = model.apply({"params": p}, e, d, y, enable_dropout=True,
+                                    mutable=["moe"])
+        aux, _ = moe_outputs(state["moe"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + aux
+
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+    jax_args = [jnp.asarray(a) for a in (enc, dec, labels)]
+    t_enc, t_labels = torch.tensor(enc, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+    hf.train()
+
+    def jax_step():
+        jax.block_until_ready(grad_fn(params, *jax_args))
+
+    def hf_step():
+        hf.zero_grad(set_to_none=True)
+        hf(input_ids=t_enc, labels=t_labels).loss.backward()
+
+    hf.eval()
+
+    def jax_decode():
+        jax.block_until_ready(generate(model, params, jax_args[0], max_length=args.decode_length,
+                                       eos_id=-1).tokens)
+
+    def hf_decode():
+        with torch.no_grad():
+            hf.generate(input_ids=t_enc, max_new_tokens=args.decode_length,
+                        min_new_tokens=args.decode_length, do_sample=False, num_beams=1,
+                        pad_token_id=0)
+
+    for fn in (jax_step, jax_decode, hf_decode):
+        fn()  # compile / warm up
+    hf.train()
+    hf_step()
+    results = {"train": {"moejax_s": [], "hf_s": []}, "decode": {"moejax_s": [], "hf_s": []}}
+    for _ in range(2):  # alternate to share machine noise
+        hf.train()
+        results["train"]["moejax_s"].append(timed(jax_step, args.steps))
+        results["train"]["hf_s"].append(timed(hf_step, args.steps))
+        hf.eval()
+        results["decode"]["moejax_s"].append(timed(jax_decode, max(2, args.steps // 3)))
+        results["decode"]["hf_s"].append(timed(hf_decode, max(2, args.steps // 3)))
+    summary = {"config": vars(args), "expert_capacity": capacity}
+    tokens = {"train": args.batch * 2 * args.length, "decode": args.batch * args.decode_length}
+    for kind, r in results.items():
+        ours, theirs = min(r["moejax_s"]), min(r["hf_s"])
+        summary[kind] = {"moejax_s": ours, "hf_s": theirs, "ratio": ours / theirs,
+                         "moejax_tokens_per_s": tokens[kind] / ours,
+                         "hf_tokens_per_s": tokens[kind] / theirs}
+        print(f"{kind:6s}: moejax {ours * 1e3:8.1f} ms  HF torch {theirs * 1e3:8.1f} ms  "
+              f"ratio {ours / theirs:.2f}  ({tokens[kind] / ours:,.0f} vs "
+              f"{tokens[kind] / theirs:,.0f} tokens/s)")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
