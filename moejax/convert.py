@@ -19,11 +19,14 @@ import shutil
 import tempfile
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from moejax.models.config import MoeConfig, T5Config
+from moejax.models.t5 import Transformer
 from moejax.routing import RouterConfig
 
 ARCHITECTURES = ("t5", "switch_transformers")
@@ -142,9 +145,6 @@ def _mapping(cfg: T5Config, switch: bool) -> list[tuple[str, str, str]]:
 
 
 def _expected_shapes(cfg: T5Config) -> dict[str, tuple[int, ...]]:
-    from moejax.models.t5 import Transformer  # model import kept out of module load
-    import flax.linen as nn
-    import jax.numpy as jnp
     tokens = jnp.zeros((1, 1), jnp.int32)
     shapes = jax.eval_shape(lambda: nn.unbox(Transformer(cfg).init(
         jax.random.PRNGKey(0), tokens, tokens)["params"]))
