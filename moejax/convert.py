@@ -19,14 +19,12 @@ import shutil
 import tempfile
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from moejax.models.config import MoeConfig, T5Config
-from moejax.models.t5 import Transformer
+from moejax.models.t5 import abstract_params
 from moejax.routing import RouterConfig
 
 ARCHITECTURES = ("t5", "switch_transformers")
@@ -118,7 +116,7 @@ def _mapping(cfg: T5Config, switch: bool) -> list[tuple[str, str, str]]:
     for stack, n, moe in (("encoder", cfg.num_encoder_layers, cfg.encoder_moe),
                           ("decoder", cfg.num_decoder_layers, cfg.decoder_moe)):
         if n:
-            rows.append((f"{stack}.block.0.layer.0.{'SelfAttention'}.relative_attention_bias.weight",
+            rows.append((f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
                          f"{stack}/relpos_bias/rel_embedding", "T"))
         for i in range(n):
             hf, mj = f"{stack}.block.{i}.layer", f"{stack}/layers_{i}"
@@ -144,17 +142,11 @@ def _mapping(cfg: T5Config, switch: bool) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _expected_shapes(cfg: T5Config) -> dict[str, tuple[int, ...]]:
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    shapes = jax.eval_shape(lambda: nn.unbox(Transformer(cfg).init(
-        jax.random.PRNGKey(0), tokens, tokens)["params"]))
-    return {k: v.shape for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
-
-
 def params_from_state_dict(cfg: T5Config, state: dict[str, Any], switch: bool) -> dict:
     """moejax params (nested dict of float32 numpy arrays) from an HF state
     dict of numpy arrays. Missing tensors and shape mismatches are errors."""
-    expected = _expected_shapes(cfg)
+    expected = {k: v.shape for k, v in
+                traverse_util.flatten_dict(abstract_params(cfg), sep="/").items()}
     rows = _mapping(cfg, switch)
     missing = [hf for hf, _, how in rows
                if (hf.format(e=0) if how == "experts" else hf) not in state]
@@ -169,10 +161,9 @@ def params_from_state_dict(cfg: T5Config, state: dict[str, Any], switch: bool) -
     flat = {}
     for hf, path, how in rows:
         if how == "experts":
+            moe = cfg.encoder_moe if path.startswith("encoder") else cfg.decoder_moe
             value = np.stack([np.asarray(state[hf.format(e=e)]).T
-                              for e in range(cfg.encoder_moe.router.num_experts
-                                             if path.startswith("encoder")
-                                             else cfg.decoder_moe.router.num_experts)])
+                              for e in range(moe.router.num_experts)])
         else:
             value = np.asarray(state[hf])
             value = value.T if how == "T" else value
@@ -232,14 +223,13 @@ def hf_config_from(cfg: T5Config):
                   pad_token_id=0, eos_token_id=1)
     acts = cfg.activations
     if not cfg.encoder_moe.interval and not cfg.decoder_moe.interval:
-        if acts[0] not in MOEJAX_ACT or len(acts) > 2 or (len(acts) == 2 and acts[1] != "linear"):
+        gated = len(acts) == 2 and acts[1] == "linear"
+        proj = acts[0] in MOEJAX_ACT and (len(acts) == 1 or gated) and (
+            f"gated-{MOEJAX_ACT[acts[0]]}" if gated else MOEJAX_ACT[acts[0]])
+        # HF reads 'gated-gelu' as the tanh GELU, so gated exact GELU has no name.
+        if not proj or proj == "gated-gelu":
             raise ValueError(f"HF T5 cannot represent activations {acts}")
-        act = {"gelu_new": "gelu"}.get(MOEJAX_ACT[acts[0]], MOEJAX_ACT[acts[0]])
-        proj = f"gated-{act}" if len(acts) == 2 else act
-        hf = transformers.T5Config(feed_forward_proj=proj, **common)
-        if acts[0] == "gelu_exact":
-            hf.dense_act_fn = "gelu"
-        return hf
+        return transformers.T5Config(feed_forward_proj=proj, **common)
     if len(acts) != 1 or acts[0] not in MOEJAX_ACT:
         raise ValueError(f"HF Switch has non-gated FFNs; cannot represent activations {acts}")
     sparse = {}

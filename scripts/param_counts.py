@@ -13,12 +13,9 @@ import glob
 import importlib.util
 import os
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 from flax import traverse_util
 
-from moejax.models import T5Config, Transformer
+from moejax.models import T5Config, abstract_params
 from moejax.structured import from_mapping
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,9 +34,7 @@ def load_model_config(spec: str) -> T5Config:
 
 
 def count(cfg: T5Config) -> dict[str, int]:
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    shapes = jax.eval_shape(lambda: nn.unbox(Transformer(cfg).init(
-        jax.random.PRNGKey(0), tokens, tokens))["params"])
+    shapes = abstract_params(cfg)
     total = experts = active = 0
     for path, leaf in traverse_util.flatten_dict(shapes, sep="/").items():
         n = leaf.size

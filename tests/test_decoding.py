@@ -16,7 +16,7 @@ EOS = 1
 def setup():
     cfg = tiny_config(vocab_size=24)
     enc = tokens(0, (3, 7), 24, pad_from=[7, 5, 6])
-    model, params = init(cfg, enc, enc[:, :4], seed=1)
+    model, params = init(cfg, seed=1)
     return model, params, enc
 
 

@@ -123,8 +123,7 @@ def test_greedy_decoding_matches_hf_generate(name):
                                   "switch_8_experts_every_layer_untied"])
 def test_export_round_trip_is_exact(name, tmp_path):
     cfg, _ = convert_model(hf_model(name))
-    enc, dec = inputs()
-    _, params = init(cfg, jnp.asarray(enc), jnp.asarray(dec), seed=3)
+    _, params = init(cfg, seed=3)
     out = convert.to_hf(cfg, params, str(tmp_path / "export"))
     again_cfg, again = convert.from_hf(out, **({"eval_capacity_factor": None}
                                                if cfg.encoder_moe.interval else {}))
@@ -168,8 +167,7 @@ def test_export_refuses_what_hf_cannot_hold(tmp_path):
     gated_experts = T5Config(vocab_size=VOCAB, d_model=16, num_heads=2, d_ff=32,
                              num_encoder_layers=2, num_decoder_layers=2,
                              encoder_moe=MoeConfig(interval=2, router=RouterConfig("switch", 4)))
-    enc = tokens(0, (1, 4), VOCAB)
-    _, params = init(gated_experts, enc, enc)
+    _, params = init(gated_experts)
     target = tmp_path / "out"
     with pytest.raises(ValueError, match="non-gated"):
         convert.to_hf(gated_experts, params, str(target))
@@ -178,6 +176,24 @@ def test_export_refuses_what_hf_cannot_hold(tmp_path):
     (target / "keep.txt").write_text("x")
     dense = T5Config(vocab_size=VOCAB, d_model=16, num_heads=2, d_ff=32, num_encoder_layers=1,
                      num_decoder_layers=1)
-    _, params = init(dense, enc, enc)
+    _, params = init(dense)
     with pytest.raises(FileExistsError, match="not empty"):
         convert.to_hf(dense, params, str(target))
+
+
+@pytest.mark.parametrize("acts", [("gelu",), ("gelu_exact",), ("relu",), ("silu", "linear"),
+                                  ("gelu", "linear"), ("relu", "linear")])
+def test_activation_names_survive_export_config(acts):
+    cfg = T5Config(vocab_size=VOCAB, d_model=16, num_heads=2, d_ff=32, activations=acts)
+    hf_config = convert.hf_config_from(cfg)
+    assert convert.config_from_hf(hf_config).activations == acts
+    # Saved configs rebuild dense_act_fn from feed_forward_proj.
+    again = transformers.T5Config(feed_forward_proj=hf_config.feed_forward_proj)
+    assert convert.config_from_hf(again).activations[0] == acts[0]
+
+
+def test_gated_exact_gelu_has_no_hf_name():
+    cfg = T5Config(vocab_size=VOCAB, d_model=16, num_heads=2, d_ff=32,
+                   activations=("gelu_exact", "linear"))
+    with pytest.raises(ValueError, match="HF T5 cannot represent activations"):
+        convert.hf_config_from(cfg)

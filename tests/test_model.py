@@ -30,7 +30,7 @@ def test_shapes_and_param_layout():
 def test_moe_outputs_collects_every_layer():
     cfg = tiny_config(num_encoder_layers=4, decoder_router="switch")
     enc, dec = tokens(0, (2, 8), 40), tokens(1, (2, 6), 40)
-    model, params = init(cfg, enc, dec)
+    model, params = init(cfg)
     _, state = run(model, params, enc, dec, mutable=["moe"])
     aux, metrics = moe_outputs(state["moe"])
     layers = {k.rsplit("/", 1)[0] for k in metrics}
@@ -46,7 +46,7 @@ def test_moe_outputs_collects_every_layer():
 def test_encoder_padding_does_not_change_outputs():
     cfg = tiny_config(encoder_router="top_k")
     enc, dec = tokens(0, (2, 6), 40), tokens(1, (2, 5), 40)
-    model, params = init(cfg, enc, dec)
+    model, params = init(cfg)
     padded = jnp.pad(enc, ((0, 0), (0, 4)))
     a = run(model, params, enc, dec)
     b = run(model, params, padded, dec)
@@ -56,7 +56,7 @@ def test_encoder_padding_does_not_change_outputs():
 def test_decoder_is_causal():
     cfg = tiny_config()
     enc, dec = tokens(0, (2, 6), 40), tokens(1, (2, 8), 40)
-    model, params = init(cfg, enc, dec)
+    model, params = init(cfg)
     changed = dec.at[:, 5:].set(7)
     a = run(model, params, enc, dec)
     b = run(model, params, enc, changed)
@@ -70,7 +70,7 @@ def test_packed_segments_equal_separate_examples():
     cfg = tiny_config(encoder_router="top_k")
     e1, e2 = tokens(0, (1, 5), 40), tokens(1, (1, 4), 40)
     d1, d2 = tokens(2, (1, 4), 40), tokens(3, (1, 3), 40)
-    model, params = init(cfg, e1, d1)
+    model, params = init(cfg)
     packed_enc = jnp.concatenate([e1, e2], 1)
     packed_dec = jnp.concatenate([d1, d2], 1)
     seg = lambda a, b: jnp.asarray([[1] * a + [2] * b])
@@ -87,7 +87,7 @@ def test_packed_segments_equal_separate_examples():
 def test_dropout_only_when_enabled():
     cfg = tiny_config(dropout_rate=0.3)
     enc, dec = tokens(0, (2, 6), 40), tokens(1, (2, 5), 40)
-    model, params = init(cfg, enc, dec)
+    model, params = init(cfg)
     go = lambda seed, on: run(model, params, enc, dec, enable_dropout=on,
                               rngs={"dropout": jax.random.PRNGKey(seed),
                                     "router": jax.random.PRNGKey(seed)})
@@ -97,7 +97,7 @@ def test_dropout_only_when_enabled():
 
 def test_bfloat16_activations_stay_close_with_float32_logits():
     enc, dec = tokens(0, (2, 6), 40), tokens(1, (2, 5), 40)
-    model, params = init(tiny_config(), enc, dec)
+    model, params = init(tiny_config())
     half = Transformer(tiny_config(dtype="bfloat16"))
     a = run(model, params, enc, dec)
     b = run(half, params, enc, dec)
@@ -108,7 +108,7 @@ def test_bfloat16_activations_stay_close_with_float32_logits():
 def test_hash_router_gets_token_ids():
     cfg = tiny_config(encoder_router="hash", decoder_router="hash")
     enc, dec = tokens(0, (2, 6), 40), tokens(1, (2, 5), 40)
-    model, params = init(cfg, enc, dec)
+    model, params = init(cfg)
     _, state = run(model, params, enc, dec, mutable=["moe"])
     _, metrics = moe_outputs(state["moe"])
     np.testing.assert_allclose(metrics["encoder/layers_1/experts_per_token"], 1.0)

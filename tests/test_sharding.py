@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from model_util import init, tiny_config, tokens
-from moejax.models import Transformer
+from moejax.models import Transformer, abstract_params
 from moejax.train.partitioning import logical_rules, make_mesh, sharding_context, shardings
 
 
@@ -14,8 +14,8 @@ def setup():
     cfg = tiny_config(encoder_router="expert_choice", decoder_router="top_k", num_heads=4,
                       vocab_size=48)
     enc, dec = tokens(0, (8, 12), 48, pad_from=[12, 9, 12, 5, 12, 12, 7, 12]), tokens(1, (8, 6), 48)
-    model, params = init(cfg, enc, dec)
-    boxed = jax.eval_shape(Transformer(cfg).init, jax.random.PRNGKey(0), enc, dec)
+    model, params = init(cfg)
+    boxed = abstract_params(cfg, boxed=True)
     loss = lambda m: lambda p, e, d: jax.numpy.mean(m.apply({"params": p}, e, d) ** 2)
     expected = jax.jit(jax.value_and_grad(loss(model)))(params, enc, dec)
     return cfg, enc, dec, params, boxed, loss, expected
@@ -26,7 +26,7 @@ def test_sharded_logits_and_grads_equal_single_device(setup, shape):
     cfg, enc, dec, params, boxed, loss, (value, grads) = setup
     mesh, rules = make_mesh(shape), logical_rules()
     model = Transformer(cfg, mesh=mesh)
-    sharded = jax.device_put(params, shardings(boxed, mesh, rules)["params"])
+    sharded = jax.device_put(params, shardings(boxed, mesh, rules))
     experts = sharded["encoder"]["layers_1"]["mlp"]["mlp"]["wi_0"]
     assert len({str(s.index) for s in experts.addressable_shards}) == shape[1] * shape[2]
     with sharding_context(mesh, rules):

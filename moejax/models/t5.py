@@ -239,6 +239,16 @@ class Transformer(nn.Module):
                            decoder_positions, enable_dropout=enable_dropout)
 
 
+def abstract_params(cfg: T5Config, mesh: Mesh | None = None, boxed: bool = False):
+    """The model's params as jax.ShapeDtypeStructs (nothing is allocated).
+    Param shapes do not depend on the input length, so one token is traced.
+    boxed=True keeps the nn.Partitioned logical-axis annotations."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    variables = jax.eval_shape(Transformer(cfg, mesh=mesh).init, jax.random.PRNGKey(0),
+                               tokens, tokens)
+    return variables["params"] if boxed else nn.unbox(variables)["params"]
+
+
 def moe_outputs(moe_collection) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(sum of every MoE layer's weighted aux loss, per-layer routing metrics
     keyed 'encoder/layers_1/expert_load', ...) from the sown 'moe' collection."""
@@ -256,4 +266,5 @@ def moe_outputs(moe_collection) -> tuple[jax.Array, dict[str, jax.Array]]:
     return aux, metrics
 
 
-__all__ = ["Decoder", "Encoder", "MOE_COLLECTION", "Transformer", "attention_bias", "moe_outputs"]
+__all__ = ["Decoder", "Encoder", "MOE_COLLECTION", "Transformer", "abstract_params",
+           "attention_bias", "moe_outputs"]
