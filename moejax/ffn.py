@@ -5,7 +5,8 @@ import functools
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
+
+from moejax.matmul import matmul
 
 # T5.1.1 'gelu' is the tanh approximation (HF's gelu_new).
 ACTIVATIONS: dict[str, Callable] = {
@@ -32,7 +33,7 @@ def input_kernel_names(activations: Sequence[str]) -> list[str]:
     return [f"wi_{i}" for i in range(len(activations))]
 
 
-def ffn(x, params, activations: Sequence[str], matmul: Callable = jnp.matmul):
+def ffn(x, params, activations: Sequence[str], matmul: Callable = matmul):
     """prod_i act_i(x @ wi_i) @ wo, with `matmul(x, w)` supplied by the caller
     (a plain matmul, a per-expert einsum, or a grouped matmul)."""
     hidden = None

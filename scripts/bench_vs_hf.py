@@ -67,6 +67,7 @@ def main():
 
     hf, capacity = hf_switch(args)
     cfg, params = convert.from_hf(hf, capacity_factor=1.25, eval_capacity_factor=1.25)
+    params = jax.device_put(params)  # numpy params would be copied in on every call
     model = Transformer(cfg)
     rng = np.random.RandomState(0)
     enc = rng.randint(2, args.vocab, (args.batch, args.length)).astype(np.int32)

@@ -89,7 +89,7 @@ def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mo
         out = expert_parallel_ffn(buffers, params, activations, mesh=mesh,
                                   expert_axis=expert_axis, data_axes=data_axes)
     else:
-        out = ffn(buffers, params, activations, buf.expert_matmul)
+        out = ffn(buffers, params, activations)
     if mode == "einsum":
         return buf.einsum_from_buffers(out, combine)
     return buf.scatter_from_buffers(out, routing, t)

@@ -1,4 +1,9 @@
-"""Capacity-buffer dispatch: tokens go to per-expert buffers [G, E, C, d].
+"""Capacity-buffer dispatch: tokens go to per-expert buffers [E, G, C, d].
+
+Buffers are expert-major so each expert's rows are contiguous: the expert
+matmul is then a plain batched matmul with no transposes in the forward or
+backward pass (on CPU, group-major buffers cost ~15% of a Switch train step
+in layout copies).
 
 Two ways to fill and empty the buffers, same result:
 - 'einsum' (T5X/GShard): one-hot dispatch and combine tensors [G, T, E, C];
@@ -17,11 +22,6 @@ def _group_index(r: RoutingResult):
     return jnp.arange(r.token.shape[0])[:, None]
 
 
-def expert_matmul(x, w):
-    """Per-expert matmul on buffers: x [G, E, C, k] @ w [E, k, n] -> [G, E, C, n]."""
-    return jnp.einsum("geck,ekn->gecn", x, w)
-
-
 def one_hot_tensors(r: RoutingResult, num_tokens: int, dtype):
     """dispatch (0/1) and combine (weights) tensors, both [G, T, E, C]."""
     shape = (r.token.shape[0], num_tokens, r.num_experts, r.capacity)
@@ -32,24 +32,24 @@ def one_hot_tensors(r: RoutingResult, num_tokens: int, dtype):
 
 
 def einsum_to_buffers(x, dispatch):
-    return jnp.einsum("gtd,gtec->gecd", x, dispatch)
+    return jnp.einsum("gtd,gtec->egcd", x, dispatch)
 
 
 def einsum_from_buffers(y, combine):
-    return jnp.einsum("gecd,gtec->gtd", y, combine.astype(y.dtype))
+    return jnp.einsum("egcd,gtec->gtd", y, combine.astype(y.dtype))
 
 
 def scatter_to_buffers(x, r: RoutingResult):
-    """x [G, T, d] -> buffers [G, E, C, d]; dropped assignments write nothing."""
+    """x [G, T, d] -> buffers [E, G, C, d]; dropped assignments write nothing."""
     g, _, d = x.shape
     gi = _group_index(r)
     slot = jnp.where(r.valid, r.slot, r.capacity)  # out of range -> dropped by mode='drop'
-    buffers = jnp.zeros((g, r.num_experts, r.capacity, d), x.dtype)
-    return buffers.at[gi, r.expert, slot].set(x[gi, r.token], mode="drop")
+    buffers = jnp.zeros((r.num_experts, g, r.capacity, d), x.dtype)
+    return buffers.at[r.expert, gi, slot].set(x[gi, r.token], mode="drop")
 
 
 def scatter_from_buffers(y, r: RoutingResult, num_tokens: int):
-    """buffers [G, E, C, d] -> [G, T, d], summing weight * expert output per token."""
+    """buffers [E, G, C, d] -> [G, T, d], summing weight * expert output per token."""
     gi = _group_index(r)
-    out = y[gi, r.expert, r.slot] * r.weight[..., None].astype(y.dtype)
-    return jnp.zeros((y.shape[0], num_tokens, y.shape[-1]), y.dtype).at[gi, r.token].add(out)
+    out = y[r.expert, gi, r.slot] * r.weight[..., None].astype(y.dtype)
+    return jnp.zeros((y.shape[1], num_tokens, y.shape[-1]), y.dtype).at[gi, r.token].add(out)

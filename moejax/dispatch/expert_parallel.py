@@ -1,6 +1,6 @@
 """Expert parallelism: experts sharded over a mesh axis, tokens moved by all-to-all.
 
-Buffers [G, E, C, d] arrive sharded over groups. Inside `shard_map` one
+Buffers [E, G, C, d] arrive sharded over groups. Inside `shard_map` one
 all-to-all swaps the sharding from groups to experts, each device runs its
 E / n experts on every group's tokens, and a second all-to-all swaps back.
 The arithmetic per (group, expert, slot) is the single-device arithmetic,
@@ -13,13 +13,12 @@ from typing import Sequence
 import jax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from moejax.dispatch.buffers import expert_matmul
 from moejax.ffn import ffn
 
 
 def expert_parallel_ffn(buffers, params, activations: Sequence[str], *, mesh: Mesh,
                         expert_axis: str = "expert", data_axes: Sequence[str] = ("data",)):
-    """Runs the expert FFN on buffers [G, E, C, d] with experts sharded over
+    """Runs the expert FFN on buffers [E, G, C, d] with experts sharded over
     `expert_axis`; groups are sharded over the `data_axes` present in the
     mesh and `expert_axis`. Expert weights are replicated over other axes.
     """
@@ -30,7 +29,7 @@ def expert_parallel_ffn(buffers, params, activations: Sequence[str], *, mesh: Me
     n_groups = 1
     for a in group_axes:
         n_groups *= mesh.shape[a]
-    g, e = buffers.shape[:2]
+    e, g = buffers.shape[:2]
     if g % n_groups:
         raise ValueError(f"expert parallelism over mesh axes {group_axes} needs the number of "
                          f"groups ({g}) divisible by {n_groups}")
@@ -39,9 +38,10 @@ def expert_parallel_ffn(buffers, params, activations: Sequence[str], *, mesh: Me
                          f"size {mesh.shape[expert_axis]}")
 
     def local(buf, p):
-        buf = jax.lax.all_to_all(buf, expert_axis, split_axis=1, concat_axis=0, tiled=True)
-        out = ffn(buf, p, activations, expert_matmul)
-        return jax.lax.all_to_all(out, expert_axis, split_axis=0, concat_axis=1, tiled=True)
+        buf = jax.lax.all_to_all(buf, expert_axis, split_axis=0, concat_axis=1, tiled=True)
+        out = ffn(buf, p, activations)
+        return jax.lax.all_to_all(out, expert_axis, split_axis=1, concat_axis=0, tiled=True)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(group_axes), P(expert_axis)),
-                         out_specs=P(group_axes))(buffers, params)
+    groups = P(None, group_axes)
+    return jax.shard_map(local, mesh=mesh, in_specs=(groups, P(expert_axis)),
+                         out_specs=groups)(buffers, params)

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moejax.matmul import matmul
+
 # Additive bias for masked attention logits (float32 softmax).
 NEG_INF = -1e10
 
@@ -91,7 +93,7 @@ class MultiHeadAttention(nn.Module):
     def _project(self, x, name, scale=1.0):
         b, l, d = x.shape
         w = self._kernel(name, (d, self.num_heads * self.head_dim), ("embed", "joined_kv"), scale)
-        y = jnp.asarray(x, self.dtype) @ w
+        y = matmul(jnp.asarray(x, self.dtype), w)
         return nn.with_logical_constraint(y.reshape(b, l, self.num_heads, self.head_dim),
                                           ("batch", "length", "heads", "kv"))
 
@@ -127,5 +129,5 @@ class MultiHeadAttention(nn.Module):
         b, l = out.shape[:2]
         wo = self._kernel("out", (self.num_heads * self.head_dim, inputs_q.shape[-1]),
                           ("joined_kv", "embed"))
-        out = out.reshape(b, l, -1) @ wo
+        out = matmul(out.reshape(b, l, -1), wo)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))

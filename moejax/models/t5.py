@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from moejax.layers import MOE_COLLECTION, MlpBlock, MoeLayer
 from moejax.layers.attention import NEG_INF, MultiHeadAttention, RelativePositionBias
+from moejax.matmul import matmul
 from moejax.models.config import MoeConfig, T5Config
 
 
@@ -182,12 +183,12 @@ class Decoder(_Stack):
                 decode=decode, decode_position=decode_position, max_length=max_length)
         y = self.final(x, "decoder_norm", deterministic).astype(jnp.float32)
         if cfg.tie_embeddings:
-            logits = self.embedder.attend(y) * cfg.d_model ** -0.5
+            logits = matmul(y, self.embedder.embedding.T) * cfg.d_model ** -0.5
         else:
             kernel = self.param("logits_dense", nn.with_logical_partitioning(
                 nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
                 ("embed", "vocab")), (cfg.d_model, cfg.vocab_size), jnp.float32)
-            logits = y @ kernel
+            logits = matmul(y, kernel)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
