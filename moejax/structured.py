@@ -12,6 +12,8 @@ import difflib
 import typing
 from typing import Any, Mapping
 
+import ml_collections
+
 
 def unknown_key_error(key: str, known, where: str) -> ValueError:
     close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
@@ -45,6 +47,26 @@ def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str = ""):
         return cls(**kwargs)
     except ValueError as e:
         raise ValueError(f"{where or cls.__name__ + ': '}{e}") from None
+
+
+def config_dict(obj) -> ml_collections.ConfigDict:
+    """A ConfigDict of dataclass `obj` for config files. Fields that are None
+    become typed placeholders (from the type hints), so they can still be
+    overridden from the command line (`--config.x.head_dim=64`)."""
+    hints = typing.get_type_hints(type(obj))
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = config_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif value is None:
+            types = [t for t in typing.get_args(hints[f.name]) if t is not type(None)]
+            field_type = types[0] if len(types) == 1 else object
+            value = ml_collections.config_dict.placeholder(typing.get_origin(field_type) or field_type)
+        out[f.name] = value
+    return ml_collections.ConfigDict(out)
 
 
 def to_mapping(obj) -> dict[str, Any]:

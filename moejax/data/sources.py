@@ -1,0 +1,92 @@
+"""Document sources: each reads one shard of a text collection, in order.
+
+  embedded  the generated corpus (moejax.data.corpus), offline.
+  text      local text files, one document per non-empty line.
+  tfrecord  local TFRecord files of tf.train.Example with a text feature.
+  tfds      any tensorflow-datasets text dataset (C4: 'c4/en').
+`iterate(start)` yields (index, text) from the shard's `start`-th document,
+so a pipeline resumes without re-reading what it consumed (streams skip).
+"""
+from __future__ import annotations
+
+import glob
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from moejax.data import corpus
+
+SOURCES = ("embedded", "tfds", "text", "tfrecord")
+
+
+class InMemory:
+    """A list of documents; shard s of n takes every n-th, starting at s.
+    Each epoch visits the shard in a fresh permutation of (seed, epoch)."""
+
+    def __init__(self, texts: Sequence[str], shard: int, num_shards: int, seed: int):
+        self.texts = list(texts)[shard::num_shards]
+        if not self.texts:
+            raise ValueError(f"input shard {shard} of {num_shards} has no documents")
+        self.seed = seed
+
+    def iterate(self, start: int, epoch: int) -> Iterator[tuple[int, str]]:
+        order = np.random.RandomState(
+            np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]).permutation(len(self.texts))
+        for i in range(start, len(self.texts)):
+            yield i, self.texts[order[i]]
+
+
+class TfStream:
+    """A tf.data dataset of documents, read in order (no shuffling, so the
+    position is exact); `start` skips consumed documents."""
+
+    def __init__(self, make_dataset, text_key: str | None):
+        self.make_dataset = make_dataset
+        self.text_key = text_key
+
+    def iterate(self, start: int, epoch: int) -> Iterator[tuple[int, str]]:
+        del epoch  # streams are read in their stored order every epoch
+        for i, item in enumerate(self.make_dataset().skip(start).as_numpy_iterator(), start):
+            text = item[self.text_key] if self.text_key else item
+            yield i, text.decode("utf-8")
+
+
+def _files(patterns: str, what: str) -> list[str]:
+    files = sorted(f for p in patterns.split(",") if p for f in glob.glob(p))
+    if not files:
+        raise FileNotFoundError(f"{what} {patterns!r} matches no files")
+    return files
+
+
+def make_source(cfg, split: str, shard: int, num_shards: int):
+    """The source for `split` ('train' or 'eval') of DataConfig `cfg`."""
+    if cfg.source == "embedded":
+        if split == "train":
+            texts = corpus.documents(cfg.seed, cfg.embedded_documents)
+        else:  # held out: another seed of the same generator
+            texts = corpus.documents(cfg.seed + 1_000_003, cfg.embedded_eval_documents)
+        return InMemory(texts, shard, num_shards, cfg.seed)
+    if cfg.source == "text":
+        files = _files(cfg.train_files if split == "train" else cfg.eval_files, f"data.{split}_files")
+        texts = [line.strip() for f in files for line in open(f, encoding="utf-8") if line.strip()]
+        return InMemory(texts, shard, num_shards, cfg.seed)
+    import tensorflow as tf  # only the streaming sources need TensorFlow
+
+    tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators JAX owns
+    if cfg.source == "tfrecord":
+        files = _files(cfg.train_files if split == "train" else cfg.eval_files, f"data.{split}_files")
+        spec = {cfg.text_key: tf.io.FixedLenFeature([], tf.string)}
+        return TfStream(lambda: tf.data.TFRecordDataset(files).shard(num_shards, shard).map(
+            lambda r: tf.io.parse_single_example(r, spec)), cfg.text_key)
+    if cfg.source == "tfds":
+        import tensorflow_datasets as tfds
+
+        if not cfg.tfds_name:
+            raise ValueError("data.source='tfds' needs data.tfds_name (e.g. 'c4/en:3.1.0')")
+        name_split = cfg.train_split if split == "train" else cfg.eval_split
+        sub_split = tfds.even_splits(name_split, n=num_shards)[shard]
+        return TfStream(lambda: tfds.load(
+            cfg.tfds_name, split=sub_split, data_dir=cfg.tfds_data_dir or None,
+            shuffle_files=False, read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)),
+            cfg.text_key)
+    raise ValueError(f"data.source must be one of {SOURCES}, got {cfg.source!r}")
