@@ -1,0 +1,48 @@
+"""python -m moejax.train --config=configs/default.py --workdir=DIR [--config.x.y=v ...]
+
+Also installed as the `moejax-train` command. Resumes from DIR's latest
+checkpoint when there is one.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from moejax.structured import from_mapping
+from moejax.train.config import TrainConfig
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, tokenizer.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("moejax").setLevel(logging.INFO)
+    try:
+        cfg = from_mapping(TrainConfig, _CONFIG.value)
+    except ValueError as e:
+        sys.exit(f"config error: {e}")
+    from moejax.train.checkpoint import CheckpointError  # after flags: imports jax
+    from moejax.train.trainer import NonFiniteLoss, train
+
+    try:
+        train(cfg, _WORKDIR.value)
+    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLoss) as e:
+        sys.exit(f"error: {e}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

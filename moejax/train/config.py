@@ -1,0 +1,160 @@
+"""The trainer's config: frozen dataclasses, read from ml_collections files.
+
+`configs/*.py` return `config_dict(TrainConfig(...))`; the trainer turns the
+(overridden) ConfigDict back into a TrainConfig with `from_mapping`, so an
+unknown field is an error naming close matches and each field is validated
+in one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from moejax.data.objectives import OBJECTIVES
+from moejax.data.sources import SOURCES
+from moejax.models.config import T5Config
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """source: one of moejax.data.sources.SOURCES.
+    tfds_name / tfds_data_dir / train_split / eval_split: for 'tfds'.
+    train_files / eval_files: comma-separated globs for 'text' / 'tfrecord'.
+    text_key: the text feature of tfds / TFRecord examples.
+    embedded_documents / embedded_eval_documents: size of the generated corpus.
+    objective: one of moejax.data.objectives.OBJECTIVES; inputs_length /
+      targets_length: encoder / decoder sequence lengths.
+    pack: pack several examples per row (segment ids and positions).
+    num_shards: input shards; 0 = one per process. Fix it to get the same
+      global batches with any number of processes.
+    seed: corpus generation, epoch order and noise.
+    """
+
+    source: str = "embedded"
+    tfds_name: str = ""
+    tfds_data_dir: str = ""
+    train_split: str = "train"
+    eval_split: str = "validation"
+    train_files: str = ""
+    eval_files: str = ""
+    text_key: str = "text"
+    embedded_documents: int = 20000
+    embedded_eval_documents: int = 500
+    objective: str = "span_corruption"
+    inputs_length: int = 128
+    targets_length: int = 32
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+    pack: bool = True
+    num_shards: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if min(self.inputs_length, self.targets_length) < 2:
+            raise ValueError(f"inputs_length and targets_length must be >= 2, got "
+                             f"{self.inputs_length}, {self.targets_length}")
+        if not 0 < self.noise_density < 1:
+            raise ValueError(f"noise_density must be in (0, 1), got {self.noise_density}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """path: an existing SentencePiece model ('' = train one on the training
+    corpus, cached as <workdir>/tokenizer/spm.model).
+    vocab_size: pieces of a trained model (an upper bound).
+    train_documents: documents the tokenizer is trained on.
+    extra_ids: sentinel ids above the pieces (T5: 100)."""
+
+    path: str = ""
+    vocab_size: int = 2000
+    train_documents: int = 5000
+    extra_ids: int = 100
+
+
+OPTIMIZERS = ("adafactor", "adamw")
+SCHEDULES = ("rsqrt", "constant", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """name: 'adafactor' (T5 defaults: factored second moments, no first
+    moment, update clipping 1.0, param-scale updates) or 'adamw'.
+    schedule: 'rsqrt' = learning_rate / sqrt(max(step, warmup_steps)) (T5),
+      'constant' after linear warmup, or 'cosine' decay to 0 at train.steps.
+    clip_norm: global gradient-norm clipping (0 = off).
+    """
+
+    name: str = "adafactor"
+    learning_rate: float = 1.0
+    schedule: str = "rsqrt"
+    warmup_steps: int = 10000
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    clip_norm: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.learning_rate <= 0 or self.warmup_steps < 0 or self.clip_norm < 0:
+            raise ValueError("learning_rate must be > 0, warmup_steps and clip_norm >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the ('data', 'model', 'expert') axes; one may be -1 (fill).
+    expert_axis: 'expert' or 'data' (see moejax.train.partitioning)."""
+
+    data: int = -1
+    model: int = 1
+    expert: int = 1
+    expert_axis: str = "expert"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """every_steps: save interval (0 = only at the end and on SIGTERM).
+    keep: latest checkpoints kept; the best by eval loss is kept as well.
+    async_save: write in the background while training continues."""
+
+    every_steps: int = 500
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """batch_size: global sequences per step (split over grad_accum_steps
+    micro-batches). z_loss: weight of T5X's log(Z)^2 loss on the logits;
+    router aux-loss weights live in each RouterConfig.
+    eval_every_steps / eval_batches: held-out evaluation (0 = off).
+    log_every_steps: metrics to metrics.jsonl, TensorBoard and the bar."""
+
+    model: T5Config = T5Config()
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    z_loss: float = 1e-4
+    seed: int = 0
+    eval_every_steps: int = 200
+    eval_batches: int = 4
+    log_every_steps: int = 10
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
+            raise ValueError("steps, batch_size and grad_accum_steps must be >= 1")
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(f"batch_size={self.batch_size} must be divisible by "
+                             f"grad_accum_steps={self.grad_accum_steps}")
+        if self.log_every_steps < 1:
+            raise ValueError(f"log_every_steps must be >= 1, got {self.log_every_steps}")

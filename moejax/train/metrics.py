@@ -1,0 +1,59 @@
+"""Metric logging: metrics.jsonl (one JSON object per logged step) and
+TensorBoard events in the workdir. Only process 0 writes."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+# Routing metrics are logged per MoE layer and averaged over layers.
+LAYER_AVERAGED = ("dropped_fraction", "experts_per_token", "router_entropy",
+                  "load_balance_loss", "z_loss", "entropy_loss")
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, float | list[float]]:
+    """Host values: scalars as floats, vectors (expert load) as lists, plus
+    `moe/<name>` averages over MoE layers of the per-layer statistics."""
+    out, per_layer = {}, {}
+    for key, value in metrics.items():
+        value = np.asarray(value, np.float64)
+        out[prefix + key] = float(value) if value.ndim == 0 else value.tolist()
+        name = key.rsplit("/", 1)[-1]
+        if "/layers_" in key and name in LAYER_AVERAGED:
+            per_layer.setdefault(name, []).append(float(value))
+    for name, values in per_layer.items():
+        out[f"{prefix}moe/{name}"] = float(np.mean(values))
+    return out
+
+
+class MetricWriter:
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        import tensorflow as tf  # TensorBoard's writer; tf is already a tfds dependency
+
+        self.tf = tf
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self.tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, values: dict):
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+        with self.tb.as_default(step=step):
+            for key, value in values.items():
+                if isinstance(value, list):
+                    for i, v in enumerate(value):
+                        self.tf.summary.scalar(f"{key}/{i}", v)
+                else:
+                    self.tf.summary.scalar(key, value)
+        self.tb.flush()
+
+    def close(self):
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()

@@ -1,0 +1,110 @@
+"""The jitted train and eval steps: pure functions of (state, batch).
+
+state = {'step', 'params', 'opt_state'}. Randomness (dropout, router noise)
+is folded from (seed, step), so a resumed run draws the same numbers.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from moejax.layers import MOE_COLLECTION
+from moejax.models import Transformer, moe_outputs
+
+
+def model_inputs(batch) -> dict:
+    return {k: batch[k] for k in (
+        "encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+        "encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions")}
+
+
+def token_losses(logits, targets):
+    """(cross-entropy, log(Z)^2), both float32 [B, L], from float32 logits."""
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return log_z - target_logit, jnp.square(log_z)
+
+
+def _sums(model: Transformer, params, batch, rng, train: bool, z_loss_weight: float,
+          denominator):
+    """Loss of one (micro-)batch scaled by `denominator` target tokens, and
+    metric sums. Returns (loss, metrics)."""
+    dropout_rng, router_rng = jax.random.split(rng)
+    logits, state = model.apply(
+        {"params": params}, **model_inputs(batch), enable_dropout=train,
+        rngs={"dropout": dropout_rng, "router": router_rng}, mutable=[MOE_COLLECTION])
+    aux, moe_metrics = moe_outputs(state.get(MOE_COLLECTION))
+    targets = batch["decoder_target_tokens"]
+    weights = (targets > 0).astype(jnp.float32)
+    ce, z = token_losses(logits, targets)
+    ce_sum, z_sum = jnp.sum(ce * weights), jnp.sum(z * weights)
+    loss = (ce_sum + z_loss_weight * z_sum) / denominator + aux
+    correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+    metrics = {"cross_entropy": ce_sum / denominator, "z_loss": z_sum / denominator,
+               "accuracy": correct / denominator, "aux_loss": aux, **moe_metrics}
+    return loss, metrics
+
+
+# Metrics that are sums over tokens (already divided by the batch's tokens);
+# the rest are per-micro-batch means and are averaged over micro-batches.
+TOKEN_SUMS = ("cross_entropy", "z_loss", "accuracy")
+
+
+def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
+                    lr_schedule: Callable, seed: int, z_loss_weight: float,
+                    grad_accum_steps: int):
+    """train_step(state, batch) -> (state, metrics). With grad_accum_steps
+    = n the batch is split into n micro-batches (consecutive rows) whose
+    gradients are summed before one update; token losses are normalised by
+    the whole batch's target tokens, as one big batch would be."""
+    loss_fn = functools.partial(_sums, model)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state, batch):
+        step = state["step"]
+        rng = jax.random.fold_in(jax.random.key(seed), step)
+        tokens = jnp.maximum(jnp.sum(batch["decoder_target_tokens"] > 0), 1).astype(jnp.float32)
+
+        def micro(i, micro_batch):
+            (_, metrics), grads = grad_fn(state["params"], micro_batch, jax.random.fold_in(rng, i),
+                                          True, z_loss_weight, tokens)
+            metrics = {k: v if k in TOKEN_SUMS else v / grad_accum_steps for k, v in metrics.items()}
+            return grads, metrics
+
+        if grad_accum_steps == 1:
+            grads, metrics = micro(0, batch)
+        else:
+            micro_batches = jax.tree.map(
+                lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
+            first = jax.tree.map(lambda x: x[0], micro_batches)
+            zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                 jax.eval_shape(micro, 0, first))
+            (grads, metrics), _ = jax.lax.scan(
+                lambda carry, xs: (jax.tree.map(jnp.add, carry, micro(*xs)), None),
+                zeros, (jnp.arange(grad_accum_steps), micro_batches))
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics["loss"] = metrics["cross_entropy"] + z_loss_weight * metrics["z_loss"] + metrics["aux_loss"]
+        metrics["learning_rate"] = lr_schedule(step)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        # The trainer saves only states whose loss and params are all finite.
+        metrics["finite"] = jnp.isfinite(metrics["loss"]) & jnp.all(jnp.asarray(
+            [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+        return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return train_step
+
+
+def make_eval_step(model: Transformer, z_loss_weight: float):
+    """eval_step(params, batch) -> metrics (no dropout, eval capacity factors)."""
+
+    def eval_step(params, batch):
+        tokens = jnp.maximum(jnp.sum(batch["decoder_target_tokens"] > 0), 1).astype(jnp.float32)
+        loss, metrics = _sums(model, params, batch, jax.random.key(0), False, z_loss_weight, tokens)
+        return {"loss": loss, **metrics}
+
+    return eval_step

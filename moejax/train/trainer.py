@@ -1,0 +1,261 @@
+"""The pretraining loop: config -> mesh, data, state -> jitted steps -> checkpoints.
+
+Every input is checked before compute (mesh vs devices, batch vs the
+data-parallel size, tokenizer and data paths, vocabulary vs model). The loop
+resumes from the workdir's latest checkpoint, saves on SIGTERM and exits
+cleanly, and stops on a non-finite loss without saving the bad state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from moejax.data import tokenizer as tok
+from moejax.data.objectives import Objective
+from moejax.data.pipeline import Pipeline
+from moejax.data.sources import make_source
+from moejax.models import Transformer
+from moejax.structured import to_mapping
+from moejax.train import optim
+from moejax.train.checkpoint import BEST_METRIC, Checkpoints
+from moejax.train.config import TrainConfig
+from moejax.train.metrics import MetricWriter, flatten
+from moejax.train.partitioning import logical_rules, make_mesh, sharding_context
+from moejax.train.step import make_eval_step, make_train_step
+
+log = logging.getLogger("moejax.train")
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything derived from the config before the first step."""
+
+    cfg: TrainConfig
+    workdir: str
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    vocab: tok.Vocabulary
+    objective: Objective
+    model: Transformer
+    batch_sharding: NamedSharding
+    shards: list[int]
+    num_shards: int
+
+
+def _data_parallel(cfg: TrainConfig, mesh) -> int:
+    size = mesh.shape["data"]
+    return size * mesh.shape["expert"] if cfg.mesh.expert_axis == "expert" else size
+
+
+def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabulary:
+    tcfg = cfg.tokenizer
+    if tcfg.path:
+        return tok.load(tcfg.path, tcfg.extra_ids)
+    cache = os.path.join(workdir, "tokenizer", "spm.model")
+    if jax.process_index() == 0 and not os.path.exists(cache):
+        source = make_source(cfg.data, "train", 0, num_shards)
+        texts = (text for _, (_, text) in zip(range(tcfg.train_documents), source.iterate(0, 0)))
+        tok.train(texts, tcfg.vocab_size, tcfg.extra_ids, cache)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("moejax tokenizer")
+    return tok.load(cache, tcfg.extra_ids)
+
+
+def setup(cfg: TrainConfig, workdir: str) -> Setup:
+    """Validates the config against the devices and data; no compute yet."""
+    mesh = make_mesh({"data": cfg.mesh.data, "model": cfg.mesh.model, "expert": cfg.mesh.expert})
+    rules = logical_rules(cfg.mesh.expert_axis)
+    dp = _data_parallel(cfg, mesh)
+    micro = cfg.batch_size // cfg.grad_accum_steps
+    if micro % dp:
+        raise ValueError(f"batch_size={cfg.batch_size} / grad_accum_steps={cfg.grad_accum_steps} "
+                         f"= {micro} rows is not divisible by the data-parallel size {dp} "
+                         f"(mesh {dict(mesh.shape)}, batch over data"
+                         f"{' x expert' if cfg.mesh.expert_axis == 'expert' else ''})")
+    processes = jax.process_count()
+    num_shards = cfg.data.num_shards or processes
+    if num_shards % processes or cfg.batch_size % num_shards:
+        raise ValueError(f"data.num_shards={num_shards} must be a multiple of the {processes} "
+                         f"processes and divide batch_size={cfg.batch_size}")
+    per_process = num_shards // processes
+    shards = list(range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process))
+    vocab = _vocabulary(cfg, workdir, num_shards)
+    if vocab.size > cfg.model.vocab_size:
+        raise ValueError(f"the tokenizer has {vocab.size} ids (pieces + {cfg.tokenizer.extra_ids} "
+                         f"sentinels) but model.vocab_size={cfg.model.vocab_size}; raise "
+                         f"model.vocab_size or lower tokenizer.vocab_size")
+    d = cfg.data
+    objective = Objective(d.objective, d.inputs_length, d.targets_length, d.noise_density,
+                          d.mean_noise_span_length)
+    objective.check_lengths()
+    model = Transformer(cfg.model, mesh=mesh, expert_axis=cfg.mesh.expert_axis)
+    batch_sharding = NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", None), rules))
+    return Setup(cfg, workdir, mesh, rules, vocab, objective, model, batch_sharding, shards,
+                 num_shards)
+
+
+def _init_fn(s: Setup, optimizer):
+    # Param shapes do not depend on the mesh; initialising without it keeps
+    # the one-token init out of the expert-parallel path (it needs groups).
+    plain = Transformer(s.cfg.model)
+    tokens = jnp.ones((1, 1), jnp.int32)
+
+    def init(rng):
+        params = nn.unbox(plain.init({"params": rng, "router": rng}, tokens, tokens))["params"]
+        return {"step": jnp.zeros((), jnp.int32), "params": params,
+                "opt_state": optimizer.init(params)}
+
+    abstract = jax.eval_shape(plain.init, jax.random.key(0), tokens, tokens)
+    param_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract["params"]),
+                                                  s.mesh, s.rules)
+    # The optimizer state's shardings follow from the params' by propagation.
+    out = {"step": NamedSharding(s.mesh, P()), "params": param_shardings, "opt_state": None}
+    return jax.jit(init, out_shardings=out)
+
+
+class Prefetch:
+    """Builds the next batches (and their pipeline positions) in a thread
+    while the device runs the current step."""
+
+    def __init__(self, pipeline: Pipeline, depth: int = 2):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.pipeline = pipeline
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            for batch in self.pipeline:
+                self.queue.put((batch, self.pipeline.state()))
+        except Exception as e:  # surfaced in the training thread
+            self.queue.put(e)
+
+    def next(self):
+        item = self.queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def _global_batch(s: Setup, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(s.batch_sharding, v) for k, v in local.items()}
+
+
+def evaluate(s: Setup, eval_step, params) -> dict[str, float]:
+    """Mean metrics over cfg.eval_batches batches of the held-out split,
+    always the same batches."""
+    rows = s.cfg.batch_size // s.num_shards
+    pipeline = Pipeline(s.cfg.data, s.vocab, s.objective, "eval", rows, s.shards, s.num_shards)
+    totals, n = {}, 0
+    for _, batch in zip(range(s.cfg.eval_batches), pipeline):
+        metrics = jax.device_get(eval_step(params, _global_batch(s, batch)))
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + np.asarray(v)
+        n += 1
+    if n == 0:
+        raise ValueError("the eval split produced no batches")
+    return {k: v / n for k, v in totals.items()}
+
+
+def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) pretraining in `workdir`; returns the last logged metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    s = setup(cfg, workdir)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(to_mapping(cfg), f, indent=2)
+    optimizer = optim.optimizer(cfg.optimizer, cfg.steps)
+    lr_schedule = optim.schedule(cfg.optimizer, cfg.steps)
+    init = _init_fn(s, optimizer)
+    with sharding_context(s.mesh, s.rules):
+        state_shardings = init.lower(jax.random.key(0)).compile().output_shardings
+        abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                                jax.eval_shape(init, jax.random.key(0)), state_shardings)
+        train_step = jax.jit(
+            make_train_step(s.model, optimizer, lr_schedule, cfg.seed, cfg.z_loss, cfg.grad_accum_steps),
+            in_shardings=(state_shardings, s.batch_sharding), out_shardings=(state_shardings, None),
+            donate_argnums=0)
+        eval_step = jax.jit(make_eval_step(s.model, cfg.z_loss),
+                            in_shardings=(state_shardings["params"], s.batch_sharding))
+
+    checkpoints = Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint)
+    latest = checkpoints.latest_step()
+    if latest is None:
+        with sharding_context(s.mesh, s.rules):
+            state = init(jax.random.key(cfg.seed))
+        data_state = None
+    else:
+        state, data_state = checkpoints.restore(latest, abstract)
+        log.info("resumed from %s/checkpoints/%d", workdir, latest)
+    start = int(state["step"])
+    pipeline = Pipeline(cfg.data, s.vocab, s.objective, "train", cfg.batch_size // s.num_shards,
+                        s.shards, s.num_shards, state=data_state)
+    prefetch = Prefetch(pipeline)
+    writer = MetricWriter(workdir)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=jax.process_index() != 0,
+               dynamic_ncols=True)
+    tokens_per_step = cfg.batch_size * (cfg.data.inputs_length + cfg.data.targets_length)
+    last, window_start, window_steps = {}, time.perf_counter(), 0
+    try:
+        for step in range(start, cfg.steps):
+            batch, data_state = prefetch.next()
+            with sharding_context(s.mesh, s.rules):
+                state, metrics = train_step(state, _global_batch(s, batch))
+            loss = float(metrics["loss"])  # also waits for the step
+            window_steps += 1
+            if not bool(metrics["finite"]):
+                checkpoints.wait()
+                raise NonFiniteLoss(
+                    f"non-finite loss ({loss}) or params at step {step + 1}; stopped without "
+                    f"saving. The last good checkpoint is step {checkpoints.latest_step()} in "
+                    f"{workdir}/checkpoints")
+            done = step + 1
+            if done % cfg.log_every_steps == 0 or done == cfg.steps:
+                elapsed = time.perf_counter() - window_start
+                last = flatten(jax.device_get(metrics))
+                last.update(step_time_s=elapsed / window_steps,
+                            tokens_per_s=tokens_per_step * window_steps / elapsed)
+                writer.write(done, last)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last['tokens_per_s']:,.0f}")
+                window_start, window_steps = time.perf_counter(), 0
+            eval_metrics = None
+            if cfg.eval_every_steps and (done % cfg.eval_every_steps == 0 or done == cfg.steps):
+                with sharding_context(s.mesh, s.rules):
+                    eval_metrics = flatten(evaluate(s, eval_step, state["params"]), "eval_")
+                writer.write(done, eval_metrics)
+                last.update(eval_metrics)
+            bar.update(1)
+            every = cfg.checkpoint.every_steps
+            if (every and done % every == 0) or done == cfg.steps or stop.is_set():
+                checkpoints.save(done, state, data_state,
+                                 {BEST_METRIC: eval_metrics["eval_loss"]} if eval_metrics else None)
+            if stop.is_set():
+                log.warning("SIGTERM: saved step %d, exiting", done)
+                break
+    finally:
+        bar.close()
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
+        signal.signal(signal.SIGTERM, previous)
+    return last

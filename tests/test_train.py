@@ -1,0 +1,170 @@
+"""The trainer: loss falls, metrics, exact resume after kill -9, SIGTERM,
+non-finite losses, bad inputs, gradient accumulation, mesh changes."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from moejax.models import MoeConfig
+from moejax.train.checkpoint import CheckpointError, Checkpoints
+from moejax.train.config import OptimizerConfig, TokenizerConfig
+from moejax.train.trainer import NonFiniteLoss, train
+from train_config import small
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "tests", "train_config.py")
+
+
+def read_metrics(workdir):
+    """Last logged train / eval record per step."""
+    train_rows, eval_rows = {}, {}
+    for line in open(os.path.join(workdir, "metrics.jsonl")):
+        row = json.loads(line)
+        (eval_rows if "eval_loss" in row else train_rows)[row["step"]] = row
+    return train_rows, eval_rows
+
+
+def launch(workdir, *overrides, devices=1):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=os.path.join(ROOT, "tests"))
+    return subprocess.Popen([sys.executable, "-m", "moejax.train", f"--config={CONFIG}",
+                             f"--workdir={workdir}", *overrides], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def final_params(workdir):
+    manager = Checkpoints(os.path.join(workdir, "checkpoints"),
+                          small().checkpoint)
+    step = manager.latest_step()
+    restored = manager.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+    manager.close()
+    return step, jax.tree.leaves(restored["state"]["params"])
+
+
+def test_loss_falls_and_metrics_are_logged(tmp_path):
+    workdir = str(tmp_path)
+    last = train(small(), workdir)
+    rows, evals = read_metrics(workdir)
+    assert sorted(rows) == list(range(1, 31)) and sorted(evals) == [10, 20, 30]
+    assert rows[30]["loss"] < rows[1]["loss"] - 1.0
+    assert evals[30]["eval_loss"] < evals[10]["eval_loss"]
+    for key in ("loss", "cross_entropy", "accuracy", "learning_rate", "aux_loss", "z_loss",
+                "moe/dropped_fraction", "moe/experts_per_token", "step_time_s", "tokens_per_s"):
+        assert np.isfinite(rows[30][key]), key
+    load = rows[30]["encoder/layers_1/expert_load"]
+    assert len(load) == 8 and abs(sum(load) - 1) < 1e-5
+    assert last["eval_loss"] == evals[30]["eval_loss"]
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert json.load(open(os.path.join(workdir, "config.json")))["steps"] == 30
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "30"]
+
+
+def test_resume_after_kill_9_is_exact(tmp_path):
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    args = ("--config.steps=20", "--config.eval_every_steps=0")
+    assert launch(straight, *args).wait(timeout=300) == 0
+    proc = launch(killed, *args)
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(killed, "checkpoints", "10", "_CHECKPOINT_METADATA")):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert launch(killed, *args).wait(timeout=300) == 0
+    a, b = read_metrics(straight)[0], read_metrics(killed)[0]
+    assert [a[s]["loss"] for s in range(1, 21)] == [b[s]["loss"] for s in range(1, 21)]
+    step_a, params_a = final_params(straight)
+    step_b, params_b = final_params(killed)
+    assert step_a == step_b == 20
+    for x, y in zip(params_a, params_b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    workdir = str(tmp_path)
+    proc = launch(workdir, "--config.steps=100000", "--config.eval_every_steps=0",
+                  "--config.checkpoint.every_steps=0")
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    step, _ = final_params(workdir)
+    assert 1 <= step < 100000
+    assert max(read_metrics(workdir)[0]) <= step
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    # The lr ramps from 0, so the first update is harmless and the next one
+    # blows the params up.
+    cfg = small(optimizer=OptimizerConfig(name="adamw", learning_rate=1e38, schedule="constant",
+                                          warmup_steps=4),
+                checkpoint=dataclasses.replace(small().checkpoint, every_steps=1, async_save=False))
+    with pytest.raises(NonFiniteLoss, match=r"at step (\d+); .*last good checkpoint is step"):
+        train(cfg, str(tmp_path))
+    step, params = final_params(str(tmp_path))
+    assert step >= 1 and all(np.isfinite(p).all() for p in params)
+
+
+def test_bad_inputs_fail_before_compute(tmp_path):
+    with pytest.raises(ValueError, match="not divisible by the data-parallel size 8"):
+        train(small(batch_size=12), str(tmp_path / "a"))
+    with pytest.raises(FileNotFoundError, match="tokenizer.path '/no/spm.model' does not exist"):
+        train(small(tokenizer=TokenizerConfig(path="/no/spm.model")), str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="model.vocab_size=300"):
+        train(small(model=dataclasses.replace(small().model, vocab_size=300)), str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="needs 3 devices, but 8 are available"):
+        train(small(mesh=dataclasses.replace(small().mesh, data=3)), str(tmp_path / "d"))
+    for workdir in (tmp_path / "a", tmp_path / "c", tmp_path / "d"):
+        assert not (workdir / "checkpoints").exists()
+
+
+def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):
+    workdir = tmp_path
+    train(small(steps=10, eval_every_steps=0), str(workdir))
+    victim = workdir / "checkpoints" / "10" / "state"
+    for f in victim.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "manifest" in f.name:
+            f.write_bytes(b"garbage")
+    before = sorted((str(p), p.stat().st_size) for p in (workdir / "checkpoints").rglob("*"))
+    with pytest.raises(CheckpointError, match=r"checkpoints/10 cannot be restored"):
+        train(small(steps=20, eval_every_steps=0), str(workdir))
+    assert sorted((str(p), p.stat().st_size) for p in (workdir / "checkpoints").rglob("*")) == before
+    other_model = dataclasses.replace(small().model, d_ff=96)
+    (workdir / "checkpoints" / "10").rename(workdir / "checkpoints" / "10.bad")
+    train(small(steps=10, eval_every_steps=0), str(tmp_path / "fresh"))
+    with pytest.raises(CheckpointError, match="cannot be restored|does not match the configured"):
+        train(small(steps=20, eval_every_steps=0, model=other_model), str(tmp_path / "fresh"))
+
+
+def test_gradient_accumulation_equals_one_batch(tmp_path):
+    dense = dataclasses.replace(small().model, encoder_moe=MoeConfig(interval=0),
+                                decoder_moe=MoeConfig(interval=0))
+    common = dict(model=dense, steps=3, eval_every_steps=0)
+    one = train(small(**common), str(tmp_path / "one"))
+    two = train(small(grad_accum_steps=2, **common), str(tmp_path / "two"))
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
+    for x, y in zip(final_params(str(tmp_path / "one"))[1], final_params(str(tmp_path / "two"))[1]):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_on_a_smaller_mesh(tmp_path):
+    workdir = str(tmp_path)
+    cfg = small(steps=10, eval_every_steps=0, mesh=dataclasses.replace(small().mesh, data=2, expert=4))
+    train(cfg, workdir)
+    # Continue on 4 devices (data 4): the checkpoint is resharded on restore.
+    proc = launch(workdir, "--config.steps=12", "--config.eval_every_steps=0", devices=4)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    rows = read_metrics(workdir)[0]
+    assert sorted(rows)[-2:] == [11, 12] and np.isfinite(rows[12]["loss"])
