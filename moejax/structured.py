@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import os
 import typing
 from typing import Any, Mapping
 
@@ -49,34 +51,43 @@ def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str = ""):
         raise ValueError(f"{where or cls.__name__ + ': '}{e}") from None
 
 
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/file.py[:arg]` -> its get_config([arg]), as ml_collections'
+    config_flags reads a --config file."""
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
 def config_dict(obj) -> ml_collections.ConfigDict:
     """A ConfigDict of dataclass `obj` for config files. Fields that are None
     become typed placeholders (from the type hints), so they can still be
     overridden from the command line (`--config.x.head_dim=64`)."""
-    hints = typing.get_type_hints(type(obj))
+    return ml_collections.ConfigDict(to_mapping(obj, placeholders=True))
+
+
+def _placeholder(hint):
+    types = [t for t in typing.get_args(hint) if t is not type(None)]
+    field_type = types[0] if len(types) == 1 else object
+    return ml_collections.config_dict.placeholder(typing.get_origin(field_type) or field_type)
+
+
+def to_mapping(obj, placeholders: bool = False) -> dict[str, Any]:
+    """The inverse of `from_mapping`: nested plain dicts (tuples as lists);
+    with `placeholders`, None fields as typed ml_collections placeholders."""
+    hints = typing.get_type_hints(type(obj)) if placeholders else {}
     out = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            value = config_dict(value)
+            value = to_mapping(value, placeholders)
         elif isinstance(value, tuple):
             value = list(value)
-        elif value is None:
-            types = [t for t in typing.get_args(hints[f.name]) if t is not type(None)]
-            field_type = types[0] if len(types) == 1 else object
-            value = ml_collections.config_dict.placeholder(typing.get_origin(field_type) or field_type)
-        out[f.name] = value
-    return ml_collections.ConfigDict(out)
-
-
-def to_mapping(obj) -> dict[str, Any]:
-    """The inverse of `from_mapping`: nested plain dicts (tuples as lists)."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            value = to_mapping(value)
-        elif isinstance(value, tuple):
-            value = list(value)
+        elif value is None and placeholders:
+            value = _placeholder(hints[f.name])
         out[f.name] = value
     return out

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib.util
 import os
 
 from flax import traverse_util
 
 from moejax.models import T5Config, abstract_params
-from moejax.structured import from_mapping
+from moejax.structured import from_mapping, load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = sorted(glob.glob(os.path.join(ROOT, "configs/models/*.py"))) + [
@@ -24,13 +23,8 @@ DEFAULT = sorted(glob.glob(os.path.join(ROOT, "configs/models/*.py"))) + [
 
 
 def load_model_config(spec: str) -> T5Config:
-    """`path/to/file.py[:arg]` -> T5Config, as ml_collections' config_flags reads it."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
-    return from_mapping(T5Config, config)
+    """`path/to/file.py[:arg]` -> T5Config."""
+    return from_mapping(T5Config, load_config_file(spec))
 
 
 def count(cfg: T5Config) -> dict[str, int]:

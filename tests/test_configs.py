@@ -26,3 +26,37 @@ def test_tiny_config_routes_expert_choice_encoder_token_choice_decoder():
     assert cfg.decoder_moe.router.is_causal
     counts = param_counts.count(cfg)
     assert 0 < counts["experts"] < counts["total"]
+
+
+@pytest.mark.parametrize("spec", ["default.py", "switch_base_c4.py", "switch_base_c4.py:top2",
+                                  "switch_base_c4.py:expert_choice", "st_moe_l_c4_pod.py"])
+def test_train_configs_load(spec):
+    from moejax.structured import from_mapping, load_config_file
+    from moejax.train.config import TrainConfig
+
+    cfg = from_mapping(TrainConfig, load_config_file(os.path.join(ROOT, "configs", spec)))
+    assert cfg.model.vocab_size >= 512 and cfg.steps > 0
+    if spec.endswith("expert_choice"):
+        assert cfg.model.encoder_moe.router.name == "expert_choice"
+        assert cfg.model.decoder_moe.router.is_causal
+
+
+def test_none_fields_are_typed_placeholders():
+    from moejax.structured import load_config_file
+
+    config = load_config_file(os.path.join(ROOT, "configs", "default.py"))
+    assert config.model.decoder_moe.router.noise_std is None
+    config.model.decoder_moe.router.noise_std = 0.5  # what --config.x=2.0 does
+    with pytest.raises(TypeError):
+        config.model.decoder_moe.router.noise_std = "high"
+
+
+def test_unknown_override_names_close_matches(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "moejax.train", "--config=configs/default.py",
+                          f"--workdir={tmp_path}", "--config.optimizer.nme=adamw"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0 and 'Did you mean "name"' in out.stderr
+    assert not os.listdir(tmp_path)

@@ -168,3 +168,20 @@ def test_resume_on_a_smaller_mesh(tmp_path):
     assert proc.returncode == 0, out
     rows = read_metrics(workdir)[0]
     assert sorted(rows)[-2:] == [11, 12] and np.isfinite(rows[12]["loss"])
+
+
+def test_two_processes_match_one(tmp_path):
+    # 2 processes x 4 CPU devices (gloo collectives) vs 1 process x 8, with
+    # the input split into the same 2 shards: same global batches, same losses.
+    args = ("--config.steps=6", "--config.eval_every_steps=0", "--config.data.num_shards=2")
+    single = str(tmp_path / "single")
+    assert launch(single, *args, devices=8).wait(timeout=300) == 0
+    multi = str(tmp_path / "multi")
+    port = 20000 + os.getpid() % 20000
+    procs = [launch(multi, *args, "--multihost", f"--coordinator_address=localhost:{port}",
+                    "--num_processes=2", f"--process_id={i}", devices=4) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    a, b = read_metrics(single)[0], read_metrics(multi)[0]
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    np.testing.assert_allclose([b[s]["loss"] for s in b], [a[s]["loss"] for s in a], rtol=2e-5)

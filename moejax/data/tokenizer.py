@@ -59,10 +59,17 @@ class Vocabulary:
 
 
 def load(path: str, extra_ids: int) -> Vocabulary:
-    if not os.path.exists(path):
+    """Loads a local or remote (gs://, via tf.io.gfile) SentencePiece model."""
+    if "://" in path:
+        import tensorflow as tf
+
+        exists, opener = tf.io.gfile.exists, tf.io.gfile.GFile
+    else:
+        exists, opener = os.path.exists, open
+    if not exists(path):
         raise FileNotFoundError(f"tokenizer.path {path!r} does not exist; give an existing "
                                 f"SentencePiece model or leave it empty to train one")
-    with open(path, "rb") as f:
+    with opener(path, "rb") as f:
         return Vocabulary(f.read(), extra_ids)
 
 

@@ -18,6 +18,12 @@ from moejax.train.config import TrainConfig
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, tokenizer.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() first (one process per host). On Cloud "
+    "TPU and SLURM the coordinator is detected; elsewhere pass the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -31,7 +37,13 @@ def main(argv):
         cfg = from_mapping(TrainConfig, _CONFIG.value)
     except ValueError as e:
         sys.exit(f"config error: {e}")
-    from moejax.train.checkpoint import CheckpointError  # after flags: imports jax
+    import jax  # after flag parsing, so --help stays fast
+
+    if _MULTIHOST.value:
+        # CPU processes need gloo for cross-process collectives; GPU/TPU ignore it.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    from moejax.train.checkpoint import CheckpointError
     from moejax.train.trainer import NonFiniteLoss, train
 
     try:

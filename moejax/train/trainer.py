@@ -15,6 +15,7 @@ import queue
 import signal
 import threading
 import time
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -155,7 +156,7 @@ class Prefetch:
         return item
 
 
-def _global_batch(s: Setup, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+def global_batch(s: Setup, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(s.batch_sharding, v) for k, v in local.items()}
 
 
@@ -166,13 +167,41 @@ def evaluate(s: Setup, eval_step, params) -> dict[str, float]:
     pipeline = Pipeline(s.cfg.data, s.vocab, s.objective, "eval", rows, s.shards, s.num_shards)
     totals, n = {}, 0
     for _, batch in zip(range(s.cfg.eval_batches), pipeline):
-        metrics = jax.device_get(eval_step(params, _global_batch(s, batch)))
+        metrics = jax.device_get(eval_step(params, global_batch(s, batch)))
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + np.asarray(v)
         n += 1
     if n == 0:
         raise ValueError("the eval split produced no batches")
     return {k: v / n for k, v in totals.items()}
+
+
+@dataclasses.dataclass
+class Steps:
+    init: Callable  # rng -> state, placed on the mesh
+    train_step: Callable  # (state, batch) -> (state, metrics); donates state
+    eval_step: Callable  # (params, batch) -> metrics
+    abstract_state: Any  # ShapeDtypeStructs with the state's shardings
+
+
+def compile_steps(s: Setup) -> Steps:
+    """The jitted init / train / eval functions with explicit shardings."""
+    cfg = s.cfg
+    optimizer = optim.optimizer(cfg.optimizer, cfg.steps)
+    lr_schedule = optim.schedule(cfg.optimizer, cfg.steps)
+    init = _init_fn(s, optimizer)
+    with sharding_context(s.mesh, s.rules):
+        state_shardings = init.lower(jax.random.key(0)).compile().output_shardings
+        abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                                jax.eval_shape(init, jax.random.key(0)), state_shardings)
+        train_step = jax.jit(
+            make_train_step(s.model, optimizer, lr_schedule, cfg.seed, cfg.z_loss,
+                            cfg.grad_accum_steps),
+            in_shardings=(state_shardings, s.batch_sharding), out_shardings=(state_shardings, None),
+            donate_argnums=0)
+        eval_step = jax.jit(make_eval_step(s.model, cfg.z_loss),
+                            in_shardings=(state_shardings["params"], s.batch_sharding))
+    return Steps(init, train_step, eval_step, abstract)
 
 
 def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
@@ -182,19 +211,8 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(to_mapping(cfg), f, indent=2)
-    optimizer = optim.optimizer(cfg.optimizer, cfg.steps)
-    lr_schedule = optim.schedule(cfg.optimizer, cfg.steps)
-    init = _init_fn(s, optimizer)
-    with sharding_context(s.mesh, s.rules):
-        state_shardings = init.lower(jax.random.key(0)).compile().output_shardings
-        abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                                jax.eval_shape(init, jax.random.key(0)), state_shardings)
-        train_step = jax.jit(
-            make_train_step(s.model, optimizer, lr_schedule, cfg.seed, cfg.z_loss, cfg.grad_accum_steps),
-            in_shardings=(state_shardings, s.batch_sharding), out_shardings=(state_shardings, None),
-            donate_argnums=0)
-        eval_step = jax.jit(make_eval_step(s.model, cfg.z_loss),
-                            in_shardings=(state_shardings["params"], s.batch_sharding))
+    steps = compile_steps(s)
+    init, train_step, eval_step = steps.init, steps.train_step, steps.eval_step
 
     checkpoints = Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint)
     latest = checkpoints.latest_step()
@@ -203,7 +221,7 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
             state = init(jax.random.key(cfg.seed))
         data_state = None
     else:
-        state, data_state = checkpoints.restore(latest, abstract)
+        state, data_state = checkpoints.restore(latest, steps.abstract_state)
         log.info("resumed from %s/checkpoints/%d", workdir, latest)
     start = int(state["step"])
     pipeline = Pipeline(cfg.data, s.vocab, s.objective, "train", cfg.batch_size // s.num_shards,
@@ -220,7 +238,7 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
         for step in range(start, cfg.steps):
             batch, data_state = prefetch.next()
             with sharding_context(s.mesh, s.rules):
-                state, metrics = train_step(state, _global_batch(s, batch))
+                state, metrics = train_step(state, global_batch(s, batch))
             loss = float(metrics["loss"])  # also waits for the step
             window_steps += 1
             if not bool(metrics["finite"]):
