@@ -94,7 +94,8 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     proc = launch(workdir, "--config.steps=100000", "--config.eval_every_steps=0",
                   "--config.checkpoint.every_steps=0")
     deadline = time.time() + 300
-    while not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    while not (os.path.exists(metrics) and os.path.getsize(metrics)):  # training has started
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
@@ -121,6 +122,9 @@ def test_bad_inputs_fail_before_compute(tmp_path):
         train(small(batch_size=12), str(tmp_path / "a"))
     with pytest.raises(FileNotFoundError, match="tokenizer.path '/no/spm.model' does not exist"):
         train(small(tokenizer=TokenizerConfig(path="/no/spm.model")), str(tmp_path / "b"))
+    with pytest.raises(FileNotFoundError, match="data.train_files '/no/\\*.txt' matches no files"):
+        train(small(data=dataclasses.replace(small().data, source="text", train_files="/no/*.txt")),
+              str(tmp_path / "e"))
     with pytest.raises(ValueError, match="model.vocab_size=300"):
         train(small(model=dataclasses.replace(small().model, vocab_size=300)), str(tmp_path / "c"))
     with pytest.raises(ValueError, match="needs 3 devices, but 8 are available"):

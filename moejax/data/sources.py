@@ -58,6 +58,13 @@ def _files(patterns: str, what: str) -> list[str]:
     return files
 
 
+def check_paths(cfg, splits=("train", "eval")) -> None:
+    """Fails early when a local source's files are missing (FileNotFoundError)."""
+    if cfg.source in ("text", "tfrecord"):
+        for split in splits:
+            _files(cfg.train_files if split == "train" else cfg.eval_files, f"data.{split}_files")
+
+
 def make_source(cfg, split: str, shard: int, num_shards: int):
     """The source for `split` ('train' or 'eval') of DataConfig `cfg`."""
     if cfg.source == "embedded":

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from moejax.data import tokenizer as tok
 from moejax.data.objectives import Objective
 from moejax.data.pipeline import Pipeline
-from moejax.data.sources import make_source
+from moejax.data.sources import check_paths, make_source
 from moejax.models import Transformer
 from moejax.structured import to_mapping
 from moejax.train import optim
@@ -98,6 +98,7 @@ def setup(cfg: TrainConfig, workdir: str) -> Setup:
                          f"processes and divide batch_size={cfg.batch_size}")
     per_process = num_shards // processes
     shards = list(range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process))
+    check_paths(cfg.data, ("train", "eval") if cfg.eval_every_steps else ("train",))
     vocab = _vocabulary(cfg, workdir, num_shards)
     if vocab.size > cfg.model.vocab_size:
         raise ValueError(f"the tokenizer has {vocab.size} ids (pieces + {cfg.tokenizer.extra_ids} "
@@ -206,6 +207,16 @@ def compile_steps(s: Setup) -> Steps:
 
 def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     """Runs (or resumes) pretraining in `workdir`; returns the last logged metrics."""
+    # A SIGTERM from here on stops after the next step, with a checkpoint.
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        return _train(cfg, workdir, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(cfg: TrainConfig, workdir: str, stop: threading.Event) -> dict[str, float]:
     os.makedirs(workdir, exist_ok=True)
     s = setup(cfg, workdir)
     if jax.process_index() == 0:
@@ -228,8 +239,6 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
                         s.shards, s.num_shards, state=data_state)
     prefetch = Prefetch(pipeline)
     writer = MetricWriter(workdir)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=jax.process_index() != 0,
                dynamic_ncols=True)
     tokens_per_step = cfg.batch_size * (cfg.data.inputs_length + cfg.data.targets_length)
@@ -275,5 +284,4 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
         checkpoints.wait()
         checkpoints.close()
         writer.close()
-        signal.signal(signal.SIGTERM, previous)
     return last
