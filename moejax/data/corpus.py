@@ -8,7 +8,11 @@ fill a corrupted span). Generation is deterministic in (seed, index).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+
+from moejax.data import seeded_rng
 
 TOPICS = {
     "sea": ("sailor ship harbor wave captain island anchor gull storm tide",
@@ -52,12 +56,15 @@ def _sentence(rng: np.random.RandomState, nouns, verbs, adjs) -> str:
 def document(seed: int, index: int) -> str:
     """Document `index` of the corpus generated with `seed`: 2-8 sentences
     on one topic."""
-    rng = np.random.RandomState(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    rng = seeded_rng(seed, index)
     names = sorted(TOPICS)
     nouns, verbs, adjs = (s.split() for s in TOPICS[names[rng.randint(len(names))]])
     sentences = [_sentence(rng, nouns, verbs, adjs) for _ in range(rng.randint(2, 9))]
     return " ".join(s[0].upper() + s[1:] for s in sentences)
 
 
-def documents(seed: int, count: int) -> list[str]:
-    return [document(seed, i) for i in range(count)]
+@functools.lru_cache(maxsize=4)
+def documents(seed: int, count: int) -> tuple[str, ...]:
+    """The first `count` documents, generated once per process (the
+    tokenizer, the training stream and evaluation all read them)."""
+    return tuple(document(seed, i) for i in range(count))

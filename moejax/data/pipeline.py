@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from moejax.data import seeded_rng
 from moejax.data.objectives import Objective
 from moejax.data.sources import make_source
 from moejax.data.tokenizer import Vocabulary
@@ -41,7 +42,7 @@ def examples(source, vocab: Vocabulary, objective: Objective, seed: int,
         empty = True
         for doc, text in source.iterate(first_doc, epoch):
             empty = False
-            rng = np.random.RandomState(np.random.SeedSequence([seed, epoch, doc]).generate_state(1)[0])
+            rng = seeded_rng(seed, epoch, doc)
             for chunk, (inputs, targets) in enumerate(objective.examples(
                     vocab.encode(text), rng, vocab.sentinel)):
                 if doc == first_doc and chunk < first_chunk:
@@ -127,7 +128,6 @@ class Pipeline:
     def __init__(self, data_cfg, vocab: Vocabulary, objective: Objective, split: str,
                  rows_per_shard: int, shards: list[int], num_shards: int,
                  state: list[dict] | None = None):
-        self.shards = shards
         repeat = split == "train"
         positions = [Position(**s) for s in state] if state else [Position()] * len(shards)
         self.iterators = [

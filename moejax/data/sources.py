@@ -12,9 +12,7 @@ from __future__ import annotations
 import glob
 from typing import Iterator, Sequence
 
-import numpy as np
-
-from moejax.data import corpus
+from moejax.data import corpus, seeded_rng
 
 SOURCES = ("embedded", "tfds", "text", "tfrecord")
 
@@ -24,14 +22,13 @@ class InMemory:
     Each epoch visits the shard in a fresh permutation of (seed, epoch)."""
 
     def __init__(self, texts: Sequence[str], shard: int, num_shards: int, seed: int):
-        self.texts = list(texts)[shard::num_shards]
+        self.texts = texts[shard::num_shards]
         if not self.texts:
             raise ValueError(f"input shard {shard} of {num_shards} has no documents")
         self.seed = seed
 
     def iterate(self, start: int, epoch: int) -> Iterator[tuple[int, str]]:
-        order = np.random.RandomState(
-            np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]).permutation(len(self.texts))
+        order = seeded_rng(self.seed, epoch).permutation(len(self.texts))
         for i in range(start, len(self.texts)):
             yield i, self.texts[order[i]]
 
@@ -58,30 +55,34 @@ def _files(patterns: str, what: str) -> list[str]:
     return files
 
 
+def _split_files(cfg, split: str) -> list[str]:
+    return _files(cfg.train_files if split == "train" else cfg.eval_files, f"data.{split}_files")
+
+
 def check_paths(cfg, splits=("train", "eval")) -> None:
     """Fails early when a local source's files are missing (FileNotFoundError)."""
     if cfg.source in ("text", "tfrecord"):
         for split in splits:
-            _files(cfg.train_files if split == "train" else cfg.eval_files, f"data.{split}_files")
+            _split_files(cfg, split)
 
 
 def make_source(cfg, split: str, shard: int, num_shards: int):
     """The source for `split` ('train' or 'eval') of DataConfig `cfg`."""
     if cfg.source == "embedded":
         if split == "train":
-            texts = corpus.documents(cfg.seed, cfg.embedded_documents)
+            seed, count = cfg.seed, cfg.embedded_documents
         else:  # held out: another seed of the same generator
-            texts = corpus.documents(cfg.seed + 1_000_003, cfg.embedded_eval_documents)
-        return InMemory(texts, shard, num_shards, cfg.seed)
+            seed, count = cfg.seed + 1_000_003, cfg.embedded_eval_documents
+        return InMemory(corpus.documents(seed, count), shard, num_shards, cfg.seed)
     if cfg.source == "text":
-        files = _files(cfg.train_files if split == "train" else cfg.eval_files, f"data.{split}_files")
-        texts = [line.strip() for f in files for line in open(f, encoding="utf-8") if line.strip()]
+        texts = [line.strip() for f in _split_files(cfg, split)
+                 for line in open(f, encoding="utf-8") if line.strip()]
         return InMemory(texts, shard, num_shards, cfg.seed)
     import tensorflow as tf  # only the streaming sources need TensorFlow
 
     tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators JAX owns
     if cfg.source == "tfrecord":
-        files = _files(cfg.train_files if split == "train" else cfg.eval_files, f"data.{split}_files")
+        files = _split_files(cfg, split)
         spec = {cfg.text_key: tf.io.FixedLenFeature([], tf.string)}
         return TfStream(lambda: tf.data.TFRecordDataset(files).shard(num_shards, shard).map(
             lambda r: tf.io.parse_single_example(r, spec)), cfg.text_key)
