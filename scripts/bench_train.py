@@ -21,11 +21,12 @@ import time
 
 import jax
 
+from moejax.data.pipeline import Pipeline
 from moejax.models import presets
 from moejax.structured import from_mapping, load_config_file
 from moejax.train.checkpoint import Checkpoints
 from moejax.train.config import TrainConfig
-from moejax.data.pipeline import Pipeline
+from moejax.train.partitioning import sharding_context
 from moejax.train.trainer import compile_steps, global_batch, setup, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,11 +57,12 @@ def bench(name: str, cfg: TrainConfig, steps: int) -> dict:
                                                    cfg.batch_size // s.num_shards, s.shards,
                                                    s.num_shards))))
         times = []
-        for _ in range(max(10, steps // 3)):
-            start = time.perf_counter()
-            state, metrics = compiled.train_step(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
+        with sharding_context(s.mesh, s.rules):  # the context the trainer's loop runs in
+            for _ in range(max(10, steps // 3)):
+                start = time.perf_counter()
+                state, metrics = compiled.train_step(state, batch)
+                jax.block_until_ready(metrics)
+                times.append(time.perf_counter() - start)
         jitted = statistics.median(times[2:])
     tokens = cfg.batch_size * (cfg.data.inputs_length + cfg.data.targets_length)
     result = {"config": name, "loop_step_s": loop, "jitted_step_s": jitted,

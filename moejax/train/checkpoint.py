@@ -21,9 +21,9 @@ class CheckpointError(RuntimeError):
 
 class Checkpoints:
     def __init__(self, directory: str, cfg):
-        preserve = [policies.LatestN(n=cfg.keep)]
-        preserve.append(policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
-                                       keep_checkpoints_without_metrics=False))
+        preserve = [policies.LatestN(n=cfg.keep),
+                    policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
+                                   keep_checkpoints_without_metrics=False)]
         self.manager = ocp.CheckpointManager(
             directory, item_names=("state", "data"),
             options=ocp.CheckpointManagerOptions(

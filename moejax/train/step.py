@@ -12,14 +12,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from moejax.data.pipeline import FEATURES
 from moejax.layers import MOE_COLLECTION
 from moejax.models import Transformer, moe_outputs
 
 
-def model_inputs(batch) -> dict:
-    return {k: batch[k] for k in (
-        "encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-        "encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions")}
+def target_tokens(batch):
+    """float32 number of target tokens (>= 1), the loss denominator."""
+    return jnp.maximum(jnp.sum(batch["decoder_target_tokens"] > 0), 1).astype(jnp.float32)
 
 
 def token_losses(logits, targets):
@@ -35,7 +35,7 @@ def _sums(model: Transformer, params, batch, rng, train: bool, z_loss_weight: fl
     metric sums. Returns (loss, metrics)."""
     dropout_rng, router_rng = jax.random.split(rng)
     logits, state = model.apply(
-        {"params": params}, **model_inputs(batch), enable_dropout=train,
+        {"params": params}, **{k: batch[k] for k in FEATURES}, enable_dropout=train,
         rngs={"dropout": dropout_rng, "router": router_rng}, mutable=[MOE_COLLECTION])
     aux, moe_metrics = moe_outputs(state.get(MOE_COLLECTION))
     targets = batch["decoder_target_tokens"]
@@ -67,7 +67,7 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
     def train_step(state, batch):
         step = state["step"]
         rng = jax.random.fold_in(jax.random.key(seed), step)
-        tokens = jnp.maximum(jnp.sum(batch["decoder_target_tokens"] > 0), 1).astype(jnp.float32)
+        tokens = target_tokens(batch)
 
         def micro(i, micro_batch):
             (_, metrics), grads = grad_fn(state["params"], micro_batch, jax.random.fold_in(rng, i),
@@ -103,8 +103,8 @@ def make_eval_step(model: Transformer, z_loss_weight: float):
     """eval_step(params, batch) -> metrics (no dropout, eval capacity factors)."""
 
     def eval_step(params, batch):
-        tokens = jnp.maximum(jnp.sum(batch["decoder_target_tokens"] > 0), 1).astype(jnp.float32)
-        loss, metrics = _sums(model, params, batch, jax.random.key(0), False, z_loss_weight, tokens)
+        loss, metrics = _sums(model, params, batch, jax.random.key(0), False, z_loss_weight,
+                              target_tokens(batch))
         return {"loss": loss, **metrics}
 
     return eval_step

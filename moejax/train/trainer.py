@@ -29,7 +29,7 @@ from moejax.data import tokenizer as tok
 from moejax.data.objectives import Objective
 from moejax.data.pipeline import Pipeline
 from moejax.data.sources import check_paths, make_source
-from moejax.models import Transformer
+from moejax.models import Transformer, abstract_params
 from moejax.structured import to_mapping
 from moejax.train import optim
 from moejax.train.checkpoint import BEST_METRIC, Checkpoints
@@ -125,9 +125,8 @@ def _init_fn(s: Setup, optimizer):
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": optimizer.init(params)}
 
-    abstract = jax.eval_shape(plain.init, jax.random.key(0), tokens, tokens)
-    param_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract["params"]),
-                                                  s.mesh, s.rules)
+    param_shardings = nn.logical_to_mesh_sharding(
+        nn.get_partition_spec(abstract_params(s.cfg.model, boxed=True)), s.mesh, s.rules)
     # The optimizer state's shardings follow from the params' by propagation.
     out = {"step": NamedSharding(s.mesh, P()), "params": param_shardings, "opt_state": None}
     return jax.jit(init, out_shardings=out)
@@ -161,20 +160,24 @@ def global_batch(s: Setup, local: dict[str, np.ndarray]) -> dict[str, jax.Array]
     return {k: jax.make_array_from_process_local_data(s.batch_sharding, v) for k, v in local.items()}
 
 
-def evaluate(s: Setup, eval_step, params) -> dict[str, float]:
-    """Mean metrics over cfg.eval_batches batches of the held-out split,
-    always the same batches."""
+def eval_batches(s: Setup) -> list[dict[str, jax.Array]]:
+    """The first cfg.eval_batches batches of the held-out split, on the
+    devices; every evaluation reuses them."""
     rows = s.cfg.batch_size // s.num_shards
     pipeline = Pipeline(s.cfg.data, s.vocab, s.objective, "eval", rows, s.shards, s.num_shards)
-    totals, n = {}, 0
-    for _, batch in zip(range(s.cfg.eval_batches), pipeline):
-        metrics = jax.device_get(eval_step(params, global_batch(s, batch)))
-        for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + np.asarray(v)
-        n += 1
-    if n == 0:
+    batches = [global_batch(s, b) for _, b in zip(range(s.cfg.eval_batches), pipeline)]
+    if not batches:
         raise ValueError("the eval split produced no batches")
-    return {k: v / n for k, v in totals.items()}
+    return batches
+
+
+def evaluate(eval_step, params, batches) -> dict[str, float]:
+    """Mean metrics over `batches`."""
+    totals = {}
+    for batch in batches:
+        for k, v in jax.device_get(eval_step(params, batch)).items():
+            totals[k] = totals.get(k, 0.0) + np.asarray(v)
+    return {k: v / len(batches) for k, v in totals.items()}
 
 
 @dataclasses.dataclass
@@ -211,26 +214,26 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        return _train(cfg, workdir, stop)
+        os.makedirs(workdir, exist_ok=True)
+        s = setup(cfg, workdir)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                json.dump(to_mapping(cfg), f, indent=2)
+        steps = compile_steps(s)
+        with sharding_context(s.mesh, s.rules):
+            return _loop(s, steps, stop)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train(cfg: TrainConfig, workdir: str, stop: threading.Event) -> dict[str, float]:
-    os.makedirs(workdir, exist_ok=True)
-    s = setup(cfg, workdir)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(to_mapping(cfg), f, indent=2)
-    steps = compile_steps(s)
+def _loop(s: Setup, steps: Steps, stop: threading.Event) -> dict[str, float]:
+    cfg, workdir = s.cfg, s.workdir
     init, train_step, eval_step = steps.init, steps.train_step, steps.eval_step
 
     checkpoints = Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint)
     latest = checkpoints.latest_step()
     if latest is None:
-        with sharding_context(s.mesh, s.rules):
-            state = init(jax.random.key(cfg.seed))
-        data_state = None
+        state, data_state = init(jax.random.key(cfg.seed)), None
     else:
         state, data_state = checkpoints.restore(latest, steps.abstract_state)
         log.info("resumed from %s/checkpoints/%d", workdir, latest)
@@ -242,15 +245,14 @@ def _train(cfg: TrainConfig, workdir: str, stop: threading.Event) -> dict[str, f
     bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=jax.process_index() != 0,
                dynamic_ncols=True)
     tokens_per_step = cfg.batch_size * (cfg.data.inputs_length + cfg.data.targets_length)
-    last, window_start, window_steps = {}, time.perf_counter(), 0
+    last, held_out, window_start, window_steps = {}, None, time.perf_counter(), 0
     try:
         for step in range(start, cfg.steps):
             batch, data_state = prefetch.next()
-            with sharding_context(s.mesh, s.rules):
-                state, metrics = train_step(state, global_batch(s, batch))
-            loss = float(metrics["loss"])  # also waits for the step
+            state, metrics = train_step(state, global_batch(s, batch))
+            loss, finite = jax.device_get((metrics["loss"], metrics["finite"]))  # waits for the step
             window_steps += 1
-            if not bool(metrics["finite"]):
+            if not finite:
                 checkpoints.wait()
                 raise NonFiniteLoss(
                     f"non-finite loss ({loss}) or params at step {step + 1}; stopped without "
@@ -267,8 +269,8 @@ def _train(cfg: TrainConfig, workdir: str, stop: threading.Event) -> dict[str, f
                 window_start, window_steps = time.perf_counter(), 0
             eval_metrics = None
             if cfg.eval_every_steps and (done % cfg.eval_every_steps == 0 or done == cfg.steps):
-                with sharding_context(s.mesh, s.rules):
-                    eval_metrics = flatten(evaluate(s, eval_step, state["params"]), "eval_")
+                held_out = held_out or eval_batches(s)
+                eval_metrics = flatten(evaluate(eval_step, state["params"], held_out), "eval_")
                 writer.write(done, eval_metrics)
                 last.update(eval_metrics)
             bar.update(1)
