@@ -46,7 +46,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="*", default=DEFAULT)
     args = parser.parse_args()
-    print(f"| config | params | expert params | active params / token |\n|---|---:|---:|---:|")
+    print("| config | params | expert params | active params / token |\n|---|---:|---:|---:|")
     for spec in args.configs:
         if spec.endswith("switch_base.py"):
             spec += ":8"

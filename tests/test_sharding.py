@@ -1,5 +1,4 @@
 """The model sharded over (data, model, expert) meshes of 8 CPU devices equals one device."""
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
