@@ -33,11 +33,16 @@ def input_kernel_names(activations: Sequence[str]) -> list[str]:
     return [f"wi_{i}" for i in range(len(activations))]
 
 
-def ffn(x, params, activations: Sequence[str], matmul: Callable = matmul):
+def ffn(x, params, activations: Sequence[str], matmul: Callable = matmul,
+        hidden_dropout: Callable | None = None):
     """prod_i act_i(x @ wi_i) @ wo, with `matmul(x, w)` supplied by the caller
-    (a plain matmul, a per-expert einsum, or a grouped matmul)."""
+    (a plain matmul, a per-expert einsum, or a grouped matmul).
+    `hidden_dropout` (array -> array) acts on the hidden activations: the
+    Switch Transformer's "expert dropout" when fine-tuning."""
     hidden = None
     for name, act in zip(input_kernel_names(activations), activations):
         h = ACTIVATIONS[act](matmul(x, params[name]))
         hidden = h if hidden is None else hidden * h
+    if hidden_dropout is not None:
+        hidden = hidden_dropout(hidden)
     return matmul(hidden, params["wo"])

@@ -53,14 +53,19 @@ def _sentence(rng: np.random.RandomState, nouns, verbs, adjs) -> str:
     return " ".join(words) + "."
 
 
-def document(seed: int, index: int) -> str:
-    """Document `index` of the corpus generated with `seed`: 2-8 sentences
-    on one topic."""
+def topic_document(seed: int, index: int) -> tuple[str, str]:
+    """(topic, text) of document `index` of the corpus generated with
+    `seed`: 2-8 sentences on one topic."""
     rng = seeded_rng(seed, index)
     names = sorted(TOPICS)
-    nouns, verbs, adjs = (s.split() for s in TOPICS[names[rng.randint(len(names))]])
+    topic = names[rng.randint(len(names))]
+    nouns, verbs, adjs = (s.split() for s in TOPICS[topic])
     sentences = [_sentence(rng, nouns, verbs, adjs) for _ in range(rng.randint(2, 9))]
-    return " ".join(s[0].upper() + s[1:] for s in sentences)
+    return topic, " ".join(s[0].upper() + s[1:] for s in sentences)
+
+
+def document(seed: int, index: int) -> str:
+    return topic_document(seed, index)[1]
 
 
 @functools.lru_cache(maxsize=4)

@@ -8,6 +8,8 @@ prefix_lm        split a chunk at a random point: inputs the prefix,
                  targets the rest.
 lm               plain language modelling: targets the chunk, inputs just EOS
                  (so cross-attention has a key inside the packed segment).
+text_to_text     fine-tuning: the source gives (input text, target text);
+                 each side is tokenized and truncated to its length.
 Every example ends in EOS on both sides. All
 randomness comes from the `rng` the caller seeds per example, so the stream
 is reproducible from any position.
@@ -22,7 +24,7 @@ import numpy as np
 
 from moejax.data.tokenizer import EOS_ID
 
-OBJECTIVES = ("span_corruption", "prefix_lm", "lm")
+OBJECTIVES = ("span_corruption", "prefix_lm", "lm", "text_to_text")
 
 
 def _span_counts(length: int, noise_density: float, mean_span: float) -> tuple[int, int]:
@@ -108,6 +110,17 @@ class Objective:
             if need > self.targets_length:
                 raise ValueError(f"span corruption with inputs_length={self.inputs_length} needs "
                                  f"targets_length >= {need}, got {self.targets_length}")
+
+    def from_item(self, item, vocab, rng: np.random.RandomState
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(inputs, targets) examples of one source item: a document's text,
+        or an (input text, target text) pair for 'text_to_text'."""
+        if self.name != "text_to_text":
+            yield from self.examples(vocab.encode(item), rng, vocab.sentinel)
+            return
+        # Truncate before EOS so a long example still ends in EOS.
+        yield tuple(np.append(vocab.encode(text)[:length - 1], EOS_ID).astype(np.int32)
+                    for text, length in zip(item, (self.inputs_length, self.targets_length)))
 
     def examples(self, tokens: np.ndarray, rng: np.random.RandomState,
                  sentinel: Callable[[int], int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -40,11 +40,10 @@ def examples(source, vocab: Vocabulary, objective: Objective, seed: int,
     epoch, first_doc, first_chunk = start.epoch, start.document, start.chunk
     while True:
         empty = True
-        for doc, text in source.iterate(first_doc, epoch):
+        for doc, item in source.iterate(first_doc, epoch):
             empty = False
             rng = seeded_rng(seed, epoch, doc)
-            for chunk, (inputs, targets) in enumerate(objective.examples(
-                    vocab.encode(text), rng, vocab.sentinel)):
+            for chunk, (inputs, targets) in enumerate(objective.from_item(item, vocab, rng)):
                 if doc == first_doc and chunk < first_chunk:
                     continue
                 yield Position(epoch, doc, chunk), inputs, targets

@@ -4,6 +4,8 @@
   text      local text files, one document per non-empty line.
   tfrecord  local TFRecord files of tf.train.Example with a text feature.
   tfds      any tensorflow-datasets text dataset (C4: 'c4/en').
+  task      a fine-tuning task or mixture (moejax.tasks), as (input text,
+            target text) pairs.
 `iterate(start)` yields (index, text) from the shard's `start`-th document,
 so a pipeline resumes without re-reading what it consumed (streams skip).
 """
@@ -14,7 +16,7 @@ from typing import Iterator, Sequence
 
 from moejax.data import corpus, seeded_rng
 
-SOURCES = ("embedded", "tfds", "text", "tfrecord")
+SOURCES = ("embedded", "tfds", "text", "tfrecord", "task")
 
 
 class InMemory:
@@ -78,6 +80,11 @@ def make_source(cfg, split: str, shard: int, num_shards: int):
         texts = [line.strip() for f in _split_files(cfg, split)
                  for line in open(f, encoding="utf-8") if line.strip()]
         return InMemory(texts, shard, num_shards, cfg.seed)
+    if cfg.source == "task":
+        from moejax.tasks.source import TaskMixture
+
+        return TaskMixture(cfg.task, split, cfg.tfds_data_dir, shard, num_shards, cfg.seed,
+                           cfg.mixing_cap)
     import tensorflow as tf  # only the streaming sources need TensorFlow
 
     tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators JAX owns

@@ -13,7 +13,7 @@ are decided by the router, not by the dispatch.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,13 +55,15 @@ def default_grouped_matmul(backend: str | None = None) -> str:
 
 def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mode: str = "auto",
             grouped_matmul: str | None = None, mesh: Mesh | None = None,
-            expert_axis: str | None = None, data_axes: Sequence[str] = ("data",)):
+            expert_axis: str | None = None, data_axes: Sequence[str] = ("data",),
+            hidden_dropout: Callable | None = None):
     """Mixture of expert FFNs.
 
     x: [G, T, d]; routing: RoutingResult for the same [G, T]; params: expert
     weights {'wi' | 'wi_0', 'wi_1', ...: [E, d, f], 'wo': [E, f, d]} in the
     compute dtype. With `mesh` and `expert_axis`, experts run sharded over
-    that axis (buffer modes only). Returns [G, T, d]; tokens without an
+    that axis (buffer modes only). `hidden_dropout` (array -> array) acts
+    on the experts' hidden activations. Returns [G, T, d]; tokens without an
     active expert get 0 (the residual connection carries them).
     """
     g, t, _ = x.shape
@@ -76,7 +78,7 @@ def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mo
         token, expert, weight, group_sizes = sort_by_expert(routing, t)
         matmul = dropless_matmul(expert, group_sizes, grouped_matmul or default_grouped_matmul())
         flat_x = x.reshape(g * t, -1)
-        out = ffn(flat_x[token], params, activations, matmul)
+        out = ffn(flat_x[token], params, activations, matmul, hidden_dropout)
         out = jnp.where((expert < routing.num_experts)[:, None], out * weight[:, None].astype(out.dtype), 0)
         return jnp.zeros_like(flat_x).at[token].add(out).reshape(x.shape)
 
@@ -87,9 +89,10 @@ def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mo
         buffers = buf.scatter_to_buffers(x, routing)
     if expert_parallel:
         out = expert_parallel_ffn(buffers, params, activations, mesh=mesh,
-                                  expert_axis=expert_axis, data_axes=data_axes)
+                                  expert_axis=expert_axis, data_axes=data_axes,
+                                  hidden_dropout=hidden_dropout)
     else:
-        out = ffn(buffers, params, activations)
+        out = ffn(buffers, params, activations, hidden_dropout=hidden_dropout)
     if mode == "einsum":
         return buf.einsum_from_buffers(out, combine)
     return buf.scatter_from_buffers(out, routing, t)

@@ -8,7 +8,7 @@ so results match it exactly.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 from jax.sharding import Mesh, PartitionSpec as P
@@ -17,10 +17,12 @@ from moejax.ffn import ffn
 
 
 def expert_parallel_ffn(buffers, params, activations: Sequence[str], *, mesh: Mesh,
-                        expert_axis: str = "expert", data_axes: Sequence[str] = ("data",)):
+                        expert_axis: str = "expert", data_axes: Sequence[str] = ("data",),
+                        hidden_dropout: Callable | None = None):
     """Runs the expert FFN on buffers [E, G, C, d] with experts sharded over
     `expert_axis`; groups are sharded over the `data_axes` present in the
     mesh and `expert_axis`. Expert weights are replicated over other axes.
+    `hidden_dropout` is applied to each device's local hidden activations.
     """
     if expert_axis not in mesh.shape:
         raise ValueError(f"expert_axis {expert_axis!r} is not a mesh axis; mesh axes: "
@@ -39,7 +41,7 @@ def expert_parallel_ffn(buffers, params, activations: Sequence[str], *, mesh: Me
 
     def local(buf, p):
         buf = jax.lax.all_to_all(buf, expert_axis, split_axis=0, concat_axis=1, tiled=True)
-        out = ffn(buf, p, activations)
+        out = ffn(buf, p, activations, hidden_dropout=hidden_dropout)
         return jax.lax.all_to_all(out, expert_axis, split_axis=1, concat_axis=0, tiled=True)
 
     groups = P(None, group_axes)

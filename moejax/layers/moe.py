@@ -33,7 +33,9 @@ class MoeLayer(nn.Module):
     per group. `mask` [batch, length] marks real tokens (padding is never
     routed); `token_ids` [batch, length] are needed by the hash router.
     Sows `aux_loss` and `metrics` into the 'moe' collection.
-    Needs a 'router' rng in training for routers that sample or jitter.
+    Needs a 'router' rng in training for routers that sample or jitter, and
+    a 'dropout' rng when `dropout_rate` > 0 (dropout on the experts' hidden
+    activations in training: Switch's "expert dropout").
     """
 
     router: RouterConfig
@@ -48,6 +50,7 @@ class MoeLayer(nn.Module):
     router_init: Callable = default_router_init
     mesh: Mesh | None = None
     expert_axis: str | None = None
+    dropout_rate: float = 0.0
 
     def router_logits(self, x, token_ids, rng, train):
         """Router logits [G, T, E] float32 (capture with
@@ -105,8 +108,14 @@ class MoeLayer(nn.Module):
         logits = self.router_logits(xg, ids, jitter_rng, train)
         result: RoutingResult = self.router.spec.kernel(
             logits, mask=maskg, rng=route_rng, cfg=self.router, train=train)
+        hidden_dropout = None
+        if train and self.dropout_rate > 0:
+            dropout_rng, keep = self.make_rng("dropout"), 1.0 - self.dropout_rate
+            hidden_dropout = lambda h: jnp.where(  # noqa: E731
+                jax.random.bernoulli(dropout_rng, keep, h.shape), h / keep, 0).astype(h.dtype)
         y = moe_ffn(xg, result, self._expert_params(d), activations=activations, mode=self.dispatch,
-                    grouped_matmul=self.grouped_matmul, mesh=self.mesh, expert_axis=self.expert_axis)
+                    grouped_matmul=self.grouped_matmul, mesh=self.mesh, expert_axis=self.expert_axis,
+                    hidden_dropout=hidden_dropout)
         self.sow(MOE_COLLECTION, "aux_loss", result.aux_loss)
         self.sow(MOE_COLLECTION, "metrics", result.metrics)
         return nn.with_logical_constraint(y.reshape(b, l, d), ("batch", "length", "embed"))

@@ -27,6 +27,8 @@ class MoeConfig:
     group_size: tokens routed together (capacity and expert choice are per
       group); None = one group per sequence.
     dispatch: see moejax.dispatch.MODES.
+    expert_dropout: dropout on the experts' hidden activations in training
+      (Switch fine-tuning uses 0.4 with 0.1 elsewhere).
     """
 
     interval: int = 0
@@ -35,8 +37,11 @@ class MoeConfig:
     activations: tuple[str, ...] | None = None
     group_size: int | None = None
     dispatch: str = "auto"
+    expert_dropout: float = 0.0
 
     def __post_init__(self):
+        if not 0 <= self.expert_dropout < 1:
+            raise ValueError(f"expert_dropout must be in [0, 1), got {self.expert_dropout}")
         if self.interval < 0:
             raise ValueError(f"interval must be >= 0 (0 = no MoE layers), got {self.interval}")
         if self.d_ff is not None and self.d_ff < 1:

@@ -60,7 +60,8 @@ class FeedForward(nn.Module):
                          # Capacity buffers would hold E slots per decoded token.
                          dispatch="dropless" if decode else self.moe.dispatch,
                          dtype=cfg.compute_dtype, mesh=None if decode else self.mesh,
-                         expert_axis=self.expert_axis, name="mlp")(
+                         expert_axis=self.expert_axis, dropout_rate=self.moe.expert_dropout,
+                         name="mlp")(
                 y, mask=mask, token_ids=token_ids, deterministic=deterministic)
         return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
 

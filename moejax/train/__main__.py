@@ -5,8 +5,10 @@ checkpoint when there is one.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+from typing import Callable
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -27,7 +29,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
+def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
+    """Parses the config (plus `overrides` of top-level TrainConfig fields
+    that are not None), starts multi-host JAX when asked, and runs
+    job(cfg, workdir); input errors exit with one line."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
@@ -35,6 +40,7 @@ def main(argv):
     logging.getLogger("moejax").setLevel(logging.INFO)
     try:
         cfg = from_mapping(TrainConfig, _CONFIG.value)
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
         sys.exit(f"config error: {e}")
     import jax  # after flag parsing, so --help stays fast
@@ -44,12 +50,18 @@ def main(argv):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from moejax.train.checkpoint import CheckpointError
-    from moejax.train.trainer import NonFiniteLoss, train
+    from moejax.train.trainer import NonFiniteLoss
 
     try:
-        train(cfg, _WORKDIR.value)
+        job(cfg, _WORKDIR.value)
     except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLoss) as e:
         sys.exit(f"error: {e}")
+
+
+def main(argv):
+    from moejax.train.trainer import train
+
+    run_job(argv, train)
 
 
 def run():

@@ -17,7 +17,14 @@ from moejax.models.config import T5Config
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """source: one of moejax.data.sources.SOURCES.
-    tfds_name / tfds_data_dir / train_split / eval_split: for 'tfds'.
+    tfds_name / tfds_data_dir / train_split / eval_split: for 'tfds'
+      ('task' reads tfds_data_dir, and eval_split, 'validation' or 'test',
+      picks the split that evaluation decodes: test writes leaderboard
+      files without scores).
+    task: for source 'task': a task or mixture of moejax.tasks
+      ('glue_sst2', 'glue_mixture', 'embedded_topics', ...).
+    mixing_cap: examples-proportional mixing takes at most this many
+      examples of each task per epoch (0 = all).
     train_files / eval_files: comma-separated globs for 'text' / 'tfrecord'.
     text_key: the text feature of tfds / TFRecord examples.
     embedded_documents / embedded_eval_documents: size of the generated corpus.
@@ -37,6 +44,8 @@ class DataConfig:
     train_files: str = ""
     eval_files: str = ""
     text_key: str = "text"
+    task: str = ""
+    mixing_cap: int = 0
     embedded_documents: int = 20000
     embedded_eval_documents: int = 500
     objective: str = "span_corruption"
@@ -53,6 +62,18 @@ class DataConfig:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if (self.source == "task") != (self.objective == "text_to_text"):
+            raise ValueError(f"source 'task' goes with objective 'text_to_text' and only with it; "
+                             f"got source={self.source!r}, objective={self.objective!r}")
+        if self.source == "task":
+            from moejax.tasks import tasks_of
+
+            tasks_of(self.task)  # names the known tasks when unknown
+            if self.eval_split not in ("validation", "test"):
+                raise ValueError(f"with source 'task', eval_split must be 'validation' or 'test', "
+                                 f"got {self.eval_split!r}")
+        if self.mixing_cap < 0:
+            raise ValueError(f"mixing_cap must be >= 0 (0 = no cap), got {self.mixing_cap}")
         if min(self.inputs_length, self.targets_length) < 2:
             raise ValueError(f"inputs_length and targets_length must be >= 2, got "
                              f"{self.inputs_length}, {self.targets_length}")
@@ -133,7 +154,15 @@ class TrainConfig:
     micro-batches). z_loss: weight of T5X's log(Z)^2 loss on the logits;
     router aux-loss weights live in each RouterConfig.
     eval_every_steps / eval_batches: held-out evaluation (0 = off).
-    log_every_steps: metrics to metrics.jsonl, TensorBoard and the bar."""
+    eval_examples: with a task source, every evaluation also decodes this
+      many examples of each evaluation set (0 = all) and scores them with
+      the task's official metrics.
+    log_every_steps: metrics to metrics.jsonl, TensorBoard and the bar.
+    init_checkpoint: fine-tuning starts from these params (see
+      moejax.train.init: a moejax workdir or step dir, or 'hf:<model>');
+      '' = random init. Ignored once the workdir has its own checkpoint.
+    freeze_router / freeze_experts: keep the MoE router weights / expert
+      FFN weights at their initial values (the optimizer skips them)."""
 
     model: T5Config = T5Config()
     data: DataConfig = DataConfig()
@@ -148,7 +177,11 @@ class TrainConfig:
     seed: int = 0
     eval_every_steps: int = 200
     eval_batches: int = 4
+    eval_examples: int = 0
     log_every_steps: int = 10
+    init_checkpoint: str = ""
+    freeze_router: bool = False
+    freeze_experts: bool = False
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
@@ -156,5 +189,7 @@ class TrainConfig:
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(f"batch_size={self.batch_size} must be divisible by "
                              f"grad_accum_steps={self.grad_accum_steps}")
+        if self.eval_examples < 0:
+            raise ValueError(f"eval_examples must be >= 0 (0 = all), got {self.eval_examples}")
         if self.log_every_steps < 1:
             raise ValueError(f"log_every_steps must be >= 1, got {self.log_every_steps}")

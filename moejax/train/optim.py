@@ -1,8 +1,13 @@
 """optax optimizer and learning-rate schedule from OptimizerConfig."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
+
+# Param names (the last path component) of a MoE layer's router.
+ROUTER_PARAMS = ("router_kernel", "router_projection", "router_expert_embeddings",
+                 "router_log_temperature")
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -16,7 +21,22 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([warm, decay], [warmup])
 
 
-def optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+def frozen_labels(params, freeze_router: bool, freeze_experts: bool):
+    """'frozen' / 'trained' per param. Experts are the 3-D [E, ...] FFN
+    kernels of MoE layers; the router is every ROUTER_PARAMS entry."""
+
+    def label(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        is_router = name in ROUTER_PARAMS
+        is_expert = leaf.ndim == 3 and (name == "wo" or name.startswith("wi"))
+        return "frozen" if (freeze_router and is_router) or (freeze_experts and is_expert) \
+            else "trained"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def optimizer(cfg, total_steps: int, freeze_router: bool = False,
+              freeze_experts: bool = False) -> optax.GradientTransformation:
     lr = schedule(cfg, total_steps)
     if cfg.name == "adafactor":
         # T5 defaults: factored second moments, no momentum, updates clipped
@@ -28,4 +48,8 @@ def optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
         opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
     if cfg.clip_norm:
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    if freeze_router or freeze_experts:
+        opt = optax.multi_transform(
+            {"trained": opt, "frozen": optax.set_to_zero()},
+            lambda params: frozen_labels(params, freeze_router, freeze_experts))
     return opt

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -30,10 +31,13 @@ from moejax.data.objectives import Objective
 from moejax.data.pipeline import Pipeline
 from moejax.data.sources import check_paths, make_source
 from moejax.models import Transformer, abstract_params
+from moejax.models.decoding import generate
 from moejax.structured import to_mapping
 from moejax.train import optim
+from moejax.tasks.evaluate import evaluate_tasks
 from moejax.train.checkpoint import BEST_METRIC, Checkpoints
 from moejax.train.config import TrainConfig
+from moejax.train.init import load_params, tokenizer_of
 from moejax.train.metrics import MetricWriter, flatten
 from moejax.train.partitioning import logical_rules, make_mesh, sharding_context
 from moejax.train.step import make_eval_step, make_train_step
@@ -67,14 +71,24 @@ def _data_parallel(cfg: TrainConfig, mesh) -> int:
 
 
 def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabulary:
+    """tokenizer.path; else the workdir's cached model; else the init
+    checkpoint's (copied into the cache, so resuming and --eval_only find
+    it); else one trained on the training data and cached."""
     tcfg = cfg.tokenizer
     if tcfg.path:
         return tok.load(tcfg.path, tcfg.extra_ids)
     cache = os.path.join(workdir, "tokenizer", "spm.model")
     if jax.process_index() == 0 and not os.path.exists(cache):
-        source = make_source(cfg.data, "train", 0, num_shards)
-        texts = (text for _, (_, text) in zip(range(tcfg.train_documents), source.iterate(0, 0)))
-        tok.train(texts, tcfg.vocab_size, tcfg.extra_ids, cache)
+        inherited = tokenizer_of(cfg.init_checkpoint)
+        if inherited:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            shutil.copyfile(inherited, cache + ".tmp")
+            os.replace(cache + ".tmp", cache)
+        else:
+            source = make_source(cfg.data, "train", 0, num_shards)
+            texts = (item if isinstance(item, str) else " ".join(item)  # task items are pairs
+                     for _, (_, item) in zip(range(tcfg.train_documents), source.iterate(0, 0)))
+            tok.train(texts, tcfg.vocab_size, tcfg.extra_ids, cache)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("moejax tokenizer")
     return tok.load(cache, tcfg.extra_ids)
@@ -191,7 +205,7 @@ class Steps:
 def compile_steps(s: Setup) -> Steps:
     """The jitted init / train / eval functions with explicit shardings."""
     cfg = s.cfg
-    optimizer = optim.optimizer(cfg.optimizer, cfg.steps)
+    optimizer = optim.optimizer(cfg.optimizer, cfg.steps, cfg.freeze_router, cfg.freeze_experts)
     lr_schedule = optim.schedule(cfg.optimizer, cfg.steps)
     init = _init_fn(s, optimizer)
     with sharding_context(s.mesh, s.rules):
@@ -208,8 +222,68 @@ def compile_steps(s: Setup) -> Steps:
     return Steps(init, train_step, eval_step, abstract)
 
 
+def make_predict(s: Setup, params) -> Callable[[np.ndarray], np.ndarray]:
+    """Greedy decoding of this host's share of a global batch of encoder
+    tokens [batch_size, inputs_length] (every host passes the whole batch);
+    returns all hosts' output tokens [batch_size, targets_length]."""
+    share = s.cfg.batch_size // jax.process_count()
+    mine = slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+
+    def predict(tokens: np.ndarray) -> np.ndarray:
+        inputs = global_batch(s, {"tokens": tokens[mine]})["tokens"]
+        out = generate(s.model, params, inputs, max_length=s.cfg.data.targets_length).tokens
+        return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+
+    return predict
+
+
+def task_scores(s: Setup, params, step: int, split: str | None = None) -> dict[str, float]:
+    """Decodes the task source's evaluation sets; writes scores, tables and
+    leaderboard files to <workdir>/eval/<split>_step_<step>/."""
+    d = s.cfg.data
+    split = split or d.eval_split
+    out_dir = os.path.join(s.workdir, "eval", f"{split}_step_{step}")
+    return evaluate_tasks(d.task, split, d.tfds_data_dir, s.vocab, make_predict(s, params),
+                          d.inputs_length, s.cfg.batch_size, s.cfg.eval_examples, out_dir)
+
+
+def _initial_state(s: Setup, steps: Steps, checkpoints: Checkpoints):
+    """(state, data position): the workdir's latest checkpoint, else a fresh
+    state whose params come from cfg.init_checkpoint when set."""
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        log.info("resuming from %s/checkpoints/%d", s.workdir, latest)
+        return checkpoints.restore(latest, steps.abstract_state)
+    state = steps.init(jax.random.key(s.cfg.seed))
+    if s.cfg.init_checkpoint:
+        state["params"] = load_params(s.cfg.init_checkpoint, steps.abstract_state["params"])
+        log.info("params initialised from %s", s.cfg.init_checkpoint)
+    return state, None
+
+
+def evaluate_only(cfg: TrainConfig, workdir: str) -> dict[str, float]:
+    """Scores the workdir's latest checkpoint (else cfg.init_checkpoint) on
+    the task source's data.eval_split, without training."""
+    if cfg.data.source != "task":
+        raise ValueError("--eval_only decodes fine-tuning tasks: it needs data.source='task', "
+                         f"got {cfg.data.source!r}")
+    os.makedirs(workdir, exist_ok=True)
+    s = setup(cfg, workdir)
+    steps = compile_steps(s)
+    checkpoints = Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint)
+    try:
+        if checkpoints.latest_step() is None and not cfg.init_checkpoint:
+            raise ValueError(f"--eval_only found no checkpoint in {workdir}/checkpoints and no "
+                             "init_checkpoint to evaluate")
+        with sharding_context(s.mesh, s.rules):
+            state, _ = _initial_state(s, steps, checkpoints)
+            return task_scores(s, state["params"], int(state["step"]))
+    finally:
+        checkpoints.close()
+
+
 def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
-    """Runs (or resumes) pretraining in `workdir`; returns the last logged metrics."""
+    """Runs (or resumes) training in `workdir`; returns the last logged metrics."""
     # A SIGTERM from here on stops after the next step, with a checkpoint.
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -228,15 +302,9 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
 
 def _loop(s: Setup, steps: Steps, stop: threading.Event) -> dict[str, float]:
     cfg, workdir = s.cfg, s.workdir
-    init, train_step, eval_step = steps.init, steps.train_step, steps.eval_step
-
+    train_step, eval_step = steps.train_step, steps.eval_step
     checkpoints = Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint)
-    latest = checkpoints.latest_step()
-    if latest is None:
-        state, data_state = init(jax.random.key(cfg.seed)), None
-    else:
-        state, data_state = checkpoints.restore(latest, steps.abstract_state)
-        log.info("resumed from %s/checkpoints/%d", workdir, latest)
+    state, data_state = _initial_state(s, steps, checkpoints)
     start = int(state["step"])
     pipeline = Pipeline(cfg.data, s.vocab, s.objective, "train", cfg.batch_size // s.num_shards,
                         s.shards, s.num_shards, state=data_state)
@@ -271,6 +339,8 @@ def _loop(s: Setup, steps: Steps, stop: threading.Event) -> dict[str, float]:
             if cfg.eval_every_steps and (done % cfg.eval_every_steps == 0 or done == cfg.steps):
                 held_out = held_out or eval_batches(s)
                 eval_metrics = flatten(evaluate(eval_step, state["params"], held_out), "eval_")
+                if cfg.data.source == "task":
+                    eval_metrics.update(flatten(task_scores(s, state["params"], done), "eval_"))
                 writer.write(done, eval_metrics)
                 last.update(eval_metrics)
             bar.update(1)

@@ -1,0 +1,49 @@
+"""Fine-tuning examples of a task or mixture as a pipeline source.
+
+Examples-proportional mixing (T5): every epoch takes each task's training
+examples (at most `cap` of them, a fresh random subset each epoch, when
+`cap` > 0) and visits their union in a random order, so a task's share of
+the mixture is proportional to its size. Input shard s of n takes every
+n-th example of that order. Items are (input text, target text) pairs.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Iterator
+
+from moejax.data import seeded_rng
+from moejax.tasks.base import Task, tasks_of
+
+
+@functools.lru_cache(maxsize=None)
+def load_split(task: Task, split: str, data_dir: str) -> tuple[dict, ...]:
+    """A task split's raw examples, read once per process."""
+    return tuple(task.load(split, data_dir))
+
+
+class TaskMixture:
+    def __init__(self, name: str, split: str, data_dir: str, shard: int, num_shards: int,
+                 seed: int, cap: int):
+        """split: 'train' (training splits) or 'eval' (the first validation
+        split of each task, for the held-out loss)."""
+        self.pools = []
+        for task in tasks_of(name):
+            tfds_split = task.train_split if split == "train" else task.eval_sets[0].validation
+            if tfds_split is not None:
+                pairs = task.pairs(list(load_split(task, tfds_split, data_dir)))
+                if pairs:
+                    self.pools.append(pairs)
+        if not self.pools:
+            raise ValueError(f"task {name!r} has no labelled {split} examples (the diagnostics "
+                             f"ax/axb/axg are evaluation-only: train on mnli/rte)")
+        self.shard, self.num_shards, self.seed, self.cap = shard, num_shards, seed, cap
+
+    def iterate(self, start: int, epoch: int) -> Iterator[tuple[int, tuple[str, str]]]:
+        rng = seeded_rng(self.seed, epoch)
+        items = []
+        for pool in self.pools:
+            take = rng.permutation(len(pool))[:self.cap or None]
+            items.extend(pool[i] for i in take)
+        mine = rng.permutation(len(items))[self.shard::self.num_shards]
+        for i in range(start, len(mine)):
+            yield i, items[mine[i]]
