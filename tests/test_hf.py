@@ -7,15 +7,18 @@ import pytest
 import torch
 import transformers
 
+import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
 from model_util import init, run, tokens
 from moejax import convert
 from moejax.layers.attention import relative_position_buckets
-from moejax.models import MoeConfig, T5Config, Transformer
+from moejax.models import MoeConfig, T5Config, Transformer, abstract_params
 from moejax.models.decoding import generate
 from moejax.routing import RouterConfig
+from moejax.train.checkpoint import CheckpointError
+from moejax.train.init import load_params
 
 VOCAB = 64
 SHAPE = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_heads=4, dropout_rate=0.0)
@@ -197,3 +200,15 @@ def test_gated_exact_gelu_has_no_hf_name():
                    activations=("gelu_exact", "linear"))
     with pytest.raises(ValueError, match="HF T5 cannot represent activations"):
         convert.hf_config_from(cfg)
+
+
+def test_init_checkpoint_from_hf_directory(tmp_path):
+    hf = hf_model("switch_4_experts_step_2")
+    hf.save_pretrained(tmp_path)
+    cfg, params = convert.from_hf(hf)
+    loaded = load_params(f"hf:{tmp_path}", abstract_params(cfg))
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(CheckpointError, match="not in the model: .*router"):
+        dense = convert.config_from_hf(hf.config, (set(), set()))
+        load_params(f"hf:{tmp_path}", abstract_params(dense))

@@ -62,10 +62,13 @@ def _split_files(cfg, split: str) -> list[str]:
 
 
 def check_paths(cfg, splits=("train", "eval")) -> None:
-    """Fails early when a local source's files are missing (FileNotFoundError)."""
-    if cfg.source in ("text", "tfrecord"):
-        for split in splits:
+    """Fails early when a local source's files or a task's tfds data are
+    missing (FileNotFoundError)."""
+    for split in splits:
+        if cfg.source in ("text", "tfrecord"):
             _split_files(cfg, split)
+        elif cfg.source == "task":
+            make_source(cfg, split, 0, 1)  # reads (and caches) the task's examples
 
 
 def make_source(cfg, split: str, shard: int, num_shards: int):

@@ -1,0 +1,126 @@
+"""Fine-tuning: end to end on mock SST-2, params from a checkpoint (and
+the errors when they do not fit), frozen router/experts, expert dropout."""
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+from flax import traverse_util
+
+from moejax.layers import MoeLayer
+from moejax.models import abstract_params
+from moejax.routing import RouterConfig
+from moejax.train import optim
+from moejax.train.checkpoint import CheckpointError, Checkpoints
+from moejax.train.config import DataConfig, OptimizerConfig, TokenizerConfig
+from moejax.train.init import load_params, tokenizer_of
+from moejax.train.partitioning import sharding_context
+from moejax.train.trainer import compile_steps, evaluate_only, setup, train
+from train_config import small
+
+
+def sst2_config(**overrides):
+    return small(data=DataConfig(source="task", task="glue_sst2", objective="text_to_text",
+                                 inputs_length=32, targets_length=8),
+                 tokenizer=TokenizerConfig(vocab_size=120, train_documents=200),
+                 optimizer=OptimizerConfig(name="adamw", learning_rate=1e-3, schedule="constant",
+                                           warmup_steps=0),
+                 steps=4, batch_size=8, eval_every_steps=4, eval_batches=1, eval_examples=16,
+                 **overrides)
+
+
+def test_finetune_on_mock_sst2_writes_scores_and_leaderboard_files(tmp_path):
+    workdir = str(tmp_path)
+    with tfds.testing.mock_data(num_examples=40):
+        last = train(sst2_config(), workdir)
+        out = os.path.join(workdir, "eval", "validation_step_4")
+        scores = json.load(open(os.path.join(out, "scores.json")))
+        accuracy = scores["scores"]["glue_sst2"]["accuracy"]
+        assert 0.0 <= accuracy <= 100.0 and scores["glue_average"] == accuracy
+        assert last["eval_glue_sst2/accuracy"] == pytest.approx(accuracy)
+        assert "| glue_sst2 |" in open(os.path.join(out, "scores.md")).read()
+        rows = open(os.path.join(out, "glue", "SST-2.tsv")).read().splitlines()
+        assert rows[0] == "index\tprediction" and len(rows) == 17
+        assert {r.split("\t")[1] for r in rows[1:]} <= {"0", "1"}
+        # --eval_only on the test split: leaderboard files, no scores.
+        test = evaluate_only(dataclasses.replace(
+            sst2_config(), data=dataclasses.replace(sst2_config().data, eval_split="test")),
+            workdir)
+        assert test == {}
+        assert os.path.exists(os.path.join(workdir, "eval", "test_step_4", "glue", "SST-2.tsv"))
+
+
+def _saved_state(cfg, workdir):
+    s = setup(cfg, workdir)
+    steps = compile_steps(s)
+    with sharding_context(s.mesh, s.rules):
+        state = steps.init(jax.random.key(1))
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
+    checkpoints.save(0, state, [])
+    checkpoints.wait()
+    checkpoints.close()
+    return state
+
+
+def test_init_checkpoint_loads_params_and_names_mismatches(tmp_path):
+    cfg = small()
+    pretrain = str(tmp_path / "pretrain")
+    state = _saved_state(cfg, pretrain)
+    assert tokenizer_of(pretrain) == os.path.join(pretrain, "tokenizer", "spm.model")
+    params = load_params(pretrain, abstract_params(cfg.model))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state["params"])):
+        np.testing.assert_array_equal(a, b)
+    other = dataclasses.replace(cfg.model, d_ff=96, num_decoder_layers=3)
+    with pytest.raises(CheckpointError) as err:
+        load_params(os.path.join(pretrain, "checkpoints", "0"), abstract_params(other))
+    message = str(err.value)
+    assert "encoder/layers_0/mlp/mlp/wi_0: checkpoint (64, 128) vs model (64, 96)" in message
+    assert "missing from the checkpoint: decoder/layers_2/" in message
+    with pytest.raises(FileNotFoundError, match="neither a moejax workdir"):
+        load_params(str(tmp_path), abstract_params(cfg.model))
+
+
+@pytest.mark.parametrize("router,experts", [(True, False), (False, True), (True, True)])
+def test_frozen_params_do_not_move(router, experts):
+    params = abstract_params(small().model)
+    params = jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype), params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    opt = optim.optimizer(OptimizerConfig(name="adamw", learning_rate=0.1, schedule="constant",
+                                          warmup_steps=0), 10, router, experts)
+    state, moved = opt.init(params), params
+    for _ in range(2):  # the schedule's warmup gives step 0 a zero learning rate
+        updates, state = opt.update(grads, state, moved)
+        moved = optax.apply_updates(moved, updates)
+    moved = traverse_util.flatten_dict(moved, sep="/")
+    labels = {"router": 0, "expert": 0, "other": 0}
+    for name, value in moved.items():
+        last = name.rsplit("/", 1)[1]
+        kind = ("router" if last.startswith("router_") else
+                "expert" if value.ndim == 3 else "other")
+        frozen = (kind == "router" and router) or (kind == "expert" and experts)
+        assert bool(jnp.all(value == 1.0)) == frozen, name
+        labels[kind] += 1
+    assert labels["router"] == 2 and labels["expert"] == 6  # 2 MoE layers, 3 kernels each
+
+
+def test_expert_dropout_only_in_training():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 16))
+    layer = lambda rate: MoeLayer(RouterConfig("top_k", num_experts=4, k=2, capacity_factor=None),  # noqa: E731
+                                  d_ff=32, dropout_rate=rate)
+    variables = layer(0.0).init(jax.random.key(1), x)
+    rngs = {"dropout": jax.random.key(2), "router": jax.random.key(3)}
+    plain = layer(0.0).apply(variables, x)
+    np.testing.assert_array_equal(layer(0.5).apply(variables, x), plain)  # eval: no dropout
+    train_plain = layer(0.0).apply(variables, x, deterministic=False, rngs=rngs)
+    dropped = layer(0.5).apply(variables, x, deterministic=False, rngs=rngs)
+    assert not np.allclose(dropped, train_plain)
+    # Inverted dropout keeps the expectation: averaged over masks it is the plain output.
+    sample = jax.jit(jax.vmap(lambda key: layer(0.5).apply(
+        variables, x, deterministic=False, rngs={**rngs, "dropout": key})))
+    mean = np.mean(sample(jax.random.split(jax.random.key(10), 300)), axis=0)
+    np.testing.assert_allclose(mean, train_plain, atol=0.15 * float(np.abs(train_plain).max()))
