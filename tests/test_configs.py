@@ -29,13 +29,19 @@ def test_tiny_config_routes_expert_choice_encoder_token_choice_decoder():
 
 
 @pytest.mark.parametrize("spec", ["default.py", "switch_base_c4.py", "switch_base_c4.py:top2",
-                                  "switch_base_c4.py:expert_choice", "st_moe_l_c4_pod.py"])
+                                  "switch_base_c4.py:expert_choice", "st_moe_l_c4_pod.py",
+                                  "finetune/default.py", "finetune/switch_base.py",
+                                  "finetune/switch_base.py:super_glue_record"])
 def test_train_configs_load(spec):
     from moejax.structured import from_mapping, load_config_file
     from moejax.train.config import TrainConfig
 
     cfg = from_mapping(TrainConfig, load_config_file(os.path.join(ROOT, "configs", spec)))
     assert cfg.model.vocab_size >= 512 and cfg.steps > 0
+    if spec.startswith("finetune/"):
+        assert cfg.data.source == "task" and cfg.data.objective == "text_to_text"
+        assert cfg.data.task == (spec.partition(":")[2] or
+                                 ("embedded_topics" if "default" in spec else "glue_mixture"))
     if spec.endswith("expert_choice"):
         assert cfg.model.encoder_moe.router.name == "expert_choice"
         assert cfg.model.decoder_moe.router.is_causal
