@@ -122,6 +122,11 @@ def setup(cfg: TrainConfig, workdir: str) -> Setup:
     objective = Objective(d.objective, d.inputs_length, d.targets_length, d.noise_density,
                           d.mean_noise_span_length)
     objective.check_lengths()
+    for moe in (cfg.model.encoder_moe, cfg.model.decoder_moe):
+        if moe.interval and not moe.router.spec.trainable:
+            raise ValueError(f"router {moe.router.name!r} keeps its weights outside 'params', "
+                             "which the trainer does not carry; use router 'switch' (or any "
+                             "trainable router) with freeze_router=True instead")
     model = Transformer(cfg.model, mesh=mesh, expert_axis=cfg.mesh.expert_axis)
     batch_sharding = NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", None), rules))
     return Setup(cfg, workdir, mesh, rules, vocab, objective, model, batch_sharding, shards,

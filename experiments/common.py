@@ -1,0 +1,319 @@
+"""What the experiments share: arguments, the synthetic clustered task and
+its MoE model, tiny T5-MoE runs through the trainer, routing statistics,
+and writing results (table.md, results.json, PNG plots).
+
+Synthetic task: K Gaussian clusters in d dimensions; cluster k has its own
+target function, a random tanh network with `widths[k]` hidden units
+(wider = more complex). The model is a stack of residual MoE blocks
+(moejax.layers.MoeLayer with any RouterConfig) between linear maps, trained
+with Adam on the squared error; test loss is measured on fresh draws.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn.metrics import normalized_mutual_info_score
+
+from moejax.layers import MOE_COLLECTION, MoeLayer
+from moejax.models import moe_outputs
+from moejax.routing import RouterConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(name: str, doc: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", dest="size", const="quick",
+                      help="<= 10 minutes on 2 CPU cores (the default)")
+    size.add_argument("--full", action="store_const", dest="size", const="full",
+                      help="longer runs, more data")
+    parser.add_argument("--seeds", type=int, default=3, help="random seeds per arm (>= 3)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "results", name),
+                        help="where table.md, results.json and the plots go")
+    args = parser.parse_args()
+    args.size = args.size or "quick"
+    if args.seeds < 3:
+        parser.error(f"--seeds must be >= 3 to report a spread, got {args.seeds}")
+    os.makedirs(args.out, exist_ok=True)
+    return args
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = [float(v) for v in values]
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: Sequence[float], digits: int = 3) -> str:
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def write_results(out: str, table: str, results: dict) -> None:
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+# --- the synthetic clustered task -------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ClusterTask:
+    """K clusters in `dim` dimensions, cluster k's target a tanh network of
+    widths[k] units; `separation` scales the distance between centres."""
+
+    widths: tuple[int, ...] = (8, 8, 8, 8)
+    dim: int = 16
+    out_dim: int = 4
+    separation: float = 3.0
+    noise: float = 0.5
+    seed: int = 0
+
+    @property
+    def num_clusters(self) -> int:
+        return len(self.widths)
+
+    def _teacher(self):
+        rng = np.random.RandomState(self.seed)
+        centres = rng.randn(self.num_clusters, self.dim) * self.separation / np.sqrt(2)
+        nets = [(rng.randn(self.dim, w) * 1.5 / np.sqrt(self.dim),
+                 rng.randn(w, self.out_dim) / np.sqrt(w)) for w in self.widths]
+        return centres, nets
+
+    def sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x [n, dim], cluster [n], y [n, out_dim]), float32 / int."""
+        centres, nets = self._teacher()
+        rng = np.random.RandomState(seed)
+        cluster = rng.randint(self.num_clusters, size=n)
+        x = centres[cluster] + self.noise * rng.randn(n, self.dim)
+        y = np.zeros((n, self.out_dim))
+        for k, (w1, w2) in enumerate(nets):
+            sel = cluster == k
+            y[sel] = np.tanh((x[sel] - centres[k]) @ w1 / self.noise) @ w2
+        return x.astype(np.float32), cluster, y.astype(np.float32)
+
+
+class ClusterMoE(nn.Module):
+    """x [G, T, dim] -> layers x (h + MoE(RMSNorm(h))) -> Dense(out), h starting
+    at x itself, so that the first router (frozen or learned) sees the raw
+    inputs, as in Dikkala et al."""
+
+    router: RouterConfig
+    d_ff: int = 32
+    layers: int = 1
+    out_dim: int = 4
+
+    @nn.compact
+    def __call__(self, x, token_ids, *, deterministic=True):
+        h = x
+        for i in range(self.layers):
+            h = h + MoeLayer(self.router, d_ff=self.d_ff, activations=("gelu",), name=f"moe_{i}")(
+                nn.RMSNorm(name=f"norm_{i}")(h), token_ids=token_ids, deterministic=deterministic)
+        return nn.Dense(self.out_dim, name="out")(h)
+
+
+def _groups(a: np.ndarray, group: int) -> np.ndarray:
+    return a.reshape(-1, group, *a.shape[1:])
+
+
+@dataclasses.dataclass
+class SyntheticRun:
+    """Results of one synthetic training run."""
+
+    test_loss: float
+    loss_curve: list[tuple[int, float]]
+    test_loss_per_cluster: list[float]
+    nmi: list[tuple[int, list[float]]]  # (step, per layer)
+    confusion: list[tuple[int, list[list[float]]]]  # (step, [cluster][expert]) of layer 0
+    experts_per_token: list[float]  # per layer
+    experts_per_token_per_cluster: list[list[float]]  # [layer][cluster]
+    dropped_fraction: list[float]  # per layer
+
+
+def routing_counts(router: RouterConfig, logits: jax.Array) -> np.ndarray:
+    """Experts each token gets [G, T] when `router` (eval mode) routes `logits`."""
+    result = router.spec.kernel(logits, mask=None, rng=None, cfg=router, train=False)
+    g = logits.shape[0]
+    counts = jnp.zeros(logits.shape[:2]).at[jnp.arange(g)[:, None], result.token].add(
+        result.valid.astype(jnp.float32))
+    return np.asarray(counts)
+
+
+def train_synthetic(task: ClusterTask, router: RouterConfig, *, steps: int, seed: int,
+                    layers: int = 1, d_ff: int = 32, group: int = 64, batch_groups: int = 8,
+                    lr: float = 3e-3, snapshots: int = 5, vocab: int = 4096) -> SyntheticRun:
+    """Trains ClusterMoE on `task`; test metrics on 4096 fresh points."""
+    model = ClusterMoE(router, d_ff=d_ff, layers=layers, out_dim=task.out_dim)
+    n_train = steps * batch_groups * group
+    x, _, y = task.sample(n_train, seed=1000 + seed)
+    ids = np.random.RandomState(seed).randint(vocab, size=n_train)  # hash-router token ids
+    xt, ct, yt = task.sample(4096, seed=10_000_019)
+    idt = np.random.RandomState(99).randint(vocab, size=4096)
+    xt, idt = jnp.asarray(_groups(xt, group)), jnp.asarray(_groups(idt, group))
+    variables = model.init(jax.random.key(seed), xt[:1], idt[:1])
+    params, frozen = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    opt = optax.adam(lr)
+    opt_state = opt.init(params)
+
+    def loss_fn(p, xb, idb, yb, rng):
+        pred, state = model.apply({"params": p, **frozen}, xb, idb, deterministic=False,
+                                  rngs={"router": rng}, mutable=[MOE_COLLECTION])
+        aux, _ = moe_outputs(state[MOE_COLLECTION])
+        return jnp.mean(jnp.square(pred - yb)) + aux
+
+    @jax.jit
+    def step(p, s, xb, idb, yb, rng):
+        loss, grads = jax.value_and_grad(loss_fn)(p, xb, idb, yb, rng)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    @jax.jit
+    def evaluate(p):
+        pred, state = model.apply({"params": p, **frozen}, xt, idt, mutable=[MOE_COLLECTION],
+                                  capture_intermediates=lambda m, name: name == "router_logits")
+        _, metrics = moe_outputs(state[MOE_COLLECTION])
+        logits = [state["intermediates"][f"moe_{i}"]["router_logits"][0] for i in range(layers)]
+        return jnp.mean(jnp.square(pred - yt.reshape(pred.shape)), axis=-1), logits, metrics
+
+    yt = jnp.asarray(yt)
+    ct_flat = ct
+    curve, nmi, confusion = [], [], []
+    snap_at = set(np.linspace(0, steps, snapshots).astype(int).tolist())
+    xg, idg, yg = _groups(x, group), _groups(ids, group), _groups(y, group)
+    rng = jax.random.key(seed + 7)
+    for i in range(steps + 1):
+        if i in snap_at:
+            per_point, logits, _ = evaluate(params)
+            chosen = [np.asarray(jnp.argmax(lg, -1)).reshape(-1) for lg in logits]
+            nmi.append((i, [float(normalized_mutual_info_score(ct_flat, c)) for c in chosen]))
+            table = np.zeros((task.num_clusters, router.num_experts))
+            np.add.at(table, (ct_flat, chosen[0]), 1.0)
+            confusion.append((i, (table / table.sum(1, keepdims=True)).tolist()))
+            curve.append((i, float(jnp.mean(per_point))))
+        if i == steps:
+            break
+        sl = slice(i * batch_groups, (i + 1) * batch_groups)
+        params, opt_state, _ = step(params, opt_state, xg[sl], idg[sl], yg[sl],
+                                    jax.random.fold_in(rng, i))
+    per_point, logits, metrics = evaluate(params)
+    per_point = np.asarray(per_point).reshape(-1)
+    counts = [routing_counts(router, lg).reshape(-1) for lg in logits]
+    return SyntheticRun(
+        test_loss=float(per_point.mean()), loss_curve=curve,
+        test_loss_per_cluster=[float(per_point[ct == k].mean()) for k in range(task.num_clusters)],
+        nmi=nmi, confusion=confusion,
+        experts_per_token=[float(c.mean()) for c in counts],
+        experts_per_token_per_cluster=[[float(c[ct == k].mean()) for k in range(task.num_clusters)]
+                                       for c in counts],
+        dropped_fraction=[float(metrics[f"moe_{i}/dropped_fraction"]) for i in range(layers)])
+
+
+# --- tiny T5-MoE runs ---------------------------------------------------------
+
+def t5_config(size: str, seed: int, **overrides):
+    """The embedded default's model and data, shortened for experiments:
+    inputs 64 / targets 16, batch 16, constant-after-warmup Adafactor."""
+    from moejax.models import presets
+    from moejax.train.config import (CheckpointConfig, DataConfig, OptimizerConfig,
+                                     TokenizerConfig, TrainConfig)
+
+    steps = {"quick": 150, "full": 1000}[size]
+    cfg = TrainConfig(
+        model=dataclasses.replace(presets.tiny(), vocab_size=512),
+        data=DataConfig(embedded_documents=3000 if size == "quick" else 20000,
+                        embedded_eval_documents=100, inputs_length=64, targets_length=16),
+        tokenizer=TokenizerConfig(vocab_size=400, train_documents=2000),
+        optimizer=OptimizerConfig(name="adafactor", learning_rate=1e-2, schedule="constant",
+                                  warmup_steps=20),
+        checkpoint=CheckpointConfig(every_steps=0, keep=1, async_save=False),
+        steps=steps, batch_size=16, eval_every_steps=steps // 5, eval_batches=2,
+        log_every_steps=steps // 30, seed=seed)
+    return dataclasses.replace(cfg, **overrides)
+
+
+def with_routers(cfg, encoder: RouterConfig | None = None, decoder: RouterConfig | None = None,
+                 d_ff: int | None = None, interval: int | None = None):
+    """`cfg` with the model's MoE stacks changed (None keeps a field)."""
+    model = cfg.model
+
+    def moe(m, router):
+        return dataclasses.replace(m, router=router or m.router, d_ff=d_ff or m.d_ff,
+                                   interval=m.interval if interval is None else interval)
+    model = dataclasses.replace(model, encoder_moe=moe(model.encoder_moe, encoder),
+                                decoder_moe=moe(model.decoder_moe, decoder))
+    return dataclasses.replace(cfg, model=model)
+
+
+def run_t5(cfg, workdir: str) -> dict[str, list]:
+    """Trains `cfg` in `workdir` (resuming a finished run is instant) and
+    returns its curves: {'train': [(step, loss)], 'eval': [(step, eval_loss)],
+    'last': last logged metrics}."""
+    from moejax.train.trainer import train
+
+    last = train(cfg, workdir)
+    curves = {"train": [], "eval": [], "last": last}
+    for line in open(os.path.join(workdir, "metrics.jsonl")):
+        row = json.loads(line)
+        if "eval_loss" in row:
+            curves["eval"].append((row["step"], row["eval_loss"]))
+        elif "loss" in row:
+            curves["train"].append((row["step"], row["cross_entropy"]))
+            curves["last_train"] = row
+    return curves
+
+
+def plot_curves(path: str, title: str, arms: dict[str, list[list[tuple[int, float]]]],
+                ylabel: str, log_y: bool = False) -> None:
+    """One line per arm: mean over seeds, band = min..max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, runs in arms.items():
+        steps = [s for s, _ in runs[0]]
+        values = np.array([[v for _, v in run] for run in runs])
+        ax.plot(steps, values.mean(0), label=name)
+        ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
+
+
+def run_arms(arms: dict[str, Callable[[int], object]], seeds: int, desc: str) -> dict[str, list]:
+    """{arm: [result per seed]} with one progress bar over all runs."""
+    bar = progress(len(arms) * seeds, desc)
+    out = {}
+    for name, fn in arms.items():
+        out[name] = []
+        for seed in range(seeds):
+            bar.set_postfix_str(f"{name} seed {seed}")
+            out[name].append(fn(seed))
+            bar.update(1)
+    bar.close()
+    return out
