@@ -27,6 +27,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from moejax.layers import MOE_COLLECTION, MoeLayer
 from moejax.models import moe_outputs
 from moejax.routing import RouterConfig
+from moejax.routing.base import experts_per_token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,10 +146,7 @@ class SyntheticRun:
 def routing_counts(router: RouterConfig, logits: jax.Array) -> np.ndarray:
     """Experts each token gets [G, T] when `router` (eval mode) routes `logits`."""
     result = router.spec.kernel(logits, mask=None, rng=None, cfg=router, train=False)
-    g = logits.shape[0]
-    counts = jnp.zeros(logits.shape[:2]).at[jnp.arange(g)[:, None], result.token].add(
-        result.valid.astype(jnp.float32))
-    return np.asarray(counts)
+    return np.asarray(experts_per_token(result.token, result.valid, logits.shape[1]))
 
 
 def train_synthetic(task: ClusterTask, router: RouterConfig, *, steps: int, seed: int,
@@ -188,7 +186,6 @@ def train_synthetic(task: ClusterTask, router: RouterConfig, *, steps: int, seed
         return jnp.mean(jnp.square(pred - yt.reshape(pred.shape)), axis=-1), logits, metrics
 
     yt = jnp.asarray(yt)
-    ct_flat = ct
     curve, nmi, confusion = [], [], []
     snap_at = set(np.linspace(0, steps, snapshots).astype(int).tolist())
     xg, idg, yg = _groups(x, group), _groups(ids, group), _groups(y, group)
@@ -197,9 +194,9 @@ def train_synthetic(task: ClusterTask, router: RouterConfig, *, steps: int, seed
         if i in snap_at:
             per_point, logits, _ = evaluate(params)
             chosen = [np.asarray(jnp.argmax(lg, -1)).reshape(-1) for lg in logits]
-            nmi.append((i, [float(normalized_mutual_info_score(ct_flat, c)) for c in chosen]))
+            nmi.append((i, [float(normalized_mutual_info_score(ct, c)) for c in chosen]))
             table = np.zeros((task.num_clusters, router.num_experts))
-            np.add.at(table, (ct_flat, chosen[0]), 1.0)
+            np.add.at(table, (ct, chosen[0]), 1.0)
             confusion.append((i, (table / table.sum(1, keepdims=True)).tolist()))
             curve.append((i, float(jnp.mean(per_point))))
         if i == steps:
@@ -256,22 +253,17 @@ def with_routers(cfg, encoder: RouterConfig | None = None, decoder: RouterConfig
     return dataclasses.replace(cfg, model=model)
 
 
-def run_t5(cfg, workdir: str) -> dict[str, list]:
+def run_t5(cfg, workdir: str) -> dict[str, list[tuple[int, float]]]:
     """Trains `cfg` in `workdir` (resuming a finished run is instant) and
-    returns its curves: {'train': [(step, loss)], 'eval': [(step, eval_loss)],
-    'last': last logged metrics}."""
+    returns its curves: {'train': [(step, cross-entropy)], 'eval': [(step,
+    eval loss)]}."""
+    from moejax.train.metrics import read_metrics
     from moejax.train.trainer import train
 
-    last = train(cfg, workdir)
-    curves = {"train": [], "eval": [], "last": last}
-    for line in open(os.path.join(workdir, "metrics.jsonl")):
-        row = json.loads(line)
-        if "eval_loss" in row:
-            curves["eval"].append((row["step"], row["eval_loss"]))
-        elif "loss" in row:
-            curves["train"].append((row["step"], row["cross_entropy"]))
-            curves["last_train"] = row
-    return curves
+    train(cfg, workdir)
+    rows, evals = read_metrics(workdir)
+    return {"train": [(s, rows[s]["cross_entropy"]) for s in sorted(rows)],
+            "eval": [(s, evals[s]["eval_loss"]) for s in sorted(evals)]}
 
 
 def plot_curves(path: str, title: str, arms: dict[str, list[list[tuple[int, float]]]],

@@ -26,6 +26,7 @@ from moejax.models import presets
 from moejax.structured import from_mapping, load_config_file
 from moejax.train.checkpoint import Checkpoints
 from moejax.train.config import TrainConfig
+from moejax.train.metrics import read_metrics
 from moejax.train.partitioning import sharding_context
 from moejax.train.trainer import compile_steps, global_batch, setup, train
 
@@ -46,7 +47,7 @@ def bench(name: str, cfg: TrainConfig, steps: int) -> dict:
                               checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=steps // 2))
     with tempfile.TemporaryDirectory() as workdir:
         train(cfg, workdir)
-        rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+        rows = [row for _, row in sorted(read_metrics(workdir)[0].items())]
         loop = statistics.median(r["step_time_s"] for r in rows[len(rows) // 4:])  # past compile
         s = setup(cfg, workdir)
         compiled = compile_steps(s)

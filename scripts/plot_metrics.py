@@ -9,7 +9,6 @@ expert load over time) and throughput.png (tokens/s, learning rate).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import matplotlib
@@ -18,15 +17,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from moejax.train.metrics import read_metrics  # noqa: E402
+
 
 def load(workdir: str):
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise SystemExit(f"{path} does not exist; is {workdir!r} a moejax.train workdir?")
-    train, evals = {}, {}
-    for line in open(path, encoding="utf-8"):
-        row = json.loads(line)  # a resumed run re-logs steps: the last record wins
-        (evals if "eval_loss" in row else train)[row["step"]] = row
+    """(train rows, eval rows), each sorted by step."""
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        raise SystemExit(f"{workdir}/metrics.jsonl does not exist; is {workdir!r} a "
+                         "moejax.train workdir?")
+    train, evals = read_metrics(workdir)
     return [train[s] for s in sorted(train)], [evals[s] for s in sorted(evals)]
 
 

@@ -16,20 +16,12 @@ import pytest
 from moejax.models import MoeConfig
 from moejax.train.checkpoint import CheckpointError, Checkpoints
 from moejax.train.config import OptimizerConfig, TokenizerConfig
+from moejax.train.metrics import read_metrics
 from moejax.train.trainer import NonFiniteLoss, train
 from train_config import small
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "train_config.py")
-
-
-def read_metrics(workdir):
-    """Last logged train / eval record per step."""
-    train_rows, eval_rows = {}, {}
-    for line in open(os.path.join(workdir, "metrics.jsonl")):
-        row = json.loads(line)
-        (eval_rows if "eval_loss" in row else train_rows)[row["step"]] = row
-    return train_rows, eval_rows
 
 
 def launch(workdir, *overrides, devices=1):

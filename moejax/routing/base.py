@@ -126,12 +126,19 @@ def assign_slots(expert: Array, request: Array, capacity: int, num_experts: int,
     return slot.astype(jnp.int32), request & (slot < capacity)
 
 
+def experts_per_token(token: Array, valid: Array, num_tokens: int) -> Array:
+    """float32 [G, T]: active assignments per token, from a RoutingResult's
+    token and valid [G, A]."""
+    g = token.shape[0]
+    return jnp.zeros((g, num_tokens), jnp.float32).at[jnp.arange(g)[:, None], token].add(
+        valid.astype(jnp.float32))
+
+
 def routing_metrics(probs: Array, mask: Array, token: Array, expert: Array,
                     valid: Array, losses: dict[str, Array]) -> dict[str, Array]:
     """Statistics every router reports (see RoutingResult.metrics)."""
     g, t, e = probs.shape
-    per_token = jnp.zeros((g, t), jnp.float32).at[
-        jnp.arange(g)[:, None], token].add(valid.astype(jnp.float32))
+    per_token = experts_per_token(token, valid, t)
     load = jnp.zeros((e,), jnp.float32).at[expert.reshape(-1)].add(
         valid.reshape(-1).astype(jnp.float32))
     metrics = {

@@ -28,6 +28,17 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, float | list[float]]:
     return out
 
 
+def read_metrics(workdir: str) -> tuple[dict[int, dict], dict[int, dict]]:
+    """(train rows, eval rows) of a run's metrics.jsonl, keyed by step. A
+    resumed run re-logs steps after its last checkpoint: the last record wins."""
+    train, evals = {}, {}
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            (evals if "eval_loss" in row else train)[row["step"]] = row
+    return train, evals
+
+
 class MetricWriter:
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
