@@ -19,6 +19,26 @@ class CheckpointError(RuntimeError):
     pass
 
 
+def leaf_paths(tree, signature) -> dict[str, object]:
+    """{'a/b/0/c': signature(leaf)} over a pytree's leaves."""
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                     for k in path): signature(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def mismatch_report(got: dict, want: dict) -> str:
+    """'' when the two {path: signature} maps agree; otherwise every entry
+    whose signature differs, is missing from `got` or is not in `want`."""
+    mismatched = [f"{k}: checkpoint {got[k]} vs model {want[k]}"
+                  for k in sorted(want) if k in got and got[k] != want[k]]
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    parts = [f"mismatched: {'; '.join(mismatched)}" if mismatched else "",
+             f"missing from the checkpoint: {', '.join(missing)}" if missing else "",
+             f"not in the model: {', '.join(unexpected)}" if unexpected else ""]
+    return ". ".join(p for p in parts if p)
+
+
 class Checkpoints:
     def __init__(self, directory: str, cfg):
         preserve = [policies.LatestN(n=cfg.keep),
@@ -50,12 +70,13 @@ class Checkpoints:
             raise CheckpointError(
                 f"checkpoint {where} cannot be restored ({type(e).__name__}: {e}). It was left "
                 f"as is; move it away or use another --workdir.") from None
-        got = jax.tree.map(lambda a: (a.shape, a.dtype), restored.state)
-        want = jax.tree.map(lambda a: (a.shape, a.dtype), abstract_state)
-        if got != want:
+        signature = lambda a: (tuple(a.shape), str(a.dtype))  # noqa: E731
+        report = mismatch_report(leaf_paths(restored.state, signature),
+                                 leaf_paths(abstract_state, signature))
+        if report:
             raise CheckpointError(
-                f"checkpoint {where} does not match the configured model/optimizer (different "
-                f"param shapes); it was left as is. Use the config it was trained with.")
+                f"checkpoint {where} does not match the configured model/optimizer ({report}); "
+                f"it was left as is. Use the config it was trained with.")
         return restored.state, restored.data
 
     def wait(self):

@@ -14,9 +14,8 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
-from flax import traverse_util
 
-from moejax.train.checkpoint import CheckpointError
+from moejax.train.checkpoint import CheckpointError, leaf_paths, mismatch_report
 
 HF_PREFIX = "hf:"
 
@@ -53,24 +52,14 @@ def tokenizer_of(spec: str) -> str | None:
     return path if os.path.exists(path) else None
 
 
-def _shape_report(got: dict, want: dict, source: str) -> None:
+def _check_shapes(got, want, source: str) -> None:
     """Raises CheckpointError naming every param whose shape differs, is
-    missing or is unexpected ({'a/b': shape})."""
-    mismatched = [f"{k}: checkpoint {got[k]} vs model {want[k]}"
-                  for k in sorted(want) if k in got and tuple(got[k]) != tuple(want[k])]
-    missing = sorted(set(want) - set(got))
-    unexpected = sorted(set(got) - set(want))
-    if mismatched or missing or unexpected:
-        parts = [f"mismatched shapes: {'; '.join(mismatched)}" if mismatched else "",
-                 f"missing from the checkpoint: {', '.join(missing)}" if missing else "",
-                 f"not in the model: {', '.join(unexpected)}" if unexpected else ""]
-        raise CheckpointError(f"init_checkpoint {source} does not fit model config: "
-                              + ". ".join(p for p in parts if p)
-                              + ". Set the model config the checkpoint was trained with.")
-
-
-def _shapes(tree) -> dict:
-    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+    missing or is unexpected."""
+    shape = lambda a: tuple(a.shape)  # noqa: E731
+    report = mismatch_report(leaf_paths(got, shape), leaf_paths(want, shape))
+    if report:
+        raise CheckpointError(f"init_checkpoint {source} does not fit model config: {report}. "
+                              "Set the model config the checkpoint was trained with.")
 
 
 def load_params(spec: str, abstract_params):
@@ -80,7 +69,7 @@ def load_params(spec: str, abstract_params):
         from moejax.convert import from_hf
 
         _, params = from_hf(spec[len(HF_PREFIX):])
-        _shape_report(_shapes(params), _shapes(abstract_params), spec)
+        _check_shapes(params, abstract_params, spec)
         return jax.tree.map(lambda p, a: jax.device_put(p.astype(a.dtype), a.sharding),
                             params, abstract_params)
     state_dir = os.path.join(checkpoint_step_dir(spec), "state")
@@ -90,7 +79,7 @@ def load_params(spec: str, abstract_params):
     except Exception as e:  # orbax raises many types for unreadable data
         raise CheckpointError(f"init_checkpoint {state_dir} cannot be read "
                               f"({type(e).__name__}: {e})") from None
-    _shape_report(_shapes(saved), _shapes(abstract_params), state_dir)
+    _check_shapes(saved, abstract_params, state_dir)
     item = {"params": abstract_params}
     restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),

@@ -242,14 +242,17 @@ def make_predict(s: Setup, params) -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
-def task_scores(s: Setup, params, step: int, split: str | None = None) -> dict[str, float]:
-    """Decodes the task source's evaluation sets; writes scores, tables and
-    leaderboard files to <workdir>/eval/<split>_step_<step>/."""
+def task_scores(s: Setup, params, step: int) -> dict[str, float]:
+    """Decodes the task source's evaluation sets on data.eval_split; writes
+    scores, tables and leaderboard files to <workdir>/eval/<split>_step_<step>/."""
     d = s.cfg.data
-    split = split or d.eval_split
-    out_dir = os.path.join(s.workdir, "eval", f"{split}_step_{step}")
-    return evaluate_tasks(d.task, split, d.tfds_data_dir, s.vocab, make_predict(s, params),
+    out_dir = os.path.join(s.workdir, "eval", f"{d.eval_split}_step_{step}")
+    return evaluate_tasks(d.task, d.eval_split, d.tfds_data_dir, s.vocab, make_predict(s, params),
                           d.inputs_length, s.cfg.batch_size, s.cfg.eval_examples, out_dir)
+
+
+def _checkpoints(cfg: TrainConfig, workdir: str) -> Checkpoints:
+    return Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint)
 
 
 def _initial_state(s: Setup, steps: Steps, checkpoints: Checkpoints):
@@ -275,7 +278,7 @@ def evaluate_only(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     os.makedirs(workdir, exist_ok=True)
     s = setup(cfg, workdir)
     steps = compile_steps(s)
-    checkpoints = Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint)
+    checkpoints = _checkpoints(cfg, workdir)
     try:
         if checkpoints.latest_step() is None and not cfg.init_checkpoint:
             raise ValueError(f"--eval_only found no checkpoint in {workdir}/checkpoints and no "
@@ -308,7 +311,7 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
 def _loop(s: Setup, steps: Steps, stop: threading.Event) -> dict[str, float]:
     cfg, workdir = s.cfg, s.workdir
     train_step, eval_step = steps.train_step, steps.eval_step
-    checkpoints = Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint)
+    checkpoints = _checkpoints(cfg, workdir)
     state, data_state = _initial_state(s, steps, checkpoints)
     start = int(state["step"])
     pipeline = Pipeline(cfg.data, s.vocab, s.objective, "train", cfg.batch_size // s.num_shards,
