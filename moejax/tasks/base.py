@@ -46,6 +46,9 @@ class Task:
       their mean.
     train_split: None for evaluation-only tasks (the diagnostics).
     submit(prediction) -> the value the leaderboard file holds.
+    leaderboard_rows(submit, examples, predictions) -> the leaderboard
+      file's records, for tasks whose file is not one {"idx", "label"} per
+      example (None: that flat form).
     """
 
     name: str
@@ -59,6 +62,7 @@ class Task:
     train_split: str | None
     eval_sets: tuple[EvalSet, ...]
     submit: Callable[[Any], Any]
+    leaderboard_rows: Callable[[Callable, list[dict], list], list[dict]] | None = None
 
     def __post_init__(self):
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -69,6 +73,11 @@ class Task:
     def pairs(self, examples: list[dict]) -> list[tuple[str, str]]:
         """(input text, target text) training examples."""
         return [(self.inputs(ex), t) for ex in examples for t in self.targets(ex)]
+
+    def submission_rows(self, examples: list[dict], predictions: list) -> list[dict]:
+        if self.leaderboard_rows is not None:
+            return self.leaderboard_rows(self.submit, examples, predictions)
+        return [{"idx": ex["idx"], "label": self.submit(p)} for ex, p in zip(examples, predictions)]
 
     def score(self, examples: list[dict], predictions: list) -> dict[str, float]:
         refs = [self.reference(ex) for ex in examples]
@@ -132,8 +141,8 @@ def eval_sets(name: str, submission: str, validation: str | None = "validation",
 
 def classification(name: str, benchmark: str, load, inputs, names: Sequence[str],
                    metrics: tuple[str, ...], submission: str, submit: str = "index",
-                   train_split: str | None = "train", sets: tuple[EvalSet, ...] | None = None
-                   ) -> Task:
+                   train_split: str | None = "train", sets: tuple[EvalSet, ...] | None = None,
+                   leaderboard_rows: Callable | None = None) -> Task:
     """Registers a task whose target is the name of class ex['label']
     (negative labels, unlabelled test examples, are not trained on)."""
     return register(Task(
@@ -141,7 +150,7 @@ def classification(name: str, benchmark: str, load, inputs, names: Sequence[str]
         targets=lambda ex: [names[ex["label"]]] if ex["label"] >= 0 else [],
         reference=lambda ex: ex["label"], postprocess=label_index(names), metrics=metrics,
         train_split=train_split, eval_sets=sets or eval_sets(name, submission),
-        submit=SUBMIT[submit](names)))
+        submit=SUBMIT[submit](names), leaderboard_rows=leaderboard_rows))
 
 
 def _python(value):

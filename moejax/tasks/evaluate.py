@@ -50,26 +50,10 @@ def decode_texts(predict: Callable[[np.ndarray], np.ndarray], vocab: Vocabulary,
     return [vocab.decode(row) for row in np.concatenate(outputs)[:len(texts)]]
 
 
-def _submission_rows(task: Task, examples: list[dict], predictions: list) -> list[dict]:
-    if task.name == "super_glue_multirc":
-        tree = collections.defaultdict(lambda: collections.defaultdict(list))
-        for ex, p in zip(examples, predictions):
-            idx = ex["idx"]
-            tree[idx["paragraph"]][idx["question"]].append(
-                {"idx": idx["answer"], "label": task.submit(p)})
-        return [{"idx": para, "passage": {"questions": [
-            {"idx": q, "answers": answers} for q, answers in questions.items()]}}
-            for para, questions in tree.items()]
-    if task.name == "super_glue_record":
-        return [{"idx": ex["idx"]["query"], "label": task.submit(p)}
-                for ex, p in zip(examples, predictions)]
-    return [{"idx": ex["idx"], "label": task.submit(p)} for ex, p in zip(examples, predictions)]
-
-
 def write_submission(task: Task, eval_set: EvalSet, examples: list[dict], predictions: list,
                      out_dir: str) -> str:
     """Writes the leaderboard file of one evaluation set; returns its path."""
-    rows = _submission_rows(task, examples, predictions)
+    rows = task.submission_rows(examples, predictions)
     directory = os.path.join(out_dir, task.benchmark)
     os.makedirs(directory, exist_ok=True)
     if task.benchmark == "super_glue":

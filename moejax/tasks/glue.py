@@ -16,6 +16,7 @@ WiC and WSC, indices for COPA and MultiRC, names for the NLI tasks.
 """
 from __future__ import annotations
 
+import collections
 import math
 import re
 from typing import Sequence
@@ -42,28 +43,28 @@ def _classification(name, benchmark, tfds_name, prefix, keys, names, metrics, su
 NLI3 = ("entailment", "neutral", "contradiction")
 NLI2 = ("entailment", "not_entailment")
 _classification("glue_cola", "glue", "glue/cola", "cola", ["sentence"],
-               ("unacceptable", "acceptable"), ("matthews",), "CoLA")
+                ("unacceptable", "acceptable"), ("matthews",), "CoLA")
 _classification("glue_sst2", "glue", "glue/sst2", "sst2", ["sentence"], ("negative", "positive"),
-               ("accuracy",), "SST-2")
+                ("accuracy",), "SST-2")
 _classification("glue_mrpc", "glue", "glue/mrpc", "mrpc", ["sentence1", "sentence2"],
-               ("not_equivalent", "equivalent"), ("f1", "accuracy"), "MRPC")
+                ("not_equivalent", "equivalent"), ("f1", "accuracy"), "MRPC")
 _classification("glue_qqp", "glue", "glue/qqp", "qqp", ["question1", "question2"],
-               ("not_duplicate", "duplicate"), ("f1", "accuracy"), "QQP")
+                ("not_duplicate", "duplicate"), ("f1", "accuracy"), "QQP")
 _classification("glue_mnli", "glue", "glue/mnli", "mnli", ["hypothesis", "premise"], NLI3,
-               ("accuracy",), "MNLI", submit="name", sets=(
-                   EvalSet("glue_mnli_matched", "validation_matched", "test_matched", "MNLI-m"),
-                   EvalSet("glue_mnli_mismatched", "validation_mismatched", "test_mismatched",
-                           "MNLI-mm")))
+                ("accuracy",), "MNLI", submit="name", sets=(
+                    EvalSet("glue_mnli_matched", "validation_matched", "test_matched", "MNLI-m"),
+                    EvalSet("glue_mnli_mismatched", "validation_mismatched", "test_mismatched",
+                            "MNLI-mm")))
 _classification("glue_qnli", "glue", "glue/qnli", "qnli", ["question", "sentence"], NLI2,
-               ("accuracy",), "QNLI", submit="name")
+                ("accuracy",), "QNLI", submit="name")
 _classification("glue_rte", "glue", "glue/rte", "rte", ["sentence1", "sentence2"], NLI2,
-               ("accuracy",), "RTE", submit="name")
+                ("accuracy",), "RTE", submit="name")
 _classification("glue_wnli", "glue", "glue/wnli", "wnli", ["sentence1", "sentence2"],
-               ("not_entailment", "entailment"), ("accuracy",), "WNLI")
+                ("not_entailment", "entailment"), ("accuracy",), "WNLI")
 # The diagnostic set is scored with the MNLI model, so it reads as MNLI.
 _classification("glue_ax", "glue", "glue/ax", "mnli", ["hypothesis", "premise"], NLI3,
-               ("matthews",), "AX", submit="name", train_split=None,
-               sets=eval_sets("glue_ax", "AX", validation=None))
+                ("matthews",), "AX", submit="name", train_split=None,
+                sets=eval_sets("glue_ax", "AX", validation=None))
 
 
 def _stsb_target(ex) -> list[str]:
@@ -88,25 +89,25 @@ register(Task(
 # --- SuperGLUE --------------------------------------------------------------
 BOOL = ("False", "True")
 _classification("super_glue_boolq", "super_glue", "super_glue/boolq", "boolq",
-               ["passage", "question"], BOOL, ("accuracy",), "BoolQ", submit="lower")
+                ["passage", "question"], BOOL, ("accuracy",), "BoolQ", submit="lower")
 _classification("super_glue_cb", "super_glue", "super_glue/cb", "cb", ["hypothesis", "premise"],
-               ("entailment", "contradiction", "neutral"), ("accuracy", "macro_f1"), "CB",
-               submit="name")
+                ("entailment", "contradiction", "neutral"), ("accuracy", "macro_f1"), "CB",
+                submit="name")
 _classification("super_glue_copa", "super_glue", "super_glue/copa", "copa",
-               ["choice1", "choice2", "premise", "question"], ("choice1", "choice2"),
-               ("accuracy",), "COPA")
+                ["choice1", "choice2", "premise", "question"], ("choice1", "choice2"),
+                ("accuracy",), "COPA")
 _classification("super_glue_rte", "super_glue", "super_glue/rte", "rte", ["hypothesis", "premise"],
-               NLI2, ("accuracy",), "RTE", submit="name")
+                NLI2, ("accuracy",), "RTE", submit="name")
 _classification("super_glue_wic", "super_glue", "super_glue/wic", "wic",
-               ["sentence1", "sentence2", "word"], BOOL, ("accuracy",), "WiC", submit="lower")
+                ["sentence1", "sentence2", "word"], BOOL, ("accuracy",), "WiC", submit="lower")
 # Diagnostics, scored with the RTE model.
 _classification("super_glue_axb", "super_glue", "super_glue/axb", "rte", ["hypothesis", "premise"],
-               NLI2, ("matthews",), "AX-b", submit="name", train_split=None,
-               rename={"hypothesis": "sentence2", "premise": "sentence1"},
-               sets=eval_sets("super_glue_axb", "AX-b", validation=None))
+                NLI2, ("matthews",), "AX-b", submit="name", train_split=None,
+                rename={"hypothesis": "sentence2", "premise": "sentence1"},
+                sets=eval_sets("super_glue_axb", "AX-b", validation=None))
 _classification("super_glue_axg", "super_glue", "super_glue/axg", "rte", ["hypothesis", "premise"],
-               NLI2, ("accuracy",), "AX-g", submit="name", train_split=None,
-               sets=eval_sets("super_glue_axg", "AX-g", validation=None))
+                NLI2, ("accuracy",), "AX-g", submit="name", train_split=None,
+                sets=eval_sets("super_glue_axg", "AX-g", validation=None))
 
 
 def _multirc_inputs(ex) -> str:
@@ -115,8 +116,20 @@ def _multirc_inputs(ex) -> str:
     return f"multirc question: {ex['question']} answer: {ex['answer']} paragraph: {paragraph}"
 
 
+def _multirc_rows(submit, examples, predictions) -> list[dict]:
+    """MultiRC's leaderboard records: answers nested by paragraph and question."""
+    tree = collections.defaultdict(lambda: collections.defaultdict(list))
+    for ex, p in zip(examples, predictions):
+        idx = ex["idx"]
+        tree[idx["paragraph"]][idx["question"]].append({"idx": idx["answer"], "label": submit(p)})
+    return [{"idx": para, "passage": {"questions": [
+        {"idx": q, "answers": answers} for q, answers in questions.items()]}}
+        for para, questions in tree.items()]
+
+
 _classification("super_glue_multirc", "super_glue", "super_glue/multirc", "multirc", [], BOOL,
-               ("multirc_exact_match", "f1a"), "MultiRC", inputs=_multirc_inputs)
+                ("multirc_exact_match", "f1a"), "MultiRC", inputs=_multirc_inputs,
+                leaderboard_rows=_multirc_rows)
 
 
 def _record_inputs(ex) -> str:
@@ -131,7 +144,9 @@ register(Task(
     inputs=_record_inputs, targets=lambda ex: list(ex["answers"]),
     reference=lambda ex: list(ex["answers"]) or [""], postprocess=lambda text, ex: text.strip(),
     metrics=("exact_match", "record_f1"), train_split="train",
-    eval_sets=eval_sets("super_glue_record", "ReCoRD"), submit=str))
+    eval_sets=eval_sets("super_glue_record", "ReCoRD"), submit=str,
+    leaderboard_rows=lambda submit, examples, predictions: [  # one record per query
+        {"idx": ex["idx"]["query"], "label": submit(p)} for ex, p in zip(examples, predictions)]))
 
 _DETERMINERS = {"a", "an", "few", "her", "his", "each", "every", "many", "much", "my", "our",
                 "some", "that", "the", "their", "these", "this", "those", "which", "whose", "your"}

@@ -36,19 +36,20 @@ def matthews(refs, preds, examples=None) -> float:
     return 100.0 * float(skm.matthews_corrcoef(refs, preds))
 
 
-def _finite(refs, preds):
-    # An unparseable STS-B prediction scores as -1, as in T5.
-    return np.asarray(refs, np.float64), np.nan_to_num(np.asarray(preds, np.float64), nan=-1.0)
+def _correlation(statistic, refs, preds) -> float:
+    """100 x statistic(refs, preds)[0]; an unparseable STS-B prediction
+    scores as -1, as in T5, and constant predictions correlate 0."""
+    r = np.asarray(refs, np.float64)
+    p = np.nan_to_num(np.asarray(preds, np.float64), nan=-1.0)
+    return 100.0 * float(np.nan_to_num(statistic(r, p)[0])) if np.std(p) > 0 else 0.0
 
 
 def pearson(refs, preds, examples=None) -> float:
-    r, p = _finite(refs, preds)
-    return 100.0 * float(np.nan_to_num(stats.pearsonr(r, p)[0])) if np.std(p) > 0 else 0.0
+    return _correlation(stats.pearsonr, refs, preds)
 
 
 def spearman(refs, preds, examples=None) -> float:
-    r, p = _finite(refs, preds)
-    return 100.0 * float(np.nan_to_num(stats.spearmanr(r, p)[0])) if np.std(p) > 0 else 0.0
+    return _correlation(stats.spearmanr, refs, preds)
 
 
 def normalize_answer(text: str) -> str:
