@@ -5,3 +5,29 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import contextlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def mock_tfds():
+    """`with mock_tfds(n):` serves n generated examples per tfds split. Task
+    splits are cached per process (moejax.tasks.source.load_split), so the
+    cache is emptied on entry and exit: otherwise a test would see another
+    test's mock examples."""
+    import tensorflow_datasets as tfds
+
+    from moejax.tasks.source import load_split
+
+    @contextlib.contextmanager
+    def mock(num_examples):
+        load_split.cache_clear()
+        try:
+            with tfds.testing.mock_data(num_examples=num_examples):
+                yield
+        finally:
+            load_split.cache_clear()
+    return mock

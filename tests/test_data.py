@@ -123,9 +123,7 @@ def test_shards_compose_the_same_global_batch(vocab):
     assert not np.array_equal(host0["encoder_input_tokens"], host1["encoder_input_tokens"])
 
 
-def test_text_files_and_tfds_sources(vocab, tmp_path):
-    import tensorflow_datasets as tfds
-
+def test_text_files_and_tfds_sources(vocab, tmp_path, mock_tfds):
     from moejax.data.sources import make_source
 
     path = tmp_path / "docs.txt"
@@ -134,7 +132,7 @@ def test_text_files_and_tfds_sources(vocab, tmp_path):
     assert len(list(make_source(cfg, "train", 0, 1).iterate(0, 0))) == 10
     with pytest.raises(FileNotFoundError, match="data.eval_files '' matches no files"):
         make_source(cfg, "eval", 0, 1)
-    with tfds.testing.mock_data(num_examples=12):
+    with mock_tfds(12):
         cfg = dataclasses.replace(cfg, source="tfds", tfds_name="c4/en")
         docs = list(make_source(cfg, "train", 1, 2).iterate(2, 0))
     assert [i for i, _ in docs][:3] == [2, 3, 4] and all(isinstance(t, str) for _, t in docs)

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import tensorflow_datasets as tfds
 from flax import traverse_util
 
 from moejax.layers import MoeLayer
@@ -34,9 +33,9 @@ def sst2_config(**overrides):
                  **overrides)
 
 
-def test_finetune_on_mock_sst2_writes_scores_and_leaderboard_files(tmp_path):
+def test_finetune_on_mock_sst2_writes_scores_and_leaderboard_files(tmp_path, mock_tfds):
     workdir = str(tmp_path)
-    with tfds.testing.mock_data(num_examples=40):
+    with mock_tfds(40):
         last = train(sst2_config(), workdir)
         out = os.path.join(workdir, "eval", "validation_step_4")
         scores = json.load(open(os.path.join(out, "scores.json")))

@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-import tensorflow_datasets as tfds
 
 from moejax.tasks import DatasetNotPrepared, get_task, known_names, tasks_of
 from moejax.tasks import metrics as M
@@ -140,8 +139,8 @@ def test_missing_dataset_explains_how_to_prepare(tmp_path):
         get_task("glue_sst2").load("validation", str(tmp_path))
 
 
-def test_mock_tfds_loading_and_examples_proportional_mixing():
-    with tfds.testing.mock_data(num_examples=30):
+def test_mock_tfds_loading_and_examples_proportional_mixing(mock_tfds):
+    with mock_tfds(30):
         mnli = get_task("glue_mnli")
         assert [s.validation for s in mnli.eval_sets] == ["validation_matched",
                                                           "validation_mismatched"]
