@@ -115,8 +115,9 @@ def test_sown_metrics_have_documented_keys():
     layer, variables, x, ids = make("top_p", entropy_weight=0.1)
     _, moe = layer.apply(variables, x, mutable=[MOE_COLLECTION])
     metrics = moe[MOE_COLLECTION]["metrics"][0]
-    assert set(metrics) == {"dropped_fraction", "expert_load", "experts_per_token", "router_entropy",
-                            "load_balance_loss", "z_loss", "entropy_loss"}
+    assert set(metrics) == {"dropped_fraction", "expert_load", "experts_per_token",
+                            "experts_per_token_hist", "router_entropy", "load_balance_loss",
+                            "z_loss", "entropy_loss"}
     assert metrics["expert_load"].shape == (E,)
 
 

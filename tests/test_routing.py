@@ -1,4 +1,5 @@
 """Routers against the numpy reference, hand-computed losses and sampling statistics."""
+import collections
 import math
 
 import jax
@@ -238,6 +239,14 @@ def test_dropped_fraction_metric(logits):
     r = route("switch", logits, eval_capacity_factor=0.5)
     kept_tokens = {(g, t) for (g, t, e) in as_dict(r)}
     assert float(r.metrics["dropped_fraction"]) == pytest.approx(1 - len(kept_tokens) / (G * T))
+
+
+def test_experts_per_token_histogram(logits, mask):
+    r = route("expert_choice", logits, mask, eval_capacity_factor=2.0)
+    counts = collections.Counter((g, t) for (g, t, e) in as_dict(r))
+    want = np.bincount([counts[(g, t)] for g in range(G) for t in range(T) if mask[g, t]],
+                       minlength=E + 1) / mask.sum()
+    np.testing.assert_allclose(r.metrics["experts_per_token_hist"], want, rtol=1e-6)
 
 
 def test_kernels_jit_and_vmap(logits):

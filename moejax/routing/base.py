@@ -32,7 +32,9 @@ class RoutingResult:
              it to the training loss.
     metrics: dict of float32 arrays: `dropped_fraction` [], `expert_load`
              [E] (fraction of active assignments per expert),
-             `experts_per_token` [], `router_entropy` [], and the unweighted
+             `experts_per_token` [], `experts_per_token_hist` [E + 1] (fraction
+             of tokens given exactly 0, 1, ..., E experts), `router_entropy` [],
+             and the unweighted
              aux losses the router computed (`load_balance_loss`, `z_loss`,
              `entropy_loss`).
     num_experts, capacity: static ints (E, C).
@@ -145,6 +147,9 @@ def routing_metrics(probs: Array, mask: Array, token: Array, expert: Array,
         "dropped_fraction": masked_mean((per_token == 0).astype(jnp.float32), mask),
         "expert_load": load / jnp.maximum(jnp.sum(load), 1.0),
         "experts_per_token": masked_mean(per_token, mask),
+        "experts_per_token_hist": jnp.zeros((e + 1,), jnp.float32).at[
+            per_token.astype(jnp.int32).reshape(-1)].add(mask.reshape(-1).astype(jnp.float32))
+        / jnp.maximum(jnp.sum(mask), 1),
         "router_entropy": masked_mean(entropy(probs), mask),
     }
     metrics.update(losses)
