@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import statistics
 from typing import Callable, Sequence
 
@@ -59,6 +60,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 def fmt(values: Sequence[float], digits: int = 3) -> str:
     m, s = mean_std(values)
     return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def slug(arm: str) -> str:
+    """A run directory name for an arm: 'top-1 (Switch)' -> 'top_1_switch'."""
+    return re.sub(r"[^a-z0-9]+", "_", arm.lower()).strip("_")
 
 
 def write_results(out: str, table: str, results: dict) -> None:
@@ -219,14 +225,15 @@ def train_synthetic(task: ClusterTask, router: RouterConfig, *, steps: int, seed
 
 # --- tiny T5-MoE runs ---------------------------------------------------------
 
-def t5_config(size: str, seed: int, **overrides):
+def t5_config(size: str, seed: int, steps: int | None = None, evals: int = 5, **overrides):
     """The embedded default's model and data, shortened for experiments:
-    inputs 64 / targets 16, batch 16, constant-after-warmup Adafactor."""
+    inputs 64 / targets 16, batch 16, constant-after-warmup Adafactor;
+    `steps` (default 150 quick, 1000 full) with `evals` evaluations."""
     from moejax.models import presets
     from moejax.train.config import (CheckpointConfig, DataConfig, OptimizerConfig,
                                      TokenizerConfig, TrainConfig)
 
-    steps = {"quick": 150, "full": 1000}[size]
+    steps = steps or {"quick": 150, "full": 1000}[size]
     cfg = TrainConfig(
         model=dataclasses.replace(presets.tiny(), vocab_size=512),
         data=DataConfig(embedded_documents=3000 if size == "quick" else 20000,
@@ -235,35 +242,37 @@ def t5_config(size: str, seed: int, **overrides):
         optimizer=OptimizerConfig(name="adafactor", learning_rate=1e-2, schedule="constant",
                                   warmup_steps=20),
         checkpoint=CheckpointConfig(every_steps=0, keep=1, async_save=False),
-        steps=steps, batch_size=16, eval_every_steps=steps // 5, eval_batches=2,
+        steps=steps, batch_size=16, eval_every_steps=steps // evals, eval_batches=2,
         log_every_steps=steps // 30, seed=seed)
     return dataclasses.replace(cfg, **overrides)
 
 
-def with_routers(cfg, encoder: RouterConfig | None = None, decoder: RouterConfig | None = None,
-                 d_ff: int | None = None, interval: int | None = None):
-    """`cfg` with the model's MoE stacks changed (None keeps a field)."""
+def with_moe(cfg, encoder: dict | None = None, decoder: dict | None = None):
+    """`cfg` with MoeConfig fields of the encoder / decoder stack replaced,
+    e.g. encoder=dict(router=RouterConfig("switch"), d_ff=64, interval=1)."""
     model = cfg.model
-
-    def moe(m, router):
-        return dataclasses.replace(m, router=router or m.router, d_ff=d_ff or m.d_ff,
-                                   interval=m.interval if interval is None else interval)
-    model = dataclasses.replace(model, encoder_moe=moe(model.encoder_moe, encoder),
-                                decoder_moe=moe(model.decoder_moe, decoder))
-    return dataclasses.replace(cfg, model=model)
+    return dataclasses.replace(cfg, model=dataclasses.replace(
+        model, encoder_moe=dataclasses.replace(model.encoder_moe, **(encoder or {})),
+        decoder_moe=dataclasses.replace(model.decoder_moe, **(decoder or {}))))
 
 
-def run_t5(cfg, workdir: str) -> dict[str, list[tuple[int, float]]]:
+def run_t5(cfg, workdir: str) -> dict:
     """Trains `cfg` in `workdir` (resuming a finished run is instant) and
-    returns its curves: {'train': [(step, cross-entropy)], 'eval': [(step,
-    eval loss)]}."""
+    returns its curves, 'train': [(step, cross-entropy)] and 'eval': [(step,
+    eval loss)]; 'last_eval': the final evaluation's metrics (per-layer
+    expert load and experts-per-token histograms included); 'late_train':
+    each scalar train metric averaged over the second half of training."""
     from moejax.train.metrics import read_metrics
     from moejax.train.trainer import train
 
     train(cfg, workdir)
     rows, evals = read_metrics(workdir)
+    late = [rows[s] for s in sorted(rows) if s > cfg.steps // 2]
     return {"train": [(s, rows[s]["cross_entropy"]) for s in sorted(rows)],
-            "eval": [(s, evals[s]["eval_loss"]) for s in sorted(evals)]}
+            "eval": [(s, evals[s]["eval_loss"]) for s in sorted(evals)],
+            "last_eval": evals[max(evals)],
+            "late_train": {k: statistics.fmean(r[k] for r in late) for k, v in late[0].items()
+                           if isinstance(v, float)}}
 
 
 def plot_curves(path: str, title: str, arms: dict[str, list[list[tuple[int, float]]]],

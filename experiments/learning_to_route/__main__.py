@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from experiments.common import (ClusterTask, fmt, mean_std, parse_args, plot_curves, run_arms,
-                                run_t5, t5_config, train_synthetic, with_routers,
+                                run_t5, t5_config, train_synthetic, with_moe,
                                 write_results)
 from moejax.routing import RouterConfig
 
@@ -73,7 +73,8 @@ def main():
     # weights never move), the same thing the 'frozen' router does in a layer.
     switch = RouterConfig("switch", num_experts=8)
     t5 = run_arms({arm: (lambda seed, frozen=frozen, arm=arm: run_t5(
-        dataclasses.replace(with_routers(t5_config(args.size, seed), switch, switch),
+        dataclasses.replace(with_moe(t5_config(args.size, seed), {"router": switch},
+                                     {"router": switch}),
                             freeze_router=frozen),
         os.path.join(args.out, "runs", f"t5_{arm.split()[0]}_{seed}")))
         for arm, frozen in (("learned", False), ("frozen random", True))},
