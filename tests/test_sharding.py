@@ -5,6 +5,7 @@ import pytest
 
 from model_util import init, tiny_config, tokens
 from moejax.models import Transformer, abstract_params
+from moejax.routing import ROUTERS, get_router
 from moejax.train.partitioning import logical_rules, make_mesh, sharding_context, shardings
 
 
@@ -47,3 +48,13 @@ def test_make_mesh_fills_and_rejects():
         make_mesh({"tensor": 8})
     with pytest.raises(ValueError, match="expert_axis must be 'expert' or 'data'"):
         logical_rules("model")
+
+
+@pytest.mark.parametrize("router", [n for n in ROUTERS if get_router(n).trainable])
+def test_every_router_maps_onto_the_mesh(router):
+    """Each param's logical axes are distinct and in the rules (flax rejects
+    a name used twice in one param, as X-MoE's [proj, experts] table had)."""
+    cfg = tiny_config(encoder_router=router)
+    mesh = make_mesh((2, 2, 2))
+    placed = shardings(abstract_params(cfg, boxed=True), mesh, logical_rules())
+    assert all(s.mesh == mesh for s in jax.tree.leaves(placed))

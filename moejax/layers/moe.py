@@ -64,9 +64,9 @@ class MoeLayer(nn.Module):
         if spec.scorer == "cosine":
             r = cfg.xmoe_dim
             proj = self.param("router_projection", nn.with_logical_partitioning(
-                self.router_init, ("embed", "unmodeled")), (d, r), jnp.float32)
+                self.router_init, ("embed", "router_proj")), (d, r), jnp.float32)
             emb = self.param("router_expert_embeddings", nn.with_logical_partitioning(
-                nn.initializers.normal(1.0), ("unmodeled", "unmodeled")), (r, e), jnp.float32)
+                nn.initializers.normal(1.0), ("router_proj", "unmodeled")), (r, e), jnp.float32)
             log_t = self.param("router_log_temperature", nn.with_logical_partitioning(
                 nn.initializers.constant(jnp.log(cfg.xmoe_temperature)), ()), (), jnp.float32)
             return cosine_logits(x, proj, emb, log_t)

@@ -1,7 +1,8 @@
 """Device mesh and logical-axis partitioning, as in T5X.
 
 Every param and activation carries logical axis names (batch, length, embed,
-mlp, heads, kv, joined_kv, vocab, expert, relpos_buckets, unmodeled); the
+mlp, heads, kv, joined_kv, vocab, expert, relpos_buckets, router_proj,
+unmodeled); the
 rules below map them onto the mesh axes ('data', 'model', 'expert'):
   data    batch (data parallelism)
   model   mlp / heads / joined_kv / vocab (tensor parallelism)
@@ -59,7 +60,8 @@ def logical_rules(expert_axis: str = "expert") -> tuple[tuple[str, object], ...]
     batch = ("data", "expert") if expert_axis == "expert" else "data"
     return (("batch", batch), ("vocab", "model"), ("embed", None), ("mlp", "model"),
             ("heads", "model"), ("kv", None), ("joined_kv", "model"), ("length", None),
-            ("relpos_buckets", None), ("expert", expert_axis), ("unmodeled", None))
+            ("relpos_buckets", None), ("expert", expert_axis), ("router_proj", None),
+            ("unmodeled", None))
 
 
 def shardings(boxed_tree, mesh: Mesh, rules):
