@@ -62,6 +62,22 @@ def fmt(values: Sequence[float], digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def mean_curve(runs: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The seed-mean of curves logged at the same steps."""
+    return [(s, float(np.mean([run[i][1] for run in runs]))) for i, (s, _) in enumerate(runs[0])]
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
+    """First step at which the piecewise-linear `curve` [(step, loss)] is <=
+    target; None if it never is."""
+    if curve and curve[0][1] <= target:
+        return curve[0][0]
+    for (s0, v0), (s1, v1) in zip(curve, curve[1:]):
+        if v1 <= target:
+            return s0 + (s1 - s0) * (v0 - target) / (v0 - v1)
+    return None
+
+
 def slug(arm: str) -> str:
     """A run directory name for an arm: 'top-1 (Switch)' -> 'top_1_switch'."""
     return re.sub(r"[^a-z0-9]+", "_", arm.lower()).strip("_")

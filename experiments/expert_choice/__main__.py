@@ -25,8 +25,9 @@ import os
 
 import numpy as np
 
-from experiments.common import (fmt, mean_std, parse_args, plot_curves, run_arms, run_t5,
-                                slug, t5_config, with_moe, write_results)
+from experiments.common import (fmt, mean_curve, mean_std, parse_args, plot_curves, run_arms,
+                                run_t5, slug, steps_to_reach, t5_config, with_moe,
+                                write_results)
 from moejax.routing import RouterConfig
 
 NAME = "expert_choice"
@@ -43,18 +44,6 @@ ARMS = {
                                          **EXPERT_CHOICE), d_ff=D_FF // 2),
 }
 BASELINE = "top-1 (Switch)"
-
-
-def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
-    """First step where the piecewise-linear `curve` is <= target."""
-    for (s0, v0), (s1, v1) in zip(curve, curve[1:]):
-        if v1 <= target:
-            return s1 if v0 <= target else s0 + (s1 - s0) * (v0 - target) / (v0 - v1)
-    return None
-
-
-def mean_curve(runs: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
-    return [(s, float(np.mean([run[i][1] for run in runs]))) for i, (s, _) in enumerate(runs[0])]
 
 
 def encoder_layers(row: dict, metric: str) -> list:
