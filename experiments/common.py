@@ -11,6 +11,7 @@ with Adam on the squared error; test loss is measured on fresh draws.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -291,29 +292,39 @@ def run_t5(cfg, workdir: str) -> dict:
                            if isinstance(v, float)}}
 
 
-def plot_curves(path: str, title: str, arms: dict[str, list[list[tuple[int, float]]]],
-                ylabel: str, log_y: bool = False) -> None:
-    """One line per arm: mean over seeds, band = min..max."""
+@contextlib.contextmanager
+def figure(path: str, nrows: int = 1, ncols: int = 1, figsize=(6, 4), dpi: int = 120):
+    """(fig, axes) to draw on; saved to `path` as PNG on exit. axes is one
+    Axes for a 1x1 grid, else an [nrows, ncols] array."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, runs in arms.items():
-        steps = [s for s, _ in runs[0]]
-        values = np.array([[v for _, v in run] for run in runs])
-        ax.plot(steps, values.mean(0), label=name)
-        ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=nrows * ncols == 1)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
+def plot_curves(path: str, title: str, arms: dict[str, list[list[tuple[int, float]]]],
+                ylabel: str, log_y: bool = False) -> None:
+    """One line per arm: mean over seeds, band = min..max."""
+    with figure(path) as (_, ax):
+        for name, runs in arms.items():
+            steps = [s for s, _ in runs[0]]
+            values = np.array([[v for _, v in run] for run in runs])
+            ax.plot(steps, values.mean(0), label=name)
+            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.legend()
 
 
 def progress(total: int, desc: str):

@@ -25,8 +25,8 @@ import os
 
 import numpy as np
 
-from experiments.common import (fmt, mean_curve, mean_std, parse_args, plot_curves, run_arms,
-                                run_t5, slug, steps_to_reach, t5_config, with_moe,
+from experiments.common import (figure, fmt, mean_curve, mean_std, parse_args, plot_curves,
+                                run_arms, run_t5, slug, steps_to_reach, t5_config, with_moe,
                                 write_results)
 from moejax.routing import RouterConfig
 
@@ -64,23 +64,15 @@ def histogram(runs: list[dict]) -> np.ndarray:
 
 
 def plot_histograms(path: str, hists: dict[str, np.ndarray]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.8 / len(hists)
-    for i, (arm, hist) in enumerate(hists.items()):
-        ax.bar(np.arange(E + 1) + (i - (len(hists) - 1) / 2) * width, hist, width, label=arm)
-    ax.set_xticks(range(E + 1))
-    ax.set_xlabel("experts per token")
-    ax.set_ylabel("fraction of tokens")
-    ax.set_title("Encoder tokens by number of experts (eval, final step)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(6, 3.5)) as (_, ax):
+        width = 0.8 / len(hists)
+        for i, (arm, hist) in enumerate(hists.items()):
+            ax.bar(np.arange(E + 1) + (i - (len(hists) - 1) / 2) * width, hist, width, label=arm)
+        ax.set_xticks(range(E + 1))
+        ax.set_xlabel("experts per token")
+        ax.set_ylabel("fraction of tokens")
+        ax.set_title("Encoder tokens by number of experts (eval, final step)")
+        ax.legend()
 
 
 def main():
@@ -110,7 +102,8 @@ def main():
             "final_eval_loss": [c[-1][1] for c in curves[arm]],
             "steps_to_target": reached,
             "speedup": None if reached is None else steps / reached,
-            "dropped_fraction": [r["late_train"]["moe/dropped_fraction"] for r in rs] if moe else None,
+            "dropped_fraction": ([r["late_train"]["moe/dropped_fraction"] for r in rs]
+                                 if moe else None),
             "max_load": [max_load(r) for r in rs] if moe else None}
         s = summary[arm]
         rows.append(

@@ -5,7 +5,8 @@ whose router is learned routes by cluster (high purity) and reaches a lower
 loss than the same MoE with a frozen random router or a hash router.
 
 Synthetic part: K=4 clusters (separation 1, noise 0.5), E=8 experts of 16
-hidden units, one top-1 MoE layer routing the raw inputs, no capacity limit; test loss, NMI between cluster and chosen expert over training, and
+hidden units, one top-1 MoE layer routing the raw inputs, no capacity
+limit; test loss, NMI between cluster and chosen expert over training, and
 the cluster x expert routing matrix as heatmaps. T5 part: the tiny T5-MoE's
 span-corruption loss with a learned vs a frozen top-1 router (both stacks).
 """
@@ -16,8 +17,8 @@ import os
 
 import numpy as np
 
-from experiments.common import (ClusterTask, fmt, mean_std, parse_args, plot_curves, run_arms,
-                                run_t5, t5_config, train_synthetic, with_moe,
+from experiments.common import (ClusterTask, figure, fmt, mean_std, parse_args, plot_curves,
+                                run_arms, run_t5, t5_config, train_synthetic, with_moe,
                                 write_results)
 from moejax.routing import RouterConfig
 
@@ -26,30 +27,22 @@ ROUTERS = {"learned": "switch", "frozen random": "frozen", "hash": "hash"}
 
 
 def heatmaps(path: str, runs: dict[str, list]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     snaps = runs["learned"][0].confusion
-    fig, axes = plt.subplots(len(runs), len(snaps), figsize=(2.2 * len(snaps), 2.2 * len(runs)),
-                             squeeze=False)
-    for r, (arm, seed_runs) in enumerate(runs.items()):
-        for c, (step, table) in enumerate(seed_runs[0].confusion):
-            ax = axes[r, c]
-            ax.imshow(np.array(table), vmin=0, vmax=1, cmap="viridis")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"step {step}", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(f"{arm}\ncluster", fontsize=9)
-            if r == len(runs) - 1:
-                ax.set_xlabel("expert", fontsize=9)
-    fig.suptitle("P(expert | cluster), seed 0")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, len(runs), len(snaps), figsize=(2.2 * len(snaps), 2.2 * len(runs)),
+                dpi=110) as (fig, axes):
+        for r, (arm, seed_runs) in enumerate(runs.items()):
+            for c, (step, table) in enumerate(seed_runs[0].confusion):
+                ax = axes[r, c]
+                ax.imshow(np.array(table), vmin=0, vmax=1, cmap="viridis")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"step {step}", fontsize=9)
+                if c == 0:
+                    ax.set_ylabel(f"{arm}\ncluster", fontsize=9)
+                if r == len(runs) - 1:
+                    ax.set_xlabel("expert", fontsize=9)
+        fig.suptitle("P(expert | cluster), seed 0")
 
 
 def main():
