@@ -55,7 +55,7 @@ def router(name: str, capacity_factor: float | None, eval_capacity_factor: float
 def t5_arm(size: str, seed: int, name: str, steps: int):
     encoder = router(name, 1.25, 2.0)
     decoder = router("top_k", 1.25, 2.0) if name == "expert_choice" else encoder
-    return with_moe(t5_config(size, seed, steps=steps, evals=10, eval_batches=8),
+    return with_moe(t5_config(size, seed, steps=steps, evals=10, eval_batches=4),
                     encoder={"router": encoder, "d_ff": 64, "interval": 2},
                     decoder={"router": decoder, "d_ff": 64, "interval": 2})
 
@@ -66,7 +66,7 @@ def relative(values: list[float], baseline: float) -> str:
 
 def main():
     args = parse_args(NAME, __doc__)
-    synth_steps, t5_steps = {"quick": (800, 200), "full": (4000, 2000)}[args.size]
+    synth_steps, t5_steps = {"quick": (800, 150), "full": (4000, 2000)}[args.size]
     task = ClusterTask(widths=(16,) * 8, separation=1.0)
     synth = run_arms({arm: (lambda seed, n=name, kw=kw: train_synthetic(
         task, router(n, None, None, **kw), steps=synth_steps, seed=seed, d_ff=16))
