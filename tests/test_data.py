@@ -90,6 +90,10 @@ def test_tokenizer_ids_and_round_trip(vocab, tmp_path):
     assert vocab.sentinel(0) == vocab.size - 1 and vocab.sentinel(19) == vocab.size - 20
     text = corpus.document(0, 7)
     assert vocab.decode(vocab.encode(text)) == text
+    # Fine-tuning text: truncated before EOS, so it always ends in EOS.
+    tokens = vocab.encode(text)
+    np.testing.assert_array_equal(vocab.encode_with_eos(text, 6), list(tokens[:5]) + [1])
+    np.testing.assert_array_equal(vocab.encode_with_eos(text, 999), list(tokens) + [1])
     with pytest.raises(FileNotFoundError, match="tokenizer.path '/nope' does not exist"):
         tokenizer.load("/nope", 100)
 

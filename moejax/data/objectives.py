@@ -118,8 +118,7 @@ class Objective:
         if self.name != "text_to_text":
             yield from self.examples(vocab.encode(item), rng, vocab.sentinel)
             return
-        # Truncate before EOS so a long example still ends in EOS.
-        yield tuple(np.append(vocab.encode(text)[:length - 1], EOS_ID).astype(np.int32)
+        yield tuple(vocab.encode_with_eos(text, length)
                     for text, length in zip(item, (self.inputs_length, self.targets_length)))
 
     def examples(self, tokens: np.ndarray, rng: np.random.RandomState,

@@ -41,6 +41,11 @@ class Vocabulary:
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self.processor.encode(text), np.int32)
 
+    def encode_with_eos(self, text: str, length: int) -> np.ndarray:
+        """int32 [<= length]: the text's tokens, truncated before EOS so a
+        long text still ends in EOS (fine-tuning inputs and targets)."""
+        return np.append(self.encode(text)[:length - 1], EOS_ID).astype(np.int32)
+
     def decode(self, ids: Iterable[int]) -> str:
         pieces = self.processor.get_piece_size()
         ids = [int(i) for i in ids]

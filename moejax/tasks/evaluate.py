@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from moejax.data.tokenizer import EOS_ID, Vocabulary
+from moejax.data.tokenizer import Vocabulary
 from moejax.tasks.base import EvalSet, Task, tasks_of
 from moejax.tasks.source import load_split
 
@@ -31,7 +31,7 @@ def encode_inputs(vocab: Vocabulary, texts: Sequence[str], length: int) -> np.nd
     """int32 [N, length]: each text's tokens (truncated), EOS, then padding."""
     out = np.zeros((len(texts), length), np.int32)
     for i, text in enumerate(texts):
-        tokens = np.append(vocab.encode(text)[:length - 1], EOS_ID)
+        tokens = vocab.encode_with_eos(text, length)
         out[i, :len(tokens)] = tokens
     return out
 
