@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from moejax.layers import FROZEN_COLLECTION, MOE_COLLECTION, MlpBlock, MoeLayer
+from moejax.layers import FROZEN_COLLECTION, MOE_COLLECTION, ROUTER_PARAMS, MlpBlock, MoeLayer
 from moejax.routing import ROUTERS, RouterConfig
 
 B, L, D, F, E = 2, 8, 16, 32, 4
@@ -94,6 +94,16 @@ def test_router_maths_is_float32_for_bf16_inputs():
     _, moe = layer.apply(variables, x, mutable=[MOE_COLLECTION])
     for v in jax.tree.leaves(moe[MOE_COLLECTION]):
         assert v.dtype == jnp.float32
+
+
+def test_router_params_are_the_ones_the_optimizer_freezes():
+    """Every param a MoE layer holds is an expert kernel or in ROUTER_PARAMS,
+    whatever the scorer (so freeze_router reaches all of a router)."""
+    experts = {"wi_0", "wi_1", "wi", "wo"}
+    for name in ROUTERS:
+        _, variables, _, _ = make(name)
+        names = set(variables.get("params", {}))
+        assert names - experts <= set(ROUTER_PARAMS), (name, names)
 
 
 def test_every_parameter_has_logical_axis_names():

@@ -18,6 +18,10 @@ MOE_COLLECTION = "moe"
 # Collection holding non-trainable router weights (router 'frozen'): the
 # optimiser only ever sees 'params', so it cannot move them.
 FROZEN_COLLECTION = "frozen"
+# The names of the params router_logits creates (any scorer), so that the
+# optimizer can freeze a router without knowing its scorers.
+ROUTER_PARAMS = ("router_kernel", "router_projection", "router_expert_embeddings",
+                 "router_log_temperature")
 
 expert_kernel_init = nn.initializers.variance_scaling(
     1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,))

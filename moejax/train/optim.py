@@ -5,9 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# Param names (the last path component) of a MoE layer's router.
-ROUTER_PARAMS = ("router_kernel", "router_projection", "router_expert_embeddings",
-                 "router_log_temperature")
+from moejax.layers import ROUTER_PARAMS
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
