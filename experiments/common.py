@@ -84,6 +84,15 @@ def slug(arm: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", arm.lower()).strip("_")
 
 
+def numeric_table(first: str, columns: Sequence[str], rows: dict[str, Sequence[float]],
+                  digits: int) -> str:
+    """A markdown table with one row of numbers per arm."""
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {arm} | " + " | ".join(f"{v:.{digits}f}" for v in values) + " |"
+              for arm, values in rows.items()]
+    return "\n".join(lines)
+
+
 def write_results(out: str, table: str, results: dict) -> None:
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from experiments.common import (ClusterTask, mean_curve, routing_counts, slug, steps_to_reach,
-                                t5_config, train_synthetic, with_moe)
+from experiments.common import (ClusterTask, mean_curve, numeric_table, routing_counts, slug,
+                                steps_to_reach, t5_config, train_synthetic, with_moe)
 from moejax.routing import RouterConfig
 
 
@@ -19,6 +19,8 @@ def test_steps_to_reach_interpolates_between_evaluations():
     assert mean_curve([curve, [(10, 3.0), (20, 1.0), (30, 0.0)]]) == [(10, 4.0), (20, 2.0),
                                                                      (30, 1.0)]
     assert slug("top-1 (Switch)") == "top_1_switch"
+    assert numeric_table("arm", ["a", "b"], {"x": [1.0, 0.25], "y": [2, 3]}, 2) == (
+        "| arm | a | b |\n|---|---|---|\n| x | 1.00 | 0.25 |\n| y | 2.00 | 3.00 |")
 
 
 def test_cluster_task_is_seeded_and_clusters_are_separable():

@@ -24,8 +24,8 @@ import os
 
 import numpy as np
 
-from experiments.common import (ClusterTask, figure, fmt, parse_args, plot_curves, run_arms,
-                                run_t5, slug, t5_config, train_synthetic, with_moe,
+from experiments.common import (ClusterTask, figure, fmt, numeric_table, parse_args, plot_curves,
+                                run_arms, run_t5, slug, t5_config, train_synthetic, with_moe,
                                 write_results)
 from moejax.routing import RouterConfig
 
@@ -98,27 +98,21 @@ def main():
                     f"{layers.mean(0)[0]:.2f}, {layers.mean(0)[1]:.2f} | "
                     f"{fmt([r['eval'][-1][1] for r in t5[arm]])} | "
                     f"{fmt(t5_layers[arm].mean(1), 2)} |")
-    cluster_rows = ["| router | " + " | ".join(f"width {w}" for w in WIDTHS) + " |",
-                    "|---|" + "---|" * len(WIDTHS)]
-    for arm in ARMS:
-        cluster_rows.append(f"| {arm} | " + " | ".join(
-            f"{v:.2f}" for v in per_cluster[arm].mean(0)) + " |")
-    loss_rows = ["| router | " + " | ".join(f"width {w}" for w in WIDTHS) + " |",
-                 "|---|" + "---|" * len(WIDTHS)]
-    for arm, rs in synth.items():
-        loss_rows.append(f"| {arm} | " + " | ".join(
-            f"{v:.4f}" for v in np.mean([r.test_loss_per_cluster for r in rs], axis=0)) + " |")
-    layer_rows = ["| router | " + " | ".join(T5_LAYERS) + " |", "|---|" + "---|" * len(T5_LAYERS)]
-    for arm, values in t5_layers.items():
-        layer_rows.append(f"| {arm} | " + " | ".join(f"{v:.2f}" for v in values.mean(0)) + " |")
+    widths = [f"width {w}" for w in WIDTHS]
+    cluster_table = numeric_table("router", widths,
+                                  {a: per_cluster[a].mean(0) for a in ARMS}, 2)
+    loss_table = numeric_table("router", widths, {
+        a: np.mean([r.test_loss_per_cluster for r in rs], axis=0) for a, rs in synth.items()}, 4)
+    layer_table = numeric_table("router", T5_LAYERS,
+                                {a: v.mean(0) for a, v in t5_layers.items()}, 2)
     table = (f"E={E}, no capacity limit; synthetic: {synth_steps} steps, 2 MoE layers; tiny "
              f"T5-MoE: {t5_steps} steps, 4 MoE layers; {args.seeds} seeds (mean ± std).\n\n" +
              "\n".join(rows) +
              "\n\nSynthetic, experts per token by cluster (mean of both layers and seeds):\n\n" +
-             "\n".join(cluster_rows) +
-             "\n\nSynthetic, test MSE by cluster (difficulty check):\n\n" + "\n".join(loss_rows) +
+             cluster_table +
+             "\n\nSynthetic, test MSE by cluster (difficulty check):\n\n" + loss_table +
              "\n\nTiny T5-MoE, experts per token per layer (eval, mean over seeds):\n\n" +
-             "\n".join(layer_rows) + "\n")
+             layer_table + "\n")
     write_results(args.out, table, {
         "size": args.size, "synthetic_steps": synth_steps, "t5_steps": t5_steps,
         "widths": WIDTHS,

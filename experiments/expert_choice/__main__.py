@@ -25,9 +25,9 @@ import os
 
 import numpy as np
 
-from experiments.common import (figure, fmt, mean_curve, mean_std, parse_args, plot_curves,
-                                run_arms, run_t5, slug, steps_to_reach, t5_config, with_moe,
-                                write_results)
+from experiments.common import (figure, fmt, mean_curve, mean_std, numeric_table, parse_args,
+                                plot_curves, run_arms, run_t5, slug, steps_to_reach, t5_config,
+                                with_moe, write_results)
 from moejax.routing import RouterConfig
 
 NAME = "expert_choice"
@@ -112,15 +112,12 @@ def main():
             f"{'-' if reached is None else format(s['speedup'], '.2f') + 'x'} | "
             f"{fmt(s['dropped_fraction']) if moe else '-'} | "
             f"{fmt(s['max_load'], 2) if moe else '-'} |")
-    hist_rows = ["| arm | " + " | ".join(f"{n} experts" for n in range(5)) + " | 5+ |",
-                 "|---|" + "---|" * 6]
-    for arm, hist in hists.items():
-        hist_rows.append(f"| {arm} | " + " | ".join(f"{v:.3f}" for v in hist[:5]) +
-                         f" | {hist[5:].sum():.3f} |")
+    hist_table = numeric_table("arm", [f"{n} experts" for n in range(5)] + ["5+"],
+                               {a: [*h[:5], h[5:].sum()] for a, h in hists.items()}, 3)
     table = (f"Tiny T5-MoE, {steps} steps, batch 16, {args.seeds} seeds (mean ± std); target = "
              f"top-1's final eval loss {target:.3f} (steps found on the seed-mean curve).\n\n" +
              "\n".join(rows) + "\n\nExperts per encoder token at the last evaluation "
-             "(mean over layers and seeds):\n\n" + "\n".join(hist_rows) + "\n")
+             "(mean over layers and seeds):\n\n" + hist_table + "\n")
     write_results(args.out, table, {
         "size": args.size, "steps": steps, "target": target, "summary": summary,
         "experts_per_token_hist": {a: h.tolist() for a, h in hists.items()},
