@@ -90,6 +90,9 @@ def test_grouped_matmuls_against_numpy(sizes, block):
             want[i] = x[i] @ w[e]
     gs = jnp.asarray(sizes, jnp.int32)
     layout = block_layout(jnp.asarray(expert), gs, block)
+    position, num_slots = np.asarray(layout[0]), layout[1].shape[0] * block
+    assert len(set(position.tolist())) == m  # the scatter promises unique indices
+    assert (position[:sum(sizes)] < num_slots).all() and (position[sum(sizes):] >= num_slots).all()
     got = blocked_matmul(jnp.asarray(x), jnp.asarray(w), layout, block)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     active = sum(sizes)

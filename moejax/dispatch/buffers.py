@@ -43,9 +43,14 @@ def scatter_to_buffers(x, r: RoutingResult):
     """x [G, T, d] -> buffers [E, G, C, d]; dropped assignments write nothing."""
     g, _, d = x.shape
     gi = _group_index(r)
-    slot = jnp.where(r.valid, r.slot, r.capacity)  # out of range -> dropped by mode='drop'
+    # Dropped assignments get distinct out-of-range slots (mode='drop' skips
+    # them), so every index is unique. With `unique_indices` the derivative
+    # is a plain scatter; without it jax differentiates a possibly colliding
+    # write with an extra scatter of per-update ids, an [E, G, C, d] int
+    # buffer, and a gather back.
+    slot = jnp.where(r.valid, r.slot, r.capacity + jnp.arange(r.slot.shape[1]))
     buffers = jnp.zeros((r.num_experts, g, r.capacity, d), x.dtype)
-    return buffers.at[r.expert, gi, slot].set(x[gi, r.token], mode="drop")
+    return buffers.at[r.expert, gi, slot].set(x[gi, r.token], mode="drop", unique_indices=True)
 
 
 def scatter_from_buffers(y, r: RoutingResult, num_tokens: int):

@@ -55,7 +55,7 @@ def ragged_matmul(x, w, group_sizes):
 def block_layout(sorted_expert, group_sizes, block: int):
     """Where each sorted row goes in the padded block layout.
 
-    Returns (position [M] in [0, NB * block], NB * block for inactive rows;
+    Returns (position [M], unique, >= NB * block for inactive rows;
     block_expert [NB]) with NB = ceil(M / block) + E.
     """
     m = sorted_expert.shape[0]
@@ -67,7 +67,8 @@ def block_layout(sorted_expert, group_sizes, block: int):
     group_start = jnp.cumsum(group_sizes) - group_sizes
     safe = jnp.minimum(sorted_expert, e - 1)
     position = padded_start[safe] + jnp.arange(m) - group_start[safe]
-    position = jnp.where(sorted_expert < e, position, num_blocks * block)
+    # Unique out-of-range positions for inactive rows: see scatter_to_buffers.
+    position = jnp.where(sorted_expert < e, position, num_blocks * block + jnp.arange(m))
     block_expert = jnp.searchsorted(padded_end, jnp.arange(num_blocks) * block, side="right")
     return position, jnp.minimum(block_expert, e - 1)
 
@@ -76,7 +77,8 @@ def blocked_matmul(x, w, layout, block: int):
     """x [M, k] @ w [E, k, n] per expert, computed block by block."""
     position, block_expert = layout
     num_blocks = block_expert.shape[0]
-    xp = jnp.zeros((num_blocks * block, x.shape[-1]), x.dtype).at[position].set(x, mode="drop")
+    xp = jnp.zeros((num_blocks * block, x.shape[-1]), x.dtype).at[position].set(
+        x, mode="drop", unique_indices=True)
     yp = jnp.einsum("nbk,nkm->nbm", xp.reshape(num_blocks, block, -1), w[block_expert])
     return yp.reshape(num_blocks * block, -1).at[position].get(mode="fill", fill_value=0)
 
