@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from moejax.models import MoeConfig
 from moejax.train.checkpoint import CheckpointError, Checkpoints
@@ -55,7 +56,11 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     load = rows[30]["encoder/layers_1/expert_load"]
     assert len(load) == 8 and abs(sum(load) - 1) < 1e-5
     assert last["eval_loss"] == evals[30]["eval_loss"]
-    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    events = EventAccumulator(os.path.join(workdir, "tensorboard"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("loss")}
+    assert logged == pytest.approx({s: rows[s]["loss"] for s in rows}, rel=1e-6)
+    assert len(events.Scalars("encoder/layers_1/expert_load/7")) == 30
     assert json.load(open(os.path.join(workdir, "config.json")))["steps"] == 30
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "30"]
 

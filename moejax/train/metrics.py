@@ -40,28 +40,33 @@ def read_metrics(workdir: str) -> tuple[dict[int, dict], dict[int, dict]]:
 
 
 class MetricWriter:
+    """metrics.jsonl plus TensorBoard events, written by process 0.
+
+    tensorboardX writes the events: TensorFlow's writer would cost every
+    run a ~5 s TensorFlow import that the embedded-corpus jobs otherwise
+    never need.
+    """
+
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        import tensorflow as tf  # TensorBoard's writer; tf is already a tfds dependency
+        from tensorboardX import SummaryWriter
 
-        self.tf = tf
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-        self.tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, values: dict):
         if not self.enabled:
             return
         self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self.jsonl.flush()
-        with self.tb.as_default(step=step):
-            for key, value in values.items():
-                if isinstance(value, list):
-                    for i, v in enumerate(value):
-                        self.tf.summary.scalar(f"{key}/{i}", v)
-                else:
-                    self.tf.summary.scalar(key, value)
+        for key, value in values.items():
+            if isinstance(value, list):
+                for i, v in enumerate(value):
+                    self.tb.add_scalar(f"{key}/{i}", v, step)
+            else:
+                self.tb.add_scalar(key, value, step)
         self.tb.flush()
 
     def close(self):
