@@ -3,7 +3,9 @@ values, tfds loading (mock data), mixing, leaderboard files, errors."""
 import collections
 import json
 import math
+import os
 
+import numpy as np
 import pytest
 
 from moejax.tasks import DatasetNotPrepared, get_task, known_names, tasks_of
@@ -129,6 +131,18 @@ def test_record_and_multirc_metrics():
     assert M.multirc_f1a(refs, preds) == pytest.approx(100 * 2 * 2 / (2 * 2 + 0 + 1))
 
 
+def test_axg_gender_parity_hand_computed():
+    # Pairs (0, 1) agree, (2, 3) differ, (4, 5) agree; 7 has no partner.
+    # Shuffled, since the metric pairs by idx, not by position.
+    idx = [3, 0, 5, 1, 2, 7, 4]
+    preds = [1, 0, 1, 0, 0, 1, 1]
+    examples = [{"idx": i} for i in idx]
+    assert M.gender_parity([0] * 7, preds, examples) == pytest.approx(200 / 3)
+    with pytest.raises(ValueError, match="at least one pair"):
+        M.gender_parity([0], [1], [{"idx": 1}])
+    assert tuple(get_task("super_glue_axg").metrics) == ("gender_parity", "accuracy")
+
+
 def test_unknown_task_lists_the_known_ones():
     with pytest.raises(ValueError, match="known: .*glue_sst2.*super_glue_mixture"):
         tasks_of("glue_sst3")
@@ -185,3 +199,31 @@ def test_leaderboard_files(tmp_path):
 def test_benchmark_averages_skip_diagnostics():
     scores = {"glue_cola": {"score": 40.0}, "glue_sst2": {"score": 90.0}, "glue_ax": {"score": 0.0}}
     assert averages(scores, tasks_of("glue_mixture")) == {"glue_average": 65.0}
+
+
+def test_diagnostics_are_scored_on_their_labelled_test_split(tmp_path, monkeypatch):
+    from moejax.data import corpus, tokenizer
+    from moejax.tasks import evaluate
+
+    texts = list(corpus.documents(0, 200)) + ["rte hypothesis: premise: not_entailment"] * 20
+    vocab = tokenizer.train(texts, 300, 20, str(tmp_path / "spm.model"))
+    pronouns, labels = ["he", "she", "he", "he", "she", "she"], [0, 1, 0, 1, 1, 1]
+    examples = [{"idx": i, "premise": f"Then {p} left.", "hypothesis": "Someone left.",
+                 "label": y} for i, (p, y) in enumerate(zip(pronouns, labels))]
+    monkeypatch.setattr(evaluate, "load_split", lambda task, split, data_dir: examples)
+
+    def predict(tokens):  # "not_entailment" exactly when the premise says "she"
+        answers = ["not_entailment" if " she " in vocab.decode(row) else "entailment"
+                   for row in tokens]
+        ids = [vocab.encode_with_eos(a, 16) for a in answers]
+        return np.stack([np.pad(i, (0, 16 - len(i))) for i in ids])  # 0 = padding
+
+    out = str(tmp_path / "eval")
+    scores = evaluate.evaluate_tasks("super_glue_axg", "test", "", vocab, predict, 64, 4, 0, out)
+    # predictions [0, 1, 0, 0, 1, 1]: pairs (0,1) differ, (2,3) and (4,5) agree
+    assert scores["super_glue_axg/gender_parity"] == pytest.approx(200 / 3)
+    assert scores["super_glue_axg/accuracy"] == pytest.approx(500 / 6)
+    assert "super_glue_average" not in scores  # diagnostics stay out of the averages
+    rows = [json.loads(r) for r in open(os.path.join(out, "super_glue", "AX-g.jsonl"))]
+    assert [r["label"] for r in rows] == ["entailment", "not_entailment"] + ["entailment"] * 2 \
+        + ["not_entailment"] * 2

@@ -26,12 +26,14 @@ class DatasetNotPrepared(FileNotFoundError):
 class EvalSet:
     """name: the score's key; validation / test: splits (None: absent);
     submission: leaderboard file stem (GLUE '<stem>.tsv', SuperGLUE
-    '<stem>.jsonl')."""
+    '<stem>.jsonl'); test_labelled: the test split's labels are public
+    (SuperGLUE's diagnostics), so it is scored too."""
 
     name: str
     validation: str | None
     test: str | None
     submission: str
+    test_labelled: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +137,8 @@ SUBMIT: dict[str, Callable] = {
 
 
 def eval_sets(name: str, submission: str, validation: str | None = "validation",
-              test: str | None = "test") -> tuple[EvalSet, ...]:
-    return (EvalSet(name, validation, test, submission),)
+              test: str | None = "test", test_labelled: bool = False) -> tuple[EvalSet, ...]:
+    return (EvalSet(name, validation, test, submission, test_labelled),)
 
 
 def classification(name: str, benchmark: str, load, inputs, names: Sequence[str],

@@ -93,8 +93,8 @@ def evaluate_tasks(name: str, split: str, data_dir: str, vocab: Vocabulary,
                    predict: Callable[[np.ndarray], np.ndarray], inputs_length: int,
                    batch_size: int, max_examples: int, out_dir: str) -> dict[str, float]:
     """Decodes every evaluation set of task/mixture `name` on `split`
-    ('validation' scores and writes predictions; 'test' only writes the
-    leaderboard files). Writes scores.json and scores.md to `out_dir` and
+    ('validation' scores and writes predictions; 'test' writes the
+    leaderboard files and scores only the sets with public test labels). Writes scores.json and scores.md to `out_dir` and
     returns flat scores {'glue_sst2/accuracy': ..., 'glue_average': ...}.
     `max_examples` > 0 decodes only the first examples of each set."""
     if split not in SPLITS:
@@ -111,7 +111,7 @@ def evaluate_tasks(name: str, split: str, data_dir: str, vocab: Vocabulary,
                                  inputs_length, batch_size, desc=f"decode {es.name}")
             predictions = [task.postprocess(t, ex) for t, ex in zip(texts, examples)]
             write_submission(task, es, examples, predictions, out_dir)
-            if split == "validation":
+            if split == "validation" or es.test_labelled:
                 s = task.score(examples, predictions)
                 scores[es.name] = {**s, "score": float(np.mean(list(s.values())))}
     avgs = averages(scores, tasks)

@@ -100,14 +100,14 @@ _classification("super_glue_rte", "super_glue", "super_glue/rte", "rte", ["hypot
                 NLI2, ("accuracy",), "RTE", submit="name")
 _classification("super_glue_wic", "super_glue", "super_glue/wic", "wic",
                 ["sentence1", "sentence2", "word"], BOOL, ("accuracy",), "WiC", submit="lower")
-# Diagnostics, scored with the RTE model.
+# Diagnostics, scored with the RTE model on their labelled test splits.
 _classification("super_glue_axb", "super_glue", "super_glue/axb", "rte", ["hypothesis", "premise"],
                 NLI2, ("matthews",), "AX-b", submit="name", train_split=None,
                 rename={"hypothesis": "sentence2", "premise": "sentence1"},
-                sets=eval_sets("super_glue_axb", "AX-b", validation=None))
+                sets=eval_sets("super_glue_axb", "AX-b", validation=None, test_labelled=True))
 _classification("super_glue_axg", "super_glue", "super_glue/axg", "rte", ["hypothesis", "premise"],
-                NLI2, ("accuracy",), "AX-g", submit="name", train_split=None,
-                sets=eval_sets("super_glue_axg", "AX-g", validation=None))
+                NLI2, ("gender_parity", "accuracy"), "AX-g", submit="name", train_split=None,
+                sets=eval_sets("super_glue_axg", "AX-g", validation=None, test_labelled=True))
 
 
 def _multirc_inputs(ex) -> str:

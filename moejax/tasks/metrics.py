@@ -2,7 +2,7 @@
 
 Every metric takes (references, predictions, examples) and returns a score
 in percent. `examples` are the raw task examples, for metrics that group
-(MultiRC questions). A prediction the postprocessor could not parse (a
+(MultiRC questions, AX-g's gender pairs). A prediction the postprocessor could not parse (a
 label that is not one of the task's) is -1 and counts as wrong.
 """
 from __future__ import annotations
@@ -97,8 +97,20 @@ def multirc_f1a(refs, preds, examples=None) -> float:
     return f1(refs, preds)
 
 
+def gender_parity(refs, preds, examples) -> float:
+    """AX-g's gender parity: the share of example pairs (idx 2k and 2k+1,
+    the same sentence with the pronoun's gender swapped) given the same
+    prediction. Pairs with one half missing are skipped."""
+    by_idx = {int(ex["idx"]): p for p, ex in zip(preds, examples)}
+    same = [by_idx[i] == by_idx[i + 1] for i in by_idx if i % 2 == 0 and i + 1 in by_idx]
+    if not same:
+        raise ValueError("gender_parity needs at least one pair of examples with idx 2k, 2k+1")
+    return 100.0 * float(np.mean(same))
+
+
 METRICS: dict[str, Callable[..., float]] = {
     "accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "matthews": matthews,
     "pearson": pearson, "spearman": spearman, "exact_match": record_exact_match,
     "record_f1": record_f1, "multirc_exact_match": multirc_exact_match, "f1a": multirc_f1a,
+    "gender_parity": gender_parity,
 }
