@@ -1,4 +1,6 @@
 """Expert parallelism on 8 fake CPU devices equals the single-device layer."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from moejax.dispatch import expert_parallel_ffn
 from moejax.layers import MOE_COLLECTION, MoeLayer
+from moejax.layers.moe import expert_dropout
 from moejax.routing import RouterConfig
 
 
@@ -50,6 +53,20 @@ def test_all_to_all_is_in_the_compiled_program():
     hlo = jax.jit(lambda b, p: expert_parallel_ffn(b, p, ("relu",), mesh=mesh)).lower(
         buffers, params).compile().as_text()
     assert "all-to-all" in hlo
+
+
+def test_expert_dropout_masks_differ_between_devices():
+    # Identity experts on all-ones buffers: the output is the dropout mask / keep.
+    # Each of the 8 devices holds one expert's [8, 3, 4] block after the
+    # all-to-all; with one key for all of them every expert's mask was the same.
+    mesh = Mesh(np.array(jax.devices()).reshape(1, 8), ("data", "expert"))
+    eye = jnp.broadcast_to(jnp.eye(4), (8, 4, 4))
+    dropout = functools.partial(expert_dropout, jax.random.PRNGKey(0), 0.5)
+    out = jax.jit(lambda b: expert_parallel_ffn(b, {"wi": eye, "wo": eye}, ("linear",), mesh=mesh,
+                                                hidden_dropout=dropout))(jnp.ones((8, 8, 3, 4)))
+    masks = np.asarray(out).reshape(8, -1)
+    assert set(np.unique(masks)) == {0.0, 2.0}
+    assert len({m.tobytes() for m in masks}) == 8
 
 
 def test_expert_parallel_errors():

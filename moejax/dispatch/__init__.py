@@ -62,8 +62,9 @@ def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mo
     x: [G, T, d]; routing: RoutingResult for the same [G, T]; params: expert
     weights {'wi' | 'wi_0', 'wi_1', ...: [E, d, f], 'wo': [E, f, d]} in the
     compute dtype. With `mesh` and `expert_axis`, experts run sharded over
-    that axis (buffer modes only). `hidden_dropout` (array -> array) acts
-    on the experts' hidden activations. Returns [G, T, d]; tokens without an
+    that axis (buffer modes only). `hidden_dropout(h, stream=0)` acts on
+    the experts' hidden activations (expert parallelism passes each device's
+    index as `stream`, see `moejax.layers.moe.expert_dropout`). Returns [G, T, d]; tokens without an
     active expert get 0 (the residual connection carries them).
     """
     g, t, _ = x.shape

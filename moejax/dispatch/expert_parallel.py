@@ -8,6 +8,7 @@ so results match it exactly.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -22,7 +23,8 @@ def expert_parallel_ffn(buffers, params, activations: Sequence[str], *, mesh: Me
     """Runs the expert FFN on buffers [E, G, C, d] with experts sharded over
     `expert_axis`; groups are sharded over the `data_axes` present in the
     mesh and `expert_axis`. Expert weights are replicated over other axes.
-    `hidden_dropout` is applied to each device's local hidden activations.
+    `hidden_dropout(h, stream)` is applied to each device's local hidden
+    activations, with the device's index over the group axes as `stream`.
     """
     if expert_axis not in mesh.shape:
         raise ValueError(f"expert_axis {expert_axis!r} is not a mesh axis; mesh axes: "
@@ -40,8 +42,14 @@ def expert_parallel_ffn(buffers, params, activations: Sequence[str], *, mesh: Me
                          f"size {mesh.shape[expert_axis]}")
 
     def local(buf, p):
+        dropout = None
+        if hidden_dropout is not None:
+            device = 0
+            for a in group_axes:
+                device = device * mesh.shape[a] + jax.lax.axis_index(a)
+            dropout = functools.partial(hidden_dropout, stream=device)
         buf = jax.lax.all_to_all(buf, expert_axis, split_axis=0, concat_axis=1, tiled=True)
-        out = ffn(buf, p, activations, hidden_dropout=hidden_dropout)
+        out = ffn(buf, p, activations, hidden_dropout=dropout)
         return jax.lax.all_to_all(out, expert_axis, split_axis=1, concat_axis=0, tiled=True)
 
     groups = P(None, group_axes)

@@ -1,6 +1,7 @@
 """MoeLayer: a thin Flax wrapper around a pure router and `moe_ffn`."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -27,6 +28,14 @@ expert_kernel_init = nn.initializers.variance_scaling(
     1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,))
 # Switch Transformers: a reduced router init scale keeps early routing stable.
 default_router_init = nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal")
+
+
+def expert_dropout(rng, keep: float, h, stream=0):
+    """Inverted dropout on the experts' hidden activations h. `stream` gives
+    each expert-parallel device its own mask: their local arrays have equal
+    shapes, so one key would drop the same positions on every device."""
+    mask = jax.random.bernoulli(jax.random.fold_in(rng, stream), keep, h.shape)
+    return jnp.where(mask, h / keep, 0).astype(h.dtype)
 
 
 class MoeLayer(nn.Module):
@@ -114,9 +123,8 @@ class MoeLayer(nn.Module):
             logits, mask=maskg, rng=route_rng, cfg=self.router, train=train)
         hidden_dropout = None
         if train and self.dropout_rate > 0:
-            dropout_rng, keep = self.make_rng("dropout"), 1.0 - self.dropout_rate
-            hidden_dropout = lambda h: jnp.where(  # noqa: E731
-                jax.random.bernoulli(dropout_rng, keep, h.shape), h / keep, 0).astype(h.dtype)
+            hidden_dropout = functools.partial(expert_dropout, self.make_rng("dropout"),
+                                               1.0 - self.dropout_rate)
         y = moe_ffn(xg, result, self._expert_params(d), activations=activations, mode=self.dispatch,
                     grouped_matmul=self.grouped_matmul, mesh=self.mesh, expert_axis=self.expert_axis,
                     hidden_dropout=hidden_dropout)
