@@ -52,6 +52,12 @@ def test_finetune_on_mock_sst2_writes_scores_and_leaderboard_files(tmp_path, moc
             workdir)
         assert test == {}
         assert os.path.exists(os.path.join(workdir, "eval", "test_step_4", "glue", "SST-2.tsv"))
+        # AX-g has no training split, only a labelled test split, which is scored.
+        axg = evaluate_only(dataclasses.replace(sst2_config(), data=dataclasses.replace(
+            sst2_config().data, task="super_glue_axg", eval_split="test")), workdir)
+        assert sorted(axg) == ["super_glue_axg/accuracy", "super_glue_axg/gender_parity",
+                               "super_glue_axg/score"]
+        assert 0.0 <= axg["super_glue_axg/accuracy"] <= 100.0
 
 
 def _saved_state(cfg, workdir):

@@ -89,6 +89,23 @@ def markdown_table(scores: dict[str, dict[str, float]], avgs: dict[str, float]) 
     return "\n".join(lines) + "\n"
 
 
+def eval_splits(name: str, split: str) -> list[tuple[Task, EvalSet, str]]:
+    """(task, eval set, tfds split) of every set of task/mixture `name` that
+    has a `split` ('validation' or 'test') split."""
+    if split not in SPLITS:
+        raise ValueError(f"evaluation split must be one of {SPLITS}, got {split!r}")
+    return [(task, es, es.validation if split == "validation" else es.test)
+            for task in tasks_of(name) for es in task.eval_sets
+            if (es.validation if split == "validation" else es.test) is not None]
+
+
+def check_eval_data(name: str, split: str, data_dir: str) -> None:
+    """Reads (and caches) every split `evaluate_tasks` will decode, so that
+    missing data fails before any compute (DatasetNotPrepared)."""
+    for task, _, tfds_split in eval_splits(name, split):
+        load_split(task, tfds_split, data_dir)
+
+
 def evaluate_tasks(name: str, split: str, data_dir: str, vocab: Vocabulary,
                    predict: Callable[[np.ndarray], np.ndarray], inputs_length: int,
                    batch_size: int, max_examples: int, out_dir: str) -> dict[str, float]:
@@ -97,24 +114,17 @@ def evaluate_tasks(name: str, split: str, data_dir: str, vocab: Vocabulary,
     leaderboard files and scores only the sets with public test labels). Writes scores.json and scores.md to `out_dir` and
     returns flat scores {'glue_sst2/accuracy': ..., 'glue_average': ...}.
     `max_examples` > 0 decodes only the first examples of each set."""
-    if split not in SPLITS:
-        raise ValueError(f"evaluation split must be one of {SPLITS}, got {split!r}")
-    tasks = tasks_of(name)
     scores: dict[str, dict[str, float]] = {}
-    for task in tasks:
-        for es in task.eval_sets:
-            tfds_split = es.validation if split == "validation" else es.test
-            if tfds_split is None:
-                continue
-            examples = list(load_split(task, tfds_split, data_dir))[:max_examples or None]
-            texts = decode_texts(predict, vocab, [task.inputs(ex) for ex in examples],
-                                 inputs_length, batch_size, desc=f"decode {es.name}")
-            predictions = [task.postprocess(t, ex) for t, ex in zip(texts, examples)]
-            write_submission(task, es, examples, predictions, out_dir)
-            if split == "validation" or es.test_labelled:
-                s = task.score(examples, predictions)
-                scores[es.name] = {**s, "score": float(np.mean(list(s.values())))}
-    avgs = averages(scores, tasks)
+    for task, es, tfds_split in eval_splits(name, split):
+        examples = list(load_split(task, tfds_split, data_dir))[:max_examples or None]
+        texts = decode_texts(predict, vocab, [task.inputs(ex) for ex in examples],
+                             inputs_length, batch_size, desc=f"decode {es.name}")
+        predictions = [task.postprocess(t, ex) for t, ex in zip(texts, examples)]
+        write_submission(task, es, examples, predictions, out_dir)
+        if split == "validation" or es.test_labelled:
+            s = task.score(examples, predictions)
+            scores[es.name] = {**s, "score": float(np.mean(list(s.values())))}
+    avgs = averages(scores, tasks_of(name))
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "scores.json"), "w") as f:
         json.dump({"split": split, "scores": scores, **avgs}, f, indent=2)

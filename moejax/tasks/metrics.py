@@ -100,12 +100,11 @@ def multirc_f1a(refs, preds, examples=None) -> float:
 def gender_parity(refs, preds, examples) -> float:
     """AX-g's gender parity: the share of example pairs (idx 2k and 2k+1,
     the same sentence with the pronoun's gender swapped) given the same
-    prediction. Pairs with one half missing are skipped."""
+    prediction. Pairs with one half missing are skipped; NaN when no pair
+    is complete (`eval_examples` cut the set to one example, say)."""
     by_idx = {int(ex["idx"]): p for p, ex in zip(preds, examples)}
     same = [by_idx[i] == by_idx[i + 1] for i in by_idx if i % 2 == 0 and i + 1 in by_idx]
-    if not same:
-        raise ValueError("gender_parity needs at least one pair of examples with idx 2k, 2k+1")
-    return 100.0 * float(np.mean(same))
+    return 100.0 * float(np.mean(same)) if same else float("nan")
 
 
 METRICS: dict[str, Callable[..., float]] = {

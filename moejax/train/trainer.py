@@ -34,7 +34,7 @@ from moejax.models import Transformer, abstract_params
 from moejax.models.decoding import generate
 from moejax.structured import to_mapping
 from moejax.train import optim
-from moejax.tasks.evaluate import evaluate_tasks
+from moejax.tasks.evaluate import check_eval_data, evaluate_tasks
 from moejax.train.checkpoint import BEST_METRIC, Checkpoints
 from moejax.train.config import TrainConfig
 from moejax.train.init import load_params, tokenizer_of
@@ -94,8 +94,9 @@ def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabula
     return tok.load(cache, tcfg.extra_ids)
 
 
-def setup(cfg: TrainConfig, workdir: str) -> Setup:
-    """Validates the config against the devices and data; no compute yet."""
+def setup(cfg: TrainConfig, workdir: str, train: bool = True) -> Setup:
+    """Validates the config against the devices and data; no compute yet.
+    train=False (--eval_only) checks just the splits that evaluation decodes."""
     mesh = make_mesh({"data": cfg.mesh.data, "model": cfg.mesh.model, "expert": cfg.mesh.expert})
     rules = logical_rules(cfg.mesh.expert_axis)
     dp = _data_parallel(cfg, mesh)
@@ -112,7 +113,10 @@ def setup(cfg: TrainConfig, workdir: str) -> Setup:
                          f"processes and divide batch_size={cfg.batch_size}")
     per_process = num_shards // processes
     shards = list(range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process))
-    check_paths(cfg.data, ("train", "eval") if cfg.eval_every_steps else ("train",))
+    if train:
+        check_paths(cfg.data, ("train", "eval") if cfg.eval_every_steps else ("train",))
+    else:
+        check_eval_data(cfg.data.task, cfg.data.eval_split, cfg.data.tfds_data_dir)
     vocab = _vocabulary(cfg, workdir, num_shards)
     if vocab.size > cfg.model.vocab_size:
         raise ValueError(f"the tokenizer has {vocab.size} ids (pieces + {cfg.tokenizer.extra_ids} "
@@ -276,7 +280,7 @@ def evaluate_only(cfg: TrainConfig, workdir: str) -> dict[str, float]:
         raise ValueError("--eval_only decodes fine-tuning tasks: it needs data.source='task', "
                          f"got {cfg.data.source!r}")
     os.makedirs(workdir, exist_ok=True)
-    s = setup(cfg, workdir)
+    s = setup(cfg, workdir, train=False)
     steps = compile_steps(s)
     checkpoints = _checkpoints(cfg, workdir)
     try:
