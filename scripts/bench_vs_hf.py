@@ -7,7 +7,8 @@ the HF model's weights to moejax so both run the same network, and times in
 one run, alternating the two: a train step (forward + backward of the
 cross-entropy loss, no optimizer update) and greedy decoding with a cache.
 Both route per sequence with the same expert capacity. Prints the median
-step times, tokens/s and the moejax / HF time ratio (< 1: moejax is faster).
+step times, tokens/s and the moejax / HF time ratio (< 1: moejax is faster):
+the median over rounds of each round's ratio, with the range over rounds.
 """
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def timed(fn, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds, each timing moejax then HF (train, then decode)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=64, help="encoder and decoder length")
     parser.add_argument("--decode_length", type=int, default=32)
@@ -109,23 +112,28 @@ def main():
     hf.train()
     hf_step()
     results = {"train": {"moejax_s": [], "hf_s": []}, "decode": {"moejax_s": [], "hf_s": []}}
-    for _ in range(2):  # alternate to share machine noise
-        hf.train()
-        results["train"]["moejax_s"].append(timed(jax_step, args.steps))
-        results["train"]["hf_s"].append(timed(hf_step, args.steps))
-        hf.eval()
-        results["decode"]["moejax_s"].append(timed(jax_decode, max(2, args.steps // 3)))
-        results["decode"]["hf_s"].append(timed(hf_decode, max(2, args.steps // 3)))
+    runs = {"train": (jax_step, hf_step, args.steps),
+            "decode": (jax_decode, hf_decode, max(2, args.steps // 3))}
+    for i in range(args.rounds):  # back to back, to share machine noise
+        for kind, (ours, theirs, steps) in runs.items():
+            hf.train(kind == "train")
+            order = [("moejax_s", ours), ("hf_s", theirs)]
+            for key, fn in order[::-1] if i % 2 else order:  # who goes first alternates
+                results[kind][key].append(timed(fn, steps))
     summary = {"config": vars(args), "expert_capacity": capacity}
     tokens = {"train": args.batch * 2 * args.length, "decode": args.batch * args.decode_length}
     for kind, r in results.items():
-        ours, theirs = min(r["moejax_s"]), min(r["hf_s"])
-        summary[kind] = {"moejax_s": ours, "hf_s": theirs, "ratio": ours / theirs,
-                         "moejax_tokens_per_s": tokens[kind] / ours,
+        ours, theirs = statistics.median(r["moejax_s"]), statistics.median(r["hf_s"])
+        # Each round times both back to back, so its ratio shares that
+        # moment's machine load; the median over rounds drops outlier rounds.
+        ratios = [a / b for a, b in zip(r["moejax_s"], r["hf_s"])]
+        ratio = statistics.median(ratios)
+        summary[kind] = {"moejax_s": ours, "hf_s": theirs, "ratio": ratio,
+                         "round_ratios": ratios, "moejax_tokens_per_s": tokens[kind] / ours,
                          "hf_tokens_per_s": tokens[kind] / theirs}
         print(f"{kind:6s}: moejax {ours * 1e3:8.1f} ms  HF torch {theirs * 1e3:8.1f} ms  "
-              f"ratio {ours / theirs:.2f}  ({tokens[kind] / ours:,.0f} vs "
-              f"{tokens[kind] / theirs:,.0f} tokens/s)")
+              f"ratio {ratio:.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})  "
+              f"({tokens[kind] / ours:,.0f} vs {tokens[kind] / theirs:,.0f} tokens/s)")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=2)
