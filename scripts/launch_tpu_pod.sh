@@ -4,16 +4,17 @@
 #   scripts/launch_tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]
 #
 # e.g. scripts/launch_tpu_pod.sh my-v4-256 us-central2-b configs/st_moe_l_c4_pod.py \
-#        gs://my-bucket/runs/st_moe_l
+#        /mnt/my-bucket/runs/st_moe_l
 #
 # Each worker checks out this commit of MOEJAX_REPO (a git URL; default: the
 # origin of this checkout), installs it with the tpu extra and runs one
 # training process. jax.distributed finds the
-# coordinator on Cloud TPU by itself (--multihost). WORKDIR must be on GCS so
-# every host sees the same checkpoints. TensorFlow reads gs:// directly.
+# coordinator on Cloud TPU by itself (--multihost). WORKDIR must be a path
+# every host mounts (e.g. a gcsfuse-mounted bucket) so all hosts see the same
+# checkpoints; gs:// workdirs are not supported yet.
 set -euo pipefail
 if [[ $# -lt 4 ]]; then
-  sed -n '2,13p' "$0"; exit 2
+  sed -n '2,14p' "$0"; exit 2
 fi
 TPU_NAME=$1; ZONE=$2; CONFIG=$3; WORKDIR=$4; shift 4
 REPO=${MOEJAX_REPO:-$(git -C "$(dirname "$0")/.." remote get-url origin)}

@@ -126,6 +126,10 @@ def test_bad_inputs_fail_before_compute(tmp_path):
               str(tmp_path / "e"))
     with pytest.raises(ValueError, match="model.vocab_size=300"):
         train(small(model=dataclasses.replace(small().model, vocab_size=300)), str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="remote workdirs are not supported yet"):
+        train(small(), "gs://bucket/run")
+    with pytest.raises(ValueError, match="remote checkpoints are not supported yet"):
+        train(small(init_checkpoint="gs://bucket/run"), str(tmp_path / "f"))
     with pytest.raises(ValueError, match="needs 3 devices, but 8 are available"):
         train(small(mesh=dataclasses.replace(small().mesh, data=3)), str(tmp_path / "d"))
     for workdir in (tmp_path / "a", tmp_path / "c", tmp_path / "d"):

@@ -22,6 +22,9 @@ HF_PREFIX = "hf:"
 
 def checkpoint_step_dir(spec: str) -> str:
     """The step directory `spec` names (a run's latest, or the step itself)."""
+    if "://" in spec:
+        raise ValueError(f"init_checkpoint {spec!r}: remote checkpoints are not supported yet; "
+                         "copy the run (or mount its bucket) and give the local path")
     if os.path.isdir(os.path.join(spec, "state")):
         return spec
     root = os.path.join(spec, "checkpoints")

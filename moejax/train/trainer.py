@@ -279,7 +279,7 @@ def evaluate_only(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     if cfg.data.source != "task":
         raise ValueError("--eval_only decodes fine-tuning tasks: it needs data.source='task', "
                          f"got {cfg.data.source!r}")
-    os.makedirs(workdir, exist_ok=True)
+    _make_workdir(workdir)
     s = setup(cfg, workdir, train=False)
     steps = compile_steps(s)
     checkpoints = _checkpoints(cfg, workdir)
@@ -294,13 +294,21 @@ def evaluate_only(cfg: TrainConfig, workdir: str) -> dict[str, float]:
         checkpoints.close()
 
 
+def _make_workdir(workdir: str) -> None:
+    if "://" in workdir:
+        raise ValueError(f"workdir {workdir!r}: remote workdirs are not supported yet (metrics, "
+                         "the tokenizer and evaluation files use local file I/O); use a local "
+                         "path, on a pod one that every host mounts (e.g. a gcsfuse bucket)")
+    os.makedirs(workdir, exist_ok=True)
+
+
 def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     """Runs (or resumes) training in `workdir`; returns the last logged metrics."""
     # A SIGTERM from here on stops after the next step, with a checkpoint.
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        os.makedirs(workdir, exist_ok=True)
+        _make_workdir(workdir)
         s = setup(cfg, workdir)
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "config.json"), "w") as f:
