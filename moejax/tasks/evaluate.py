@@ -94,9 +94,9 @@ def eval_splits(name: str, split: str) -> list[tuple[Task, EvalSet, str]]:
     has a `split` ('validation' or 'test') split."""
     if split not in SPLITS:
         raise ValueError(f"evaluation split must be one of {SPLITS}, got {split!r}")
-    return [(task, es, es.validation if split == "validation" else es.test)
-            for task in tasks_of(name) for es in task.eval_sets
-            if (es.validation if split == "validation" else es.test) is not None]
+    sets = [(task, es, es.validation if split == "validation" else es.test)
+            for task in tasks_of(name) for es in task.eval_sets]
+    return [s for s in sets if s[2] is not None]
 
 
 def check_eval_data(name: str, split: str, data_dir: str) -> None:
@@ -111,8 +111,9 @@ def evaluate_tasks(name: str, split: str, data_dir: str, vocab: Vocabulary,
                    batch_size: int, max_examples: int, out_dir: str) -> dict[str, float]:
     """Decodes every evaluation set of task/mixture `name` on `split`
     ('validation' scores and writes predictions; 'test' writes the
-    leaderboard files and scores only the sets with public test labels). Writes scores.json and scores.md to `out_dir` and
-    returns flat scores {'glue_sst2/accuracy': ..., 'glue_average': ...}.
+    leaderboard files and scores only the sets with public test labels).
+    Writes scores.json and scores.md to `out_dir` and returns flat scores
+    {'glue_sst2/accuracy': ..., 'glue_average': ...}.
     `max_examples` > 0 decodes only the first examples of each set."""
     scores: dict[str, dict[str, float]] = {}
     for task, es, tfds_split in eval_splits(name, split):
