@@ -64,8 +64,9 @@ def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mo
     compute dtype. With `mesh` and `expert_axis`, experts run sharded over
     that axis (buffer modes only). `hidden_dropout(h, stream=0)` acts on
     the experts' hidden activations (expert parallelism passes each device's
-    index as `stream`, see `moejax.layers.moe.expert_dropout`). Returns [G, T, d]; tokens without an
-    active expert get 0 (the residual connection carries them).
+    index as `stream`, see `moejax.layers.moe.expert_dropout`). Returns
+    [G, T, d]; tokens without an active expert get 0 (the residual connection
+    carries them).
     """
     g, t, _ = x.shape
     if routing.token.shape[0] != g:

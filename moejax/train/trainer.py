@@ -94,9 +94,9 @@ def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabula
     return tok.load(cache, tcfg.extra_ids)
 
 
-def setup(cfg: TrainConfig, workdir: str, train: bool = True) -> Setup:
+def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
     """Validates the config against the devices and data; no compute yet.
-    train=False (--eval_only) checks just the splits that evaluation decodes."""
+    for_training=False (--eval_only) checks just the splits evaluation decodes."""
     mesh = make_mesh({"data": cfg.mesh.data, "model": cfg.mesh.model, "expert": cfg.mesh.expert})
     rules = logical_rules(cfg.mesh.expert_axis)
     dp = _data_parallel(cfg, mesh)
@@ -113,7 +113,7 @@ def setup(cfg: TrainConfig, workdir: str, train: bool = True) -> Setup:
                          f"processes and divide batch_size={cfg.batch_size}")
     per_process = num_shards // processes
     shards = list(range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process))
-    if train:
+    if for_training:
         check_paths(cfg.data, ("train", "eval") if cfg.eval_every_steps else ("train",))
     else:
         check_eval_data(cfg.data.task, cfg.data.eval_split, cfg.data.tfds_data_dir)
@@ -280,7 +280,7 @@ def evaluate_only(cfg: TrainConfig, workdir: str) -> dict[str, float]:
         raise ValueError("--eval_only decodes fine-tuning tasks: it needs data.source='task', "
                          f"got {cfg.data.source!r}")
     _make_workdir(workdir)
-    s = setup(cfg, workdir, train=False)
+    s = setup(cfg, workdir, for_training=False)
     steps = compile_steps(s)
     checkpoints = _checkpoints(cfg, workdir)
     try:
