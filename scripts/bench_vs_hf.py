@@ -56,7 +56,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=5,
-                        help="rounds, each timing moejax then HF (train, then decode)")
+                        help="rounds, each timing moejax and HF back to back (train, then "
+                             "decode); which goes first alternates")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=64, help="encoder and decoder length")
     parser.add_argument("--decode_length", type=int, default=32)

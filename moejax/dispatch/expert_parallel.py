@@ -44,10 +44,7 @@ def expert_parallel_ffn(buffers, params, activations: Sequence[str], *, mesh: Me
     def local(buf, p):
         dropout = None
         if hidden_dropout is not None:
-            device = 0
-            for a in group_axes:
-                device = device * mesh.shape[a] + jax.lax.axis_index(a)
-            dropout = functools.partial(hidden_dropout, stream=device)
+            dropout = functools.partial(hidden_dropout, stream=jax.lax.axis_index(group_axes))
         buf = jax.lax.all_to_all(buf, expert_axis, split_axis=0, concat_axis=1, tiled=True)
         out = ffn(buf, p, activations, hidden_dropout=dropout)
         return jax.lax.all_to_all(out, expert_axis, split_axis=1, concat_axis=0, tiled=True)

@@ -2,8 +2,9 @@
 
 Every metric takes (references, predictions, examples) and returns a score
 in percent. `examples` are the raw task examples, for metrics that group
-(MultiRC questions, AX-g's gender pairs). A prediction the postprocessor could not parse (a
-label that is not one of the task's) is -1 and counts as wrong.
+(MultiRC questions, AX-g's gender pairs). A prediction the postprocessor
+could not parse (a label that is not one of the task's) is -1 and counts as
+wrong.
 """
 from __future__ import annotations
 
