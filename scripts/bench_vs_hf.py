@@ -9,6 +9,10 @@ cross-entropy loss, no optimizer update) and greedy decoding with a cache.
 Both route per sequence with the same expert capacity. Prints the median
 step times, tokens/s and the moejax / HF time ratio (< 1: moejax is faster):
 the median over rounds of each round's ratio, with the range over rounds.
+It also counts each side's matmul FLOPs per train step (moejax from the
+step's jaxpr, HF with torch's FlopCounterMode) and prints the time ratio
+per FLOP: capacity buffers compute every expert slot, HF's loop over
+experts only the routed tokens, so the two do different amounts of work.
 """
 from __future__ import annotations
 
@@ -20,11 +24,13 @@ import statistics
 import time
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
 import transformers
+from torch.utils.flop_counter import FlopCounterMode
 
 from moejax import convert
 from moejax.models import Transformer, moe_outputs
@@ -41,6 +47,22 @@ def hf_switch(args):
         dropout_rate=0.0, decoder_start_token_id=0)
     torch.manual_seed(0)
     return transformers.SwitchTransformersForConditionalGeneration(cfg), capacity
+
+
+def matmul_flops(jaxpr) -> int:
+    """2 * m * n * k summed over the dot_generals of a jaxpr, sub-jaxprs included."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contracting, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += (2 * math.prod(eqn.outvars[0].aval.shape)
+                      * math.prod(lhs[i] for i in contracting))
+        repeats = eqn.params["length"] if eqn.primitive.name == "scan" else 1
+        if eqn.primitive.name == "while":
+            raise ValueError("cannot count FLOPs through a while loop")
+        total += repeats * sum(matmul_flops(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
+    return total
 
 
 def timed(fn, steps):
@@ -112,6 +134,10 @@ def main():
         fn()  # compile / warm up
     hf.train()
     hf_step()
+    with FlopCounterMode(display=False) as counter:
+        hf_step()
+    flops = {"moejax": matmul_flops(jax.make_jaxpr(jax.value_and_grad(loss_fn))(
+        params, *jax_args).jaxpr), "hf": counter.get_total_flops()}
     results = {"train": {"moejax_s": [], "hf_s": []}, "decode": {"moejax_s": [], "hf_s": []}}
     runs = {"train": (jax_step, hf_step, args.steps),
             "decode": (jax_decode, hf_decode, max(2, args.steps // 3))}
@@ -121,7 +147,7 @@ def main():
             order = [("moejax_s", ours), ("hf_s", theirs)]
             for key, fn in order[::-1] if i % 2 else order:  # who goes first alternates
                 results[kind][key].append(timed(fn, steps))
-    summary = {"config": vars(args), "expert_capacity": capacity}
+    summary = {"config": vars(args), "expert_capacity": capacity, "train_matmul_flops": flops}
     tokens = {"train": args.batch * 2 * args.length, "decode": args.batch * args.decode_length}
     for kind, r in results.items():
         ours, theirs = statistics.median(r["moejax_s"]), statistics.median(r["hf_s"])
@@ -135,6 +161,11 @@ def main():
         print(f"{kind:6s}: moejax {ours * 1e3:8.1f} ms  HF torch {theirs * 1e3:8.1f} ms  "
               f"ratio {ratio:.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})  "
               f"({tokens[kind] / ours:,.0f} vs {tokens[kind] / theirs:,.0f} tokens/s)")
+    # Per FLOP: each side's step time over the work it did.
+    per_flop = summary["train"]["ratio"] * flops["hf"] / flops["moejax"]
+    summary["train"]["ratio_per_flop"] = per_flop
+    print(f"train matmul work: moejax {flops['moejax'] / 1e9:.2f} GFLOP, HF torch "
+          f"{flops['hf'] / 1e9:.2f} GFLOP per step; time ratio per FLOP {per_flop:.2f}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=2)

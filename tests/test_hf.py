@@ -212,3 +212,39 @@ def test_init_checkpoint_from_hf_directory(tmp_path):
     with pytest.raises(CheckpointError, match="not in the model: .*router"):
         dense = convert.config_from_hf(hf.config, (set(), set()))
         load_params(f"hf:{tmp_path}", abstract_params(dense))
+
+
+def _bench_vs_hf():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "scripts", "bench_vs_hf.py")
+    spec = importlib.util.spec_from_file_location("bench_vs_hf", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_counts_matmul_flops_as_torch_does():
+    """The benchmark's per-FLOP ratio divides moejax's jaxpr count by torch's
+    FlopCounterMode count: both must count the same train step the same way."""
+    bench = _bench_vs_hf()
+    x, w1, w2 = (np.random.RandomState(i).randn(*s).astype(np.float32)
+                 for i, s in enumerate([(12, 8), (8, 16), (16, 4)]))
+
+    def loss(params, x):
+        a, b = params
+        return jnp.sum(jax.nn.relu(x @ a) @ b)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))((w1, w2), x).jaxpr
+    tw1, tw2 = (torch.tensor(v, requires_grad=True) for v in (w1, w2))
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        (torch.relu(torch.tensor(x) @ tw1) @ tw2).sum().backward()
+    # forward 2*12*8*16 + 2*12*16*4; backward: both weight gradients and the
+    # hidden gradient (x needs none)
+    hand = 2 * 12 * 8 * 16 + 2 * 12 * 16 * 4 + 2 * (8 * 12 * 16 + 16 * 12 * 4 + 12 * 4 * 16)
+    assert bench.matmul_flops(jaxpr) == counter.get_total_flops() == hand
+
+    def scanned(x):
+        return jax.lax.scan(lambda c, _: (jax.jit(lambda c: c @ w1 @ w1.T)(c), None), x, None,
+                            length=3)[0]
+    assert bench.matmul_flops(jax.make_jaxpr(scanned)(x).jaxpr) == 3 * 2 * (2 * 12 * 8 * 16)
