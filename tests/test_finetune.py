@@ -19,6 +19,7 @@ from moejax.train.checkpoint import CheckpointError, Checkpoints
 from moejax.train.config import DataConfig, OptimizerConfig, TokenizerConfig
 from moejax.train.init import load_params, tokenizer_of
 from moejax.train.partitioning import sharding_context
+from moejax.train import trainer
 from moejax.train.trainer import compile_steps, evaluate_only, setup, train
 from train_config import small
 
@@ -88,6 +89,33 @@ def test_init_checkpoint_loads_params_and_names_mismatches(tmp_path):
     assert "missing from the checkpoint: decoder/layers_2/" in message
     with pytest.raises(FileNotFoundError, match="neither a moejax workdir"):
         load_params(str(tmp_path), abstract_params(cfg.model))
+
+
+def test_fine_tuning_starts_from_checkpoint_params_without_drawing_random_ones(tmp_path):
+    cfg = small()
+    pretrained = _saved_state(cfg, str(tmp_path / "pretrain"))["params"]
+    tuned = dataclasses.replace(cfg, init_checkpoint=str(tmp_path / "pretrain"))
+    s = setup(tuned, str(tmp_path / "tune"))
+    steps = compile_steps(s)
+
+    def random_init(rng):
+        raise AssertionError("a fine-tuning run drew random params")
+
+    checkpoints = trainer._checkpoints(tuned, str(tmp_path / "tune"))
+    with sharding_context(s.mesh, s.rules):
+        state, position = trainer._initial_state(
+            s, dataclasses.replace(steps, init=random_init), checkpoints)
+    checkpoints.close()
+    assert int(state["step"]) == 0 and position is None
+    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(pretrained)):
+        np.testing.assert_array_equal(a, b)
+    fresh = optim.optimizer(tuned.optimizer, tuned.steps, tuned.freeze_router,
+                            tuned.freeze_experts).init(pretrained)
+    for a, b in zip(jax.tree.leaves(state["opt_state"]), jax.tree.leaves(fresh)):
+        np.testing.assert_array_equal(a, b)
+    # placed as the train step expects, so the first step does not reshard
+    for leaf, abstract in zip(jax.tree.leaves(state), jax.tree.leaves(steps.abstract_state)):
+        assert leaf.sharding.is_equivalent_to(abstract.sharding, leaf.ndim)
 
 
 @pytest.mark.parametrize("router,experts", [(True, False), (False, True), (True, True)])

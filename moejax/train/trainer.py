@@ -137,22 +137,30 @@ def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
                  num_shards)
 
 
-def _init_fn(s: Setup, optimizer):
+def _init_fns(s: Setup, optimizer) -> tuple[Callable, Callable]:
+    """Jitted (init: rng -> fresh state, state_from: params -> state), both
+    placed on the mesh. state_from starts the optimizer on given params, so a
+    fine-tuning run never draws (and holds) a second, random set."""
     # Param shapes do not depend on the mesh; initialising without it keeps
     # the one-token init out of the expert-parallel path (it needs groups).
     plain = Transformer(s.cfg.model)
     tokens = jnp.ones((1, 1), jnp.int32)
 
-    def init(rng):
-        params = nn.unbox(plain.init({"params": rng, "router": rng}, tokens, tokens))["params"]
+    def state_from(params):
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": optimizer.init(params)}
+
+    def init(rng):
+        return state_from(nn.unbox(plain.init({"params": rng, "router": rng}, tokens, tokens))
+                          ["params"])
 
     param_shardings = nn.logical_to_mesh_sharding(
         nn.get_partition_spec(abstract_params(s.cfg.model, boxed=True)), s.mesh, s.rules)
     # The optimizer state's shardings follow from the params' by propagation.
     out = {"step": NamedSharding(s.mesh, P()), "params": param_shardings, "opt_state": None}
-    return jax.jit(init, out_shardings=out)
+    return (jax.jit(init, out_shardings=out),
+            jax.jit(state_from, in_shardings=(param_shardings,), out_shardings=out,
+                    donate_argnums=0))
 
 
 class Prefetch:
@@ -206,6 +214,7 @@ def evaluate(eval_step, params, batches) -> dict[str, float]:
 @dataclasses.dataclass
 class Steps:
     init: Callable  # rng -> state, placed on the mesh
+    state_from: Callable  # params -> state (step 0, fresh optimizer state); donates params
     train_step: Callable  # (state, batch) -> (state, metrics); donates state
     eval_step: Callable  # (params, batch) -> metrics
     abstract_state: Any  # ShapeDtypeStructs with the state's shardings
@@ -216,7 +225,7 @@ def compile_steps(s: Setup) -> Steps:
     cfg = s.cfg
     optimizer = optim.optimizer(cfg.optimizer, cfg.steps, cfg.freeze_router, cfg.freeze_experts)
     lr_schedule = optim.schedule(cfg.optimizer, cfg.steps)
-    init = _init_fn(s, optimizer)
+    init, state_from = _init_fns(s, optimizer)
     with sharding_context(s.mesh, s.rules):
         state_shardings = init.lower(jax.random.key(0)).compile().output_shardings
         abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
@@ -228,7 +237,7 @@ def compile_steps(s: Setup) -> Steps:
             donate_argnums=0)
         eval_step = jax.jit(make_eval_step(s.model, cfg.z_loss),
                             in_shardings=(state_shardings["params"], s.batch_sharding))
-    return Steps(init, train_step, eval_step, abstract)
+    return Steps(init, state_from, train_step, eval_step, abstract)
 
 
 def make_predict(s: Setup, params) -> Callable[[np.ndarray], np.ndarray]:
@@ -266,10 +275,10 @@ def _initial_state(s: Setup, steps: Steps, checkpoints: Checkpoints):
     if latest is not None:
         log.info("resuming from %s/checkpoints/%d", s.workdir, latest)
         return checkpoints.restore(latest, steps.abstract_state)
-    state = steps.init(jax.random.key(s.cfg.seed))
-    if s.cfg.init_checkpoint:
-        state["params"] = load_params(s.cfg.init_checkpoint, steps.abstract_state["params"])
-        log.info("params initialised from %s", s.cfg.init_checkpoint)
+    if not s.cfg.init_checkpoint:
+        return steps.init(jax.random.key(s.cfg.seed)), None
+    state = steps.state_from(load_params(s.cfg.init_checkpoint, steps.abstract_state["params"]))
+    log.info("params initialised from %s", s.cfg.init_checkpoint)
     return state, None
 
 
