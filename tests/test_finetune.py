@@ -73,7 +73,7 @@ def _saved_state(cfg, workdir):
     return state
 
 
-def test_init_checkpoint_loads_params_and_names_mismatches(tmp_path):
+def test_init_checkpoint_loads_params_without_random_init_and_names_mismatches(tmp_path):
     cfg = small()
     pretrain = str(tmp_path / "pretrain")
     state = _saved_state(cfg, pretrain)
@@ -90,11 +90,8 @@ def test_init_checkpoint_loads_params_and_names_mismatches(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a moejax workdir"):
         load_params(str(tmp_path), abstract_params(cfg.model))
 
-
-def test_fine_tuning_starts_from_checkpoint_params_without_drawing_random_ones(tmp_path):
-    cfg = small()
-    pretrained = _saved_state(cfg, str(tmp_path / "pretrain"))["params"]
-    tuned = dataclasses.replace(cfg, init_checkpoint=str(tmp_path / "pretrain"))
+    # A run with init_checkpoint starts from those params and never draws random ones.
+    tuned = dataclasses.replace(cfg, init_checkpoint=pretrain)
     s = setup(tuned, str(tmp_path / "tune"))
     steps = compile_steps(s)
 
@@ -103,18 +100,18 @@ def test_fine_tuning_starts_from_checkpoint_params_without_drawing_random_ones(t
 
     checkpoints = trainer._checkpoints(tuned, str(tmp_path / "tune"))
     with sharding_context(s.mesh, s.rules):
-        state, position = trainer._initial_state(
+        start, position = trainer._initial_state(
             s, dataclasses.replace(steps, init=random_init), checkpoints)
     checkpoints.close()
-    assert int(state["step"]) == 0 and position is None
-    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(pretrained)):
+    assert int(start["step"]) == 0 and position is None
+    for a, b in zip(jax.tree.leaves(start["params"]), jax.tree.leaves(state["params"])):
         np.testing.assert_array_equal(a, b)
     fresh = optim.optimizer(tuned.optimizer, tuned.steps, tuned.freeze_router,
-                            tuned.freeze_experts).init(pretrained)
-    for a, b in zip(jax.tree.leaves(state["opt_state"]), jax.tree.leaves(fresh)):
+                            tuned.freeze_experts).init(state["params"])
+    for a, b in zip(jax.tree.leaves(start["opt_state"]), jax.tree.leaves(fresh)):
         np.testing.assert_array_equal(a, b)
     # placed as the train step expects, so the first step does not reshard
-    for leaf, abstract in zip(jax.tree.leaves(state), jax.tree.leaves(steps.abstract_state)):
+    for leaf, abstract in zip(jax.tree.leaves(start), jax.tree.leaves(steps.abstract_state)):
         assert leaf.sharding.is_equivalent_to(abstract.sharding, leaf.ndim)
 
 
