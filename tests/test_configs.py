@@ -1,14 +1,11 @@
 """Model config files: they load into T5Config and have the published sizes."""
-import importlib.util
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location(
-    "param_counts", os.path.join(ROOT, "scripts", "param_counts.py"))
-param_counts = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(param_counts)
+from script_util import ROOT, load_script
+
+param_counts = load_script("param_counts")
 
 
 @pytest.mark.parametrize("spec,published", [

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from model_util import init, run, tokens
+from script_util import load_script
 from moejax import convert
 from moejax.layers.attention import relative_position_buckets
 from moejax.models import MoeConfig, T5Config, Transformer, abstract_params
@@ -214,20 +215,10 @@ def test_init_checkpoint_from_hf_directory(tmp_path):
         load_params(f"hf:{tmp_path}", abstract_params(dense))
 
 
-def _bench_vs_hf():
-    import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "scripts", "bench_vs_hf.py")
-    spec = importlib.util.spec_from_file_location("bench_vs_hf", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_counts_matmul_flops_as_torch_does():
     """The benchmark's per-FLOP ratio divides moejax's jaxpr count by torch's
     FlopCounterMode count: both must count the same train step the same way."""
-    bench = _bench_vs_hf()
+    bench = load_script("bench_vs_hf")
     x, w1, w2 = (np.random.RandomState(i).randn(*s).astype(np.float32)
                  for i, s in enumerate([(12, 8), (8, 16), (16, 4)]))
 
