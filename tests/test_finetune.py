@@ -61,22 +61,17 @@ def test_finetune_on_mock_sst2_writes_scores_and_leaderboard_files(tmp_path, moc
         assert 0.0 <= axg["super_glue_axg/accuracy"] <= 100.0
 
 
-def _saved_state(cfg, workdir):
-    s = setup(cfg, workdir)
-    steps = compile_steps(s)
-    with sharding_context(s.mesh, s.rules):
-        state = steps.init(jax.random.key(1))
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
-    checkpoints.save(0, state, [])
-    checkpoints.wait()
-    checkpoints.close()
-    return state
-
-
 def test_init_checkpoint_loads_params_without_random_init_and_names_mismatches(tmp_path):
     cfg = small()
     pretrain = str(tmp_path / "pretrain")
-    state = _saved_state(cfg, pretrain)
+    s = setup(cfg, pretrain)
+    steps = compile_steps(s)
+    with sharding_context(s.mesh, s.rules):
+        state = steps.init(jax.random.key(1))
+    checkpoints = Checkpoints(os.path.join(pretrain, "checkpoints"), cfg.checkpoint)
+    checkpoints.save(0, state, [])
+    checkpoints.wait()
+    checkpoints.close()
     assert tokenizer_of(pretrain) == os.path.join(pretrain, "tokenizer", "spm.model")
     params = load_params(pretrain, abstract_params(cfg.model))
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state["params"])):
@@ -90,10 +85,10 @@ def test_init_checkpoint_loads_params_without_random_init_and_names_mismatches(t
     with pytest.raises(FileNotFoundError, match="neither a moejax workdir"):
         load_params(str(tmp_path), abstract_params(cfg.model))
 
-    # A run with init_checkpoint starts from those params and never draws random ones.
+    # A run with init_checkpoint starts from those params and never draws random
+    # ones (setup and the compiled steps do not depend on init_checkpoint).
     tuned = dataclasses.replace(cfg, init_checkpoint=pretrain)
-    s = setup(tuned, str(tmp_path / "tune"))
-    steps = compile_steps(s)
+    s = dataclasses.replace(s, cfg=tuned, workdir=str(tmp_path / "tune"))
 
     def random_init(rng):
         raise AssertionError("a fine-tuning run drew random params")
