@@ -1,10 +1,16 @@
 """8 fake CPU devices for the whole session, so meshes with data, model and
-expert axes really shard. Must run before jax is imported."""
+expert axes really shard, and a persistent compilation cache. Must run
+before jax is imported."""
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# JAX's persistent compilation cache (inherited by the trainer subprocesses):
+# identical programs, such as the kill -9 test's three runs of one config,
+# compile once per suite run, and re-runs on a developer's machine reuse them.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"))
 
 
 import contextlib  # noqa: E402
