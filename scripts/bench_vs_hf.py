@@ -134,11 +134,10 @@ def main():
     for fn in (jax_step, jax_decode, hf_decode):
         fn()  # compile / warm up
     hf.train()
-    hf_step()
     with FlopCounterMode(display=False) as counter:
-        hf_step()
-    flops = {"moejax": matmul_flops(jax.make_jaxpr(jax.value_and_grad(loss_fn))(
-        params, *jax_args).jaxpr), "hf": counter.get_total_flops()}
+        hf_step()  # also its warm-up
+    flops = {"moejax": matmul_flops(jax.make_jaxpr(grad_fn)(params, *jax_args).jaxpr),
+             "hf": counter.get_total_flops()}
     results = {"train": {"moejax_s": [], "hf_s": []}, "decode": {"moejax_s": [], "hf_s": []}}
     runs = {"train": (jax_step, hf_step, args.steps),
             "decode": (jax_decode, hf_decode, max(2, args.steps // 3))}

@@ -3,14 +3,15 @@ expert axes really shard, and a persistent compilation cache. Must run
 before jax is imported."""
 import os
 
+from script_util import ROOT
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # JAX's persistent compilation cache (inherited by the trainer subprocesses):
 # identical programs, such as the kill -9 test's three runs of one config,
 # compile once per suite run, and re-runs on a developer's machine reuse them.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".pytest_cache", "jax"))
 
 
 import contextlib  # noqa: E402

@@ -14,12 +14,11 @@ from flax import traverse_util
 from moejax.layers import MoeLayer
 from moejax.models import abstract_params
 from moejax.routing import RouterConfig
-from moejax.train import optim
+from moejax.train import optim, trainer
 from moejax.train.checkpoint import CheckpointError, Checkpoints
 from moejax.train.config import DataConfig, OptimizerConfig, TokenizerConfig
 from moejax.train.init import load_params, tokenizer_of
 from moejax.train.partitioning import sharding_context
-from moejax.train import trainer
 from moejax.train.trainer import compile_steps, evaluate_only, setup, train
 from train_config import small
 
@@ -93,7 +92,7 @@ def test_init_checkpoint_loads_params_without_random_init_and_names_mismatches(t
     def random_init(rng):
         raise AssertionError("a fine-tuning run drew random params")
 
-    checkpoints = trainer._checkpoints(tuned, str(tmp_path / "tune"))
+    checkpoints = trainer._checkpoints(tuned, s.workdir)
     with sharding_context(s.mesh, s.rules):
         start, position = trainer._initial_state(
             s, dataclasses.replace(steps, init=random_init), checkpoints)
