@@ -28,7 +28,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from moejax.layers import MOE_COLLECTION, MoeLayer
 from moejax.models import moe_outputs
-from moejax.routing import RouterConfig
+from moejax.routing import RouterConfig, route
 from moejax.routing.base import experts_per_token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,14 +39,16 @@ def parse_args(name: str, doc: str) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="size", const="quick",
-                      help="<= 10 minutes on 2 CPU cores (the default)")
+                      help="<= 15 minutes on 2 CPU cores (the default)")
     size.add_argument("--full", action="store_const", dest="size", const="full",
                       help="longer runs, more data")
-    parser.add_argument("--seeds", type=int, default=3, help="random seeds per arm (>= 3)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="paired random seeds per arm (>= 3; default 3 quick, 5 full)")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", name),
                         help="where table.md, results.json and the plots go")
     args = parser.parse_args()
     args.size = args.size or "quick"
+    args.seeds = args.seeds or {"quick": 3, "full": 5}[args.size]
     if args.seeds < 3:
         parser.error(f"--seeds must be >= 3 to report a spread, got {args.seeds}")
     os.makedirs(args.out, exist_ok=True)
@@ -94,6 +96,12 @@ def numeric_table(first: str, columns: Sequence[str], rows: dict[str, Sequence[f
 
 
 def write_results(out: str, table: str, results: dict) -> None:
+    """table.md and results.json; a results dict with a "precondition" or
+    "claims" entry must follow the shared schema (experiments.stats)."""
+    if "precondition" in results or "claims" in results:
+        from experiments.stats import check_schema
+
+        check_schema(results)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -177,7 +185,7 @@ class SyntheticRun:
 
 def routing_counts(router: RouterConfig, logits: jax.Array) -> np.ndarray:
     """Experts each token gets [G, T] when `router` (eval mode) routes `logits`."""
-    result = router.spec.kernel(logits, mask=None, rng=None, cfg=router, train=False)
+    result = route(router, logits)
     return np.asarray(experts_per_token(result.token, result.valid, logits.shape[1]))
 
 
@@ -271,6 +279,41 @@ def t5_config(size: str, seed: int, steps: int | None = None, evals: int = 5, **
         steps=steps, batch_size=16, eval_every_steps=steps // evals, eval_batches=2,
         log_every_steps=steps // 30, seed=seed)
     return dataclasses.replace(cfg, **overrides)
+
+
+# The routing testbed (python -m experiments.testbed measures its precondition).
+TESTBED_ENTITIES = 256
+TESTBED_STEPS = {"quick": 2000, "full": 6000}
+TESTBED_EXPERTS = 8
+
+
+def testbed_config(size: str, seed: int, steps: int | None = None, evals: int = 10, **overrides):
+    """The dense tiny T5 on the capacity-bound `knowledge` corpus: inputs 64
+    / targets 16, batch 32, constant-after-warmup Adafactor, `steps`
+    (default TESTBED_STEPS[size]) with `evals` evaluations of 8 held-out
+    batches. Seed `seed` draws its own knowledge base, data order and init,
+    the same in every arm (paired seeds)."""
+    from moejax.train.config import DataConfig
+
+    steps = steps or TESTBED_STEPS[size]
+    cfg = t5_config(size, seed, steps=steps, evals=evals, batch_size=32, eval_batches=8)
+    cfg = dataclasses.replace(cfg, data=DataConfig(
+        source="knowledge", knowledge_entities=TESTBED_ENTITIES, embedded_documents=40000,
+        embedded_eval_documents=400, inputs_length=64, targets_length=16, seed=seed))
+    cfg = with_moe(cfg, dict(interval=0), dict(interval=0))
+    return dataclasses.replace(cfg, **overrides)
+
+
+def testbed_moe(cfg, router: RouterConfig | None = None, d_ff: int | None = None,
+                interval: int = 1):
+    """`cfg` (a testbed_config) with MoE FFNs in both stacks: every
+    `interval`-th layer, `router` (default Switch top-1 of TESTBED_EXPERTS
+    experts, capacity factor 2 so that drops do not confound the testbed),
+    experts of `d_ff` (default the dense d_ff, equal active FLOPs at k=1)."""
+    router = router or RouterConfig("switch", num_experts=TESTBED_EXPERTS, capacity_factor=2.0,
+                                    eval_capacity_factor=2.0)
+    moe = dict(interval=interval, router=router, d_ff=d_ff)
+    return with_moe(cfg, moe, moe)
 
 
 def with_moe(cfg, encoder: dict | None = None, decoder: dict | None = None):

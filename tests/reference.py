@@ -102,3 +102,103 @@ def gated_gelu_expert(params):
         h = gelu(v @ params["wi_0"][e]) * (v @ params["wi_1"][e])
         return h @ params["wo"][e]
     return run
+
+
+def ec_cap_assignment(probs, mask, cap, max_per_token, entropy_rel, iterations):
+    """EC-CAP (Zhou et al. 2022, sec. 3.3): the entropic solution of
+    max <S, A> + lam H(A) s.t. row sums (per expert) = C, column sums (per
+    token) <= b, 0 <= A <= 1, by Dykstra's algorithm with KL projections in
+    the probability domain (float64, explicit corrections per set), then
+    each expert's top-C tokens by A and each token's b highest-S experts.
+    probs: [G, T, E]. Returns {(g, t, e): weight = S[t, e]}."""
+    kept = {}
+    for g, group in enumerate(probs):
+        real = np.nonzero(mask[g])[0]
+        s = group[real].T.astype(np.float64)  # [E, T_real]
+        lam = entropy_rel * s.std() + 1e-6
+        a = np.exp((s - s.max()) / lam)
+        c = min(cap, len(real))
+        q = [np.ones_like(a) for _ in range(3)]
+        for _ in range(iterations):
+            for i in range(3):
+                shifted = a * q[i]
+                if i == 0:
+                    new = shifted * (c / shifted.sum(1, keepdims=True))
+                elif i == 1:
+                    col = shifted.sum(0, keepdims=True)
+                    new = shifted * np.minimum(1.0, max_per_token / col)
+                else:
+                    new = np.minimum(shifted, 1.0)
+                q[i] = shifted / new
+                a = new
+        chosen = {}
+        for e in range(a.shape[0]):
+            for j in np.argsort(-a[e], kind="stable")[:c]:
+                chosen.setdefault(int(real[j]), []).append(e)
+        for t, experts in chosen.items():
+            for e in sorted(experts, key=lambda e: (-group[t, e], e))[:max_per_token]:
+                kept[(g, t, e)] = float(group[t, e])
+    return kept
+
+
+def moesart_expected_weights(p, k, weighting):
+    """E[w_e] of MOESART's sampled mixture, by enumerating every ordered
+    sample of k distinct experts (sequential sampling without replacement
+    from p) and, for 'small_random', every choice of the expert that keeps
+    its logit. p: [E]. Written from the authors' gate: adjusted logits
+    a_j = o_j for the kept j, a_i = o_i - log((k-1) p_i) for the others
+    ('small_random'), a_i = o_i - log(k p_i) for all ('zero'); weights =
+    softmax of a over the sample."""
+    import itertools
+
+    o = np.log(p)
+    expected = np.zeros(len(p))
+    for seq in itertools.permutations(range(len(p)), k):
+        prob, left = 1.0, 1.0
+        for e in seq:
+            prob *= p[e] / left
+            left -= p[e]
+        keeps = [None] if weighting != "small_random" else list(seq)
+        for j in keeps:
+            if weighting == "zero":
+                a = np.array([o[i] - np.log(k * p[i]) for i in seq])
+            elif weighting == "small_random":
+                a = np.array([o[i] if i == j else o[i] - np.log((k - 1) * p[i]) for i in seq])
+            else:  # renormalized
+                a = np.array([o[i] for i in seq])
+            w = np.exp(a - a.max())
+            w /= w.sum()
+            for i, wi in zip(seq, w):
+                expected[i] += prob * wi / len(keeps)
+    return expected
+
+
+def load_balancing_loss(probs, expert_choices, mask):
+    """flaxformer's `_load_balancing_loss` with a token mask: E^2 * mean over
+    groups and experts of (fraction of tokens that chose e, any rank) * (mean
+    p_e). expert_choices[g][t]: the experts token t selected."""
+    g_, t_, e_ = probs.shape
+    out = 0.0
+    for g in range(g_):
+        real = [t for t in range(t_) if mask[g][t]]
+        f = np.zeros(e_)
+        for t in real:
+            for e in set(expert_choices[g][t]):
+                f[e] += 1 / len(real)
+        out += e_ * np.sum(f * probs[g, real].mean(0)) / g_
+    return out
+
+
+def vmoe_losses(logits, noisy_logits, k, noise_std):
+    """V-MoE's importance and load losses (Riquelme et al. 2021 appendix,
+    after Shazeer et al. 2017), averaged over groups, without padding."""
+    from scipy.stats import norm
+
+    imp, load = 0.0, 0.0
+    for lg, nz in zip(logits, noisy_logits):
+        importance = softmax(lg).sum(0)
+        imp += (importance.std() / importance.mean()) ** 2 / len(logits)
+        threshold = np.sort(nz, axis=-1)[:, -k][:, None]
+        p = (1 - norm.cdf((threshold - lg) / noise_std)).mean(0)
+        load += (p.std() / p.mean()) ** 2 / len(logits)
+    return imp, load

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import reference as ref
+from moejax import routing
 from moejax.routing import ROUTERS, RouterConfig, compute_capacity, get_router
+from moejax.routing.expert_choice import EC_CAP_ENTROPY, EC_CAP_ITERATIONS
 from moejax.routing.gshard import second_expert_keep_probability
 
 G, T, E = 3, 24, 6
@@ -16,9 +18,8 @@ G, T, E = 3, 24, 6
 
 def route(name, logits, mask=None, rng=0, train=False, **kw):
     cfg = RouterConfig(name=name, num_experts=logits.shape[-1], **kw)
-    rng = jax.random.PRNGKey(rng)
-    return get_router(name).kernel(jnp.asarray(logits), mask=None if mask is None else jnp.asarray(mask),
-                                   rng=rng, cfg=cfg, train=train)
+    return routing.route(cfg, jnp.asarray(logits), mask=None if mask is None else jnp.asarray(mask),
+                         rng=jax.random.PRNGKey(rng), train=train)
 
 
 def as_dict(r):
@@ -121,17 +122,48 @@ def test_gshard_first_choices_claim_capacity_first():
     assert set(got) == {(0, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 1)}
 
 
-@pytest.mark.parametrize("cf,cap", [(1.0, None), (2.0, None), (2.0, 2), (0.5, 1)])
+@pytest.mark.parametrize("cf,cap", [(1.0, None), (2.0, None), (2.0, 2), (0.5, 1), (2.0, 1)])
 def test_expert_choice_matches_reference(logits, mask, cf, cap):
     r = route("expert_choice", logits, mask, eval_capacity_factor=cf, max_experts_per_token=cap)
     c = ref.capacity(T, E, 1, cf)
     assert r.capacity == c
     probs = ref.softmax(logits)
-    want = ref.expert_choice(probs, mask, c, cap)
+    if cap is None:
+        want = ref.expert_choice(probs, mask, c)
+    else:
+        want = {key: w for key, w in ref.ec_cap_assignment(
+            probs, mask, c, cap, EC_CAP_ENTROPY, EC_CAP_ITERATIONS).items()}
     got = as_dict(r)
     assert set(got) == set(want)
     for key, w in want.items():
         assert got[key][1] == pytest.approx(w, rel=1e-5)
+
+
+def test_ec_cap_fills_capacity_that_truncation_leaves_empty(logits):
+    """EC-CAP solves the capped assignment (Zhou et al. 2022, sec. 3.3), so
+    experts take other tokens instead of losing slots to the cap: more
+    experts per token than truncating plain expert choice, the cap always
+    holds, and the chosen scores are close to the linear program's optimum
+    (scipy's HiGHS on the exact LP)."""
+    from scipy.optimize import linprog
+
+    cap, cf = 2, 2.0
+    c = ref.capacity(T, E, 1, cf)
+    capped = as_dict(route("expert_choice", logits, eval_capacity_factor=cf, max_experts_per_token=cap))
+    truncated = ref.expert_choice(ref.softmax(logits), np.ones((G, T), bool), c, cap)
+    per_token = collections.Counter((g, t) for (g, t, e) in capped)
+    assert max(per_token.values()) <= cap
+    assert len(capped) > len(truncated)
+    assert len(capped) >= 0.95 * G * T * cap  # nearly every slot used (E * C = T * cap here)
+    probs = ref.softmax(logits)
+    for g in range(G):
+        s = probs[g].T.reshape(-1)  # A[e, t] flattened
+        rows = np.kron(np.eye(E), np.ones(T))  # sum_t A[e, t] = C
+        cols = np.kron(np.ones(E), np.eye(T))  # sum_e A[e, t] <= cap
+        best = -linprog(-s, A_ub=cols, b_ub=np.full(T, cap), A_eq=rows, b_eq=np.full(E, c),
+                        bounds=(0, 1), method="highs").fun
+        ours = sum(probs[g, t, e] for (gg, t, e) in capped if gg == g)
+        assert best * 0.97 <= ours <= best + 1e-6
 
 
 def test_expert_choice_gives_every_expert_exactly_c_tokens(logits):
@@ -169,36 +201,148 @@ def test_top_p_cap_and_capacity(logits, mask):
     assert_same(as_dict(r), ref.claim_places(choices, mask, r.capacity))
 
 
-def test_moesart_inference_is_renormalised_top_k(logits, mask):
+def test_moesart_inference_is_top_k_with_uniform_weights(logits, mask):
+    """Evaluation: the k most probable experts with the 'zero' adjustment,
+    a_i = o_i - log(k p_i), i.e. weight 1/k each (the authors' gate)."""
     r = route("moesart", logits, mask, k=2, eval_capacity_factor=None)
-    want = ref.claim_places(ref.top_k_choices(ref.softmax(logits), 2, True), mask, T)
-    assert_same(as_dict(r), want)
+    choices = [[[(e, 0.5) for e, _ in row] for row in group]
+               for group in ref.top_k_choices(ref.softmax(logits), 2, False)]
+    assert_same(as_dict(r), ref.claim_places(choices, mask, T))
+    renorm = route("moesart", logits, mask, k=2, eval_capacity_factor=None,
+                   sample_weighting="renormalized")
+    assert_same(as_dict(renorm), ref.claim_places(ref.top_k_choices(ref.softmax(logits), 2, True),
+                                                  mask, T))
+
+
+def _moesart_draws(p, n, rng=3, **kw):
+    logits = np.tile(np.log(p), (1, n, 1)).astype(np.float32)
+    r = route("moesart", logits, train=True, capacity_factor=None, rng=rng, **kw)
+    per_token = collections.defaultdict(dict)
+    for (_, t, e), (_, w) in as_dict(r).items():
+        per_token[t][e] = w
+    return [per_token[t] for t in range(n)]
 
 
 @pytest.mark.parametrize("sampling", ["without_replacement", "with_replacement"])
 def test_moesart_sampling_statistics(sampling):
     p = np.array([0.5, 0.25, 0.15, 0.1])
     n = 20000
-    logits = np.tile(np.log(p), (1, n, 1)).astype(np.float32)
-    r = route("moesart", logits, train=True, k=2, capacity_factor=None, sampling=sampling, rng=3)
-    got = as_dict(r)
+    draws = _moesart_draws(p, n, k=2, sampling=sampling)
     freq = np.zeros(4)
-    for (_, _, e) in got:
-        freq[e] += 1 / n
+    for d in draws:
+        for e in d:
+            freq[e] += 1 / n
     if sampling == "without_replacement":  # P(e in sample) = p_e + sum_j p_j p_e / (1 - p_j)
         want = np.array([p[e] + sum(p[j] * p[e] / (1 - p[j]) for j in range(4) if j != e)
                          for e in range(4)])
+        assert all(len(d) == 2 for d in draws)
     else:  # two independent draws
         want = 1 - (1 - p) ** 2
     np.testing.assert_allclose(freq, want, atol=4 * math.sqrt(0.25 / n))
-    # Renormalised weighting: each token's weights are its sampled p over their sum.
-    per_token = {}
-    for (_, t, e), (_, w) in got.items():
-        per_token.setdefault(t, []).append((e, w))
-    for t in range(50):
-        es = [e for e, _ in per_token[t]]
-        for e, w in per_token[t]:
-            assert w == pytest.approx(p[e] / p[es].sum(), rel=1e-5)
+
+
+def test_moesart_exact_weights_on_hand_made_p():
+    """k=2, small-random: the kept expert j has w_j = p_j / (1 + p_j) and the
+    other 1 / (1 + p_j); 'zero' gives 1/2 each; k=3 small-random gives the
+    two others (1 - w_j) / 2 each."""
+    p = np.array([0.5, 0.25, 0.15, 0.1])
+    for d in _moesart_draws(p, 200, k=2):
+        (a, wa), (b, wb) = d.items()
+        assert (wa, wb) in ((pytest.approx(p[a] / (1 + p[a]), rel=1e-5),
+                             pytest.approx(1 / (1 + p[a]), rel=1e-5)),
+                            (pytest.approx(1 / (1 + p[b]), rel=1e-5),
+                             pytest.approx(p[b] / (1 + p[b]), rel=1e-5)))
+    for d in _moesart_draws(p, 200, k=2, sample_weighting="zero"):
+        assert sorted(d.values()) == [pytest.approx(0.5)] * 2
+    for d in _moesart_draws(p, 200, k=3):
+        j = [e for e, w in d.items() if w == pytest.approx(p[e] / (1 + p[e]), rel=1e-5)]
+        assert j, d
+        for e, w in d.items():
+            if e != j[0]:
+                assert w == pytest.approx((1 - p[j[0]] / (1 + p[j[0]])) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("weighting", ["small_random", "zero", "renormalized"])
+def test_moesart_expected_weights_monte_carlo(weighting):
+    """E[w_e] over 40k tokens against exact enumeration of the sampled sets
+    (tests/reference.py, from the authors' gate). Renormalising p over the
+    sample gives the top expert (p = 0.45) E[w] = 0.56: the bias MOESART's
+    adjustment removes (small-random: 0.439, within 0.015 of p everywhere)."""
+    p = np.array([0.45, 0.25, 0.1, 0.1, 0.05, 0.05])
+    n = 40000
+    draws = _moesart_draws(p, n, rng=11, k=2, sample_weighting=weighting)
+    got = np.zeros((n, len(p)))
+    for t, d in enumerate(draws):
+        for e, w in d.items():
+            got[t, e] = w
+    want = ref.moesart_expected_weights(p, 2, weighting)
+    se = got.std(0) / math.sqrt(n)
+    np.testing.assert_array_less(np.abs(got.mean(0) - want), 4 * se + 1e-6)
+    if weighting == "renormalized":
+        assert want[0] > 0.55
+    if weighting == "small_random":
+        assert np.abs(want - p).max() < 0.015
+
+
+def test_moesart_trimmed_lasso_replaces_load_balance():
+    # p = [.5, .3, .2] and [.6, .25, .15]: mass outside the top 2 = .2 and .15.
+    logits = np.log(np.array([[[0.5, 0.3, 0.2], [0.6, 0.25, 0.15]]], np.float32))
+    r = route("moesart", logits, k=2, trimmed_lasso_weight=0.5, z_loss_weight=0.0)
+    assert float(r.metrics["trimmed_lasso_loss"]) == pytest.approx(0.175, rel=1e-5)
+    assert float(r.aux_loss) == pytest.approx(0.5 * 0.175, rel=1e-5)
+    assert "load_balance_loss" not in r.metrics
+
+
+def test_load_balance_loss_counts_every_selected_expert(logits, mask):
+    probs = ref.softmax(logits)
+    for name, kw in (("top_k", dict(k=2)), ("top_k", dict(k=3)), ("gshard_top2", {})):
+        r = route(name, logits, mask, **kw)
+        k = r.token.shape[1] // T
+        choices = [[[e for e, _ in row] for row in group]
+                   for group in ref.top_k_choices(probs, k, False)]
+        assert float(r.metrics["load_balance_loss"]) == pytest.approx(
+            ref.load_balancing_loss(probs, choices, mask), rel=1e-5), name
+    r = route("top_p", logits, mask, threshold=0.6)
+    choices = [[[e for e, _ in row] for row in group] for group in ref.top_p_choices(probs, 0.6)]
+    assert float(r.metrics["load_balance_loss"]) == pytest.approx(
+        ref.load_balancing_loss(probs, choices, mask), rel=1e-5)
+
+
+def test_vmoe_aux_losses_are_importance_and_load(logits):
+    from moejax.routing.top_k import importance_loss, load_loss
+
+    noisy = logits + 0.3 * np.random.default_rng(5).normal(size=logits.shape).astype(np.float32)
+    imp, load = ref.vmoe_losses(logits, noisy, 2, 0.3)
+    full = jnp.ones((G, T), bool)
+    assert float(importance_loss(jax.nn.softmax(jnp.asarray(logits)), full)) == pytest.approx(imp, rel=1e-4)
+    assert float(load_loss(jnp.asarray(logits), jnp.asarray(noisy), full, 2, 0.3)) == \
+        pytest.approx(load, rel=1e-4)
+    r = route("vmoe", logits, k=2, train=True, load_balance_weight=0.1, z_loss_weight=0.0)
+    m = r.metrics
+    assert "load_balance_loss" not in m and float(m["load_loss"]) > 0
+    assert float(m["importance_loss"]) == pytest.approx(imp, rel=1e-4)
+    assert float(r.aux_loss) == pytest.approx(0.05 * (imp + float(m["load_loss"])), rel=1e-5)
+
+
+def test_xmoe_routing_starts_near_uniform():
+    """X-MoE scores on a 16-dim hypersphere with orthogonal expert
+    embeddings and temperature 1 at init: the top-1 probability is near
+    1/E, not ~0.74 as with temperature 0.07."""
+    import flax.linen as nn
+
+    from moejax.layers import MoeLayer
+
+    layer = MoeLayer(RouterConfig("xmoe", num_experts=8), d_ff=8, activations=("relu",))
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 64, 32))
+    v = nn.unbox(layer.init(jax.random.PRNGKey(1), x))
+    emb = np.asarray(v["params"]["router_expert_embeddings"])
+    np.testing.assert_allclose(emb.T @ emb, np.eye(8), atol=1e-5)  # orthonormal columns
+    _, state = layer.apply(v, x, capture_intermediates=lambda m, n: n == "router_logits",
+                           mutable=["intermediates"])
+    logits = state["intermediates"]["router_logits"][0]
+    top1 = float(jnp.mean(jnp.max(jax.nn.softmax(logits, -1), -1)))
+    assert top1 < 0.2, top1
+    assert float(jnp.max(jnp.abs(logits))) <= 1.0 + 1e-5  # |cos| / tau with tau = 1
 
 
 def test_aux_losses_hand_computed():
@@ -251,8 +395,7 @@ def test_experts_per_token_histogram(logits, mask):
 
 def test_kernels_jit_and_vmap(logits):
     cfg = RouterConfig(name="top_k", num_experts=E, k=2)
-    kernel = get_router("top_k").kernel
-    f = jax.jit(lambda l: kernel(l, mask=None, rng=None, cfg=cfg, train=False))
+    f = jax.jit(lambda l: routing.route(cfg, l))
     batched = jax.vmap(f)(jnp.stack([logits, logits]))
     np.testing.assert_array_equal(batched.expert[1], f(logits).expert)
 
@@ -266,6 +409,10 @@ def test_kernels_jit_and_vmap(logits):
     (dict(name="top_p", threshold=1.5), "threshold must be in (0, 1]"),
     (dict(name="expert_choice", max_experts_per_token=9), "max_experts_per_token"),
     (dict(name="moesart", sampling="gumbel"), "sampling must be one of"),
+    (dict(name="moesart", sample_weighting="softmax"), "sample_weighting must be one of"),
+    (dict(name="vmoe", noise_std=-1.0), "noise_std must be >= 0"),
+    (dict(name="xmoe", xmoe_temperature=0.0), "xmoe_temperature > 0"),
+    (dict(name="top_k", trimmed_lasso_weight=-1.0), "trimmed_lasso_weight must be >= 0"),
     (dict(name="no_such_router"), "unknown router name 'no_such_router'; known routers: "
                                   "expert_choice, frozen, gshard_top2, hash"),
 ])
@@ -296,19 +443,19 @@ def test_a_new_router_is_one_kernel_and_one_registration():
 
     from moejax.layers import MoeLayer
     from moejax.routing import register_router
-    from moejax.routing.base import check_logits, load_balance_loss, token_choice_result
+    from moejax.routing.base import load_balance_loss, token_choice_inputs, token_choice_result
 
     def lowest_index_route(logits, *, mask, rng, cfg, train):  # always expert 0, weight 1
-        mask = check_logits(logits, mask, cfg.num_experts)
-        probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+        inputs = token_choice_inputs(logits, mask, cfg, train)
         expert = jnp.zeros(logits.shape[:2] + (1,), jnp.int32)
-        losses = {"load_balance_loss": load_balance_loss(probs, expert[..., 0], mask)}
-        return token_choice_result(probs, mask, expert, jnp.ones(expert.shape), jnp.ones(expert.shape, bool),
-                                   logits.shape[1], losses, cfg.loss_weights())
+        losses = {"load_balance_loss": load_balance_loss(inputs.probs, expert, inputs.mask)}
+        return token_choice_result(inputs, expert, jnp.ones(expert.shape), jnp.ones(expert.shape, bool),
+                                   losses, cfg)
 
     register_router("always_zero", lowest_index_route)
     try:
-        layer = MoeLayer(RouterConfig(name="always_zero", num_experts=4), d_ff=8, activations=("relu",))
+        layer = MoeLayer(RouterConfig(name="always_zero", num_experts=4, eval_capacity_factor=None),
+                         d_ff=8, activations=("relu",))
         x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5))
         v = nn.unbox(layer.init(jax.random.PRNGKey(1), x))
         y = layer.apply({"params": v["params"]}, x)

@@ -1,6 +1,8 @@
 """Document sources: each reads one shard of a text collection, in order.
 
-  embedded  the generated corpus (moejax.data.corpus), offline.
+  embedded  the generated topic corpus (moejax.data.corpus), offline.
+  knowledge the generated knowledge-base corpus (moejax.data.knowledge),
+            offline: the capacity-bound testbed where experts pay off.
   text      local text files, one document per non-empty line.
   tfrecord  local TFRecord files of tf.train.Example with a text feature.
   tfds      any tensorflow-datasets text dataset (C4: 'c4/en').
@@ -14,9 +16,9 @@ from __future__ import annotations
 import glob
 from typing import Iterator, Sequence
 
-from moejax.data import corpus, seeded_rng
+from moejax.data import corpus, knowledge, seeded_rng
 
-SOURCES = ("embedded", "tfds", "text", "tfrecord", "task")
+SOURCES = ("embedded", "knowledge", "tfds", "text", "tfrecord", "task")
 
 
 class InMemory:
@@ -73,12 +75,16 @@ def check_paths(cfg, splits=("train", "eval")) -> None:
 
 def make_source(cfg, split: str, shard: int, num_shards: int):
     """The source for `split` ('train' or 'eval') of DataConfig `cfg`."""
-    if cfg.source == "embedded":
+    if cfg.source in ("embedded", "knowledge"):
         if split == "train":
             seed, count = cfg.seed, cfg.embedded_documents
         else:  # held out: another seed of the same generator
             seed, count = cfg.seed + 1_000_003, cfg.embedded_eval_documents
-        return InMemory(corpus.documents(seed, count), shard, num_shards, cfg.seed)
+        if cfg.source == "embedded":
+            texts = corpus.documents(seed, count)
+        else:  # one knowledge base (cfg.seed); held-out documents restate its facts
+            texts = knowledge.documents(cfg.seed, cfg.knowledge_entities, seed, count)
+        return InMemory(texts, shard, num_shards, cfg.seed)
     if cfg.source == "text":
         texts = [line.strip() for f in _split_files(cfg, split)
                  for line in open(f, encoding="utf-8") if line.strip()]

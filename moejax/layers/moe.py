@@ -11,19 +11,11 @@ from jax.sharding import Mesh
 
 from moejax.dispatch import MODES, moe_ffn
 from moejax.ffn import check_activations, input_kernel_names
-from moejax.routing import RouterConfig, RoutingResult
-from moejax.routing.scores import cosine_logits, hash_logits, linear_logits
+from moejax.layers.scorers import get_scorer
+from moejax.routing import RouterConfig, RoutingResult, route
 
 # Collection the layer sows its aux loss and routing metrics into.
 MOE_COLLECTION = "moe"
-# Collection holding non-trainable router weights (router 'frozen'): the
-# optimiser only ever sees 'params', so it cannot move them.
-FROZEN_COLLECTION = "frozen"
-# The names of the params router_logits creates (any scorer), so that the
-# optimizer can freeze a router without knowing its scorers.
-ROUTER_PARAMS = ("router_kernel", "router_projection", "router_expert_embeddings",
-                 "router_log_temperature")
-
 expert_kernel_init = nn.initializers.variance_scaling(
     1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,))
 # Switch Transformers: a reduced router init scale keeps early routing stable.
@@ -66,30 +58,10 @@ class MoeLayer(nn.Module):
     dropout_rate: float = 0.0
 
     def router_logits(self, x, token_ids, rng, train):
-        """Router logits [G, T, E] float32 (capture with
+        """Router logits [G, T, E] float32 from the scorer the router's
+        registry entry names (capture with
         `capture_intermediates=lambda m, name: name == "router_logits"`)."""
-        cfg, spec = self.router, self.router.spec
-        d, e = x.shape[-1], cfg.num_experts
-        if spec.scorer == "hash":
-            if token_ids is None:
-                raise ValueError("router 'hash' needs token_ids [batch, length]")
-            return hash_logits(token_ids, e)
-        if spec.scorer == "cosine":
-            r = cfg.xmoe_dim
-            proj = self.param("router_projection", nn.with_logical_partitioning(
-                self.router_init, ("embed", "router_proj")), (d, r), jnp.float32)
-            emb = self.param("router_expert_embeddings", nn.with_logical_partitioning(
-                nn.initializers.normal(1.0), ("router_proj", "unmodeled")), (r, e), jnp.float32)
-            log_t = self.param("router_log_temperature", nn.with_logical_partitioning(
-                nn.initializers.constant(jnp.log(cfg.xmoe_temperature)), ()), (), jnp.float32)
-            return cosine_logits(x, proj, emb, log_t)
-        init = nn.with_logical_partitioning(self.router_init, ("embed", "unmodeled"))
-        if spec.trainable:
-            kernel = self.param("router_kernel", init, (d, e), jnp.float32)
-        else:
-            kernel = self.variable(FROZEN_COLLECTION, "router_kernel",
-                                   lambda: init(self.make_rng("params"), (d, e), jnp.float32)).value
-        return linear_logits(x, kernel, jitter_eps=cfg.jitter_eps, rng=rng, train=train)
+        return get_scorer(self.router.spec.scorer)(self, x, token_ids, rng, train)
 
     def _expert_params(self, d):
         e = self.router.num_experts
@@ -119,8 +91,7 @@ class MoeLayer(nn.Module):
         rng = self.make_rng("router") if train and self.has_rng("router") else None
         jitter_rng, route_rng = jax.random.split(rng) if rng is not None else (None, None)
         logits = self.router_logits(xg, ids, jitter_rng, train)
-        result: RoutingResult = self.router.spec.kernel(
-            logits, mask=maskg, rng=route_rng, cfg=self.router, train=train)
+        result: RoutingResult = route(self.router, logits, mask=maskg, rng=route_rng, train=train)
         hidden_dropout = None
         if train and self.dropout_rate > 0:
             hidden_dropout = functools.partial(expert_dropout, self.make_rng("dropout"),

@@ -1,6 +1,7 @@
 """Pure routing kernels: (logits [G, T, E], mask, rng, cfg, train) -> RoutingResult.
 
-Add a router by writing one kernel with that signature and registering it:
+Route with `route(cfg, logits, mask=..., rng=..., train=...)`. Add a router
+by writing one kernel with that signature and registering it:
 
     from moejax.routing import register_router
     register_router("my_router", my_kernel)  # scorer="linear" by default
@@ -8,28 +9,31 @@ Add a router by writing one kernel with that signature and registering it:
 after which `RouterConfig(name="my_router")` and `--config.model.router.name`
 accept it.
 """
+from moejax.routing import expert_choice, moesart, top_k, top_p
 from moejax.routing.base import RoutingResult, compute_capacity
 from moejax.routing.config import RouterConfig
 from moejax.routing.expert_choice import expert_choice_route
 from moejax.routing.gshard import gshard_top2_route
 from moejax.routing.moesart import moesart_route
-from moejax.routing.registry import ROUTERS, RouterSpec, get_router, register_router
+from moejax.routing.registry import ROUTERS, RouterSpec, get_router, register_router, route
 from moejax.routing.top_k import top_k_route, vmoe_route
 from moejax.routing.top_p import top_p_route
 
 register_router("switch", top_k_route, default_k=1, fixed_k=True)
 register_router("top_k", top_k_route, default_k=2)
 register_router("gshard_top2", gshard_top2_route, default_k=2, fixed_k=True)
-register_router("vmoe", vmoe_route, default_k=2)
-register_router("expert_choice", expert_choice_route, default_k=1, fixed_k=True, causal=False)
-register_router("xmoe", top_k_route, scorer="cosine", default_k=1)
-register_router("moesart", moesart_route, default_k=2)
-register_router("top_p", top_p_route, default_k=2)
+# Batch-prioritised: a token's place depends on later tokens' probabilities.
+register_router("vmoe", vmoe_route, default_k=2, causal=False, validate=top_k.validate_vmoe)
+register_router("expert_choice", expert_choice_route, default_k=1, fixed_k=True, causal=False,
+                validate=expert_choice.validate)
+register_router("xmoe", top_k_route, scorer="cosine", default_k=1, validate=top_k.validate_xmoe)
+register_router("moesart", moesart_route, default_k=2, validate=moesart.validate)
+register_router("top_p", top_p_route, default_k=2, validate=top_p.validate)
 register_router("frozen", top_k_route, trainable=False, default_k=1)
 register_router("hash", top_k_route, scorer="hash", default_k=1, fixed_k=True)
 
 __all__ = [
     "ROUTERS", "RouterConfig", "RouterSpec", "RoutingResult", "compute_capacity",
     "expert_choice_route", "get_router", "gshard_top2_route", "moesart_route",
-    "register_router", "top_k_route", "top_p_route", "vmoe_route",
+    "register_router", "route", "top_k_route", "top_p_route", "vmoe_route",
 ]

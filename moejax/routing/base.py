@@ -75,16 +75,23 @@ def entropy(probs: Array) -> Array:
     return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), -1)
 
 
-def load_balance_loss(probs: Array, top1: Array, mask: Array) -> Array:
+def load_balance_loss(probs: Array, expert: Array, mask: Array,
+                      selected: Array | None = None) -> Array:
     """Switch/GShard balance loss E * sum_e f_e * P_e, averaged over groups.
 
-    probs: [G, T, E]; top1: int [G, T] each token's most likely expert;
-    mask: bool [G, T]. f_e is the fraction of (non-padding) tokens whose top-1
-    is e, P_e the mean router probability of e; 1.0 at perfect balance.
+    probs: [G, T, E]; expert: int [G, T, K] each token's K choices (before
+    capacity); selected: bool [G, T, K] which choices the router made (None:
+    all); mask: bool [G, T]. f_e is the fraction of (non-padding) tokens that
+    selected e, counting every selected expert as flaxformer's
+    `_load_balancing_loss` does (so sum_e f_e is the mean experts per token),
+    and P_e the mean router probability of e; K at perfect balance.
     """
     num_experts = probs.shape[-1]
+    hit = jax.nn.one_hot(expert, num_experts, dtype=jnp.float32)  # [G, T, K, E]
+    if selected is not None:
+        hit = hit * selected[..., None]
     m = mask[..., None]
-    f = masked_mean(jax.nn.one_hot(top1, num_experts, dtype=jnp.float32), m, axis=1)
+    f = masked_mean(jnp.max(hit, axis=2), m, axis=1)
     p = masked_mean(probs, m, axis=1)
     return jnp.mean(num_experts * jnp.sum(f * p, axis=-1))
 
@@ -94,11 +101,37 @@ def z_loss(logits: Array, mask: Array) -> Array:
     return masked_mean(jnp.square(jax.nn.logsumexp(logits, axis=-1)), mask)
 
 
-def balance_losses(logits: Array, probs: Array, mask: Array) -> dict[str, Array]:
-    """The token-choice routers' unweighted aux losses: load balance on each
-    token's most probable expert, and the router z-loss."""
-    return {"load_balance_loss": load_balance_loss(probs, jnp.argmax(probs, -1), mask),
+def balance_losses(logits: Array, probs: Array, mask: Array, expert: Array,
+                   selected: Array | None = None) -> dict[str, Array]:
+    """The token-choice routers' unweighted aux losses: load balance over
+    every selected expert, and the router z-loss."""
+    return {"load_balance_loss": load_balance_loss(probs, expert, mask, selected),
             "z_loss": z_loss(logits, mask)}
+
+
+@flax.struct.dataclass
+class TokenChoiceInputs:
+    """What every token-choice router starts from (see `token_choice_inputs`).
+
+    mask: bool [G, T]; logits / probs: float32 [G, T, E] (softmax over
+    experts); capacity: static int, places per expert and group for cfg.k
+    experts per token."""
+
+    mask: Array
+    logits: Array
+    probs: Array
+    capacity: int = flax.struct.field(pytree_node=False)
+
+
+def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool) -> TokenChoiceInputs:
+    """The shared prologue of token-choice routers: checks the inputs, casts
+    to float32, softmax, and the capacity C = ceil(cf * T * k / E) of the
+    train or eval capacity factor."""
+    mask = check_logits(logits, mask, cfg.num_experts)
+    logits = logits.astype(jnp.float32)
+    t, e = logits.shape[1:]
+    return TokenChoiceInputs(mask, logits, jax.nn.softmax(logits, axis=-1),
+                             compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train)))
 
 
 def assign_slots(expert: Array, request: Array, capacity: int, num_experts: int,
@@ -156,30 +189,39 @@ def routing_metrics(probs: Array, mask: Array, token: Array, expert: Array,
     return metrics
 
 
-def token_choice_result(probs: Array, mask: Array, expert: Array, weight: Array,
-                        request: Array, capacity: int, losses: dict[str, Array],
-                        loss_weights: dict[str, float],
-                        priority: Array | None = None) -> RoutingResult:
+def token_choice_result(inputs: TokenChoiceInputs, expert: Array, weight: Array,
+                        request: Array, losses: dict[str, Array], cfg,
+                        prioritized: bool | None = None) -> RoutingResult:
     """Builds the RoutingResult of a token-choice router.
 
-    probs [G, T, E]; mask [G, T]; expert, weight, request [G, T, K] (each
-    token's K choices, their combine weights and which of them are wanted).
-    Padding tokens never request. Places are given by `assign_slots`.
+    inputs: the router's `token_choice_inputs`; expert, weight, request
+    [G, T, K] (each token's K choices, their combine weights and which of
+    them are wanted); losses: the unweighted aux losses, weighted by
+    cfg.loss_weights(). Padding tokens never request. Places are given by
+    `assign_slots`, in order of each token's max probability when
+    `prioritized` (None: cfg.batch_prioritized; V-MoE), else by position.
     """
+    probs, mask, capacity = inputs.probs, inputs.mask, inputs.capacity
     g, t, k = expert.shape
     request = request & mask[..., None]
+    prioritized = cfg.batch_prioritized if prioritized is None else prioritized
+    priority = jnp.max(probs, axis=-1) if prioritized else None
     slot, kept = assign_slots(expert, request, capacity, probs.shape[-1], priority)
     flat = lambda a: a.reshape(g, t * k)
     token = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :, None], (g, t, k))
     weight = jnp.where(kept, weight, 0.0).astype(jnp.float32)
-    aux = sum((loss_weights[name] * value for name, value in losses.items()),
-              jnp.zeros((), jnp.float32))
     return RoutingResult(
         token=flat(token), expert=flat(expert).astype(jnp.int32),
         slot=flat(jnp.where(kept, slot, 0)), weight=flat(weight), valid=flat(kept),
-        aux_loss=aux,
+        aux_loss=weighted_sum(losses, cfg.loss_weights()),
         metrics=routing_metrics(probs, mask, flat(token), flat(expert), flat(kept), losses),
         num_experts=probs.shape[-1], capacity=capacity)
+
+
+def weighted_sum(losses: dict[str, Array], weights: dict[str, float]) -> Array:
+    """sum_name weights[name] * losses[name] (every loss must have a weight)."""
+    return sum((weights[name] * value for name, value in losses.items()),
+               jnp.zeros((), jnp.float32))
 
 
 def check_logits(logits: Array, mask: Array | None, num_experts: int) -> Array:

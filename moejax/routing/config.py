@@ -5,9 +5,6 @@ import dataclasses
 
 from moejax.routing.registry import get_router
 
-MOESART_SAMPLING = ("without_replacement", "with_replacement")
-MOESART_WEIGHTING = ("renormalized", "softmax")
-
 
 @dataclasses.dataclass(frozen=True)
 class RouterConfig:
@@ -29,12 +26,20 @@ class RouterConfig:
       (None: 1/E). Only `vmoe` reads it.
     jitter_eps: Switch input jitter, x * U(1-eps, 1+eps) in training
       (linear scorers).
-    load_balance_weight, z_loss_weight, entropy_weight: aux-loss weights.
+    load_balance_weight, z_loss_weight, entropy_weight: aux-loss weights
+      (V-MoE weights its importance and load losses by load_balance_weight / 2
+      each; MOESART has no load-balance loss).
+    trimmed_lasso_weight: MOESART's trimmed-lasso weight lambda (the authors
+      sweep 1e-4 .. 10; 1e-2 is the middle of that sweep on a log scale).
     threshold: top_p cumulative-probability threshold, in (0, 1].
     max_experts_per_token: cap on experts per token (EC-CAP for
       expert_choice; a cap for top_p); None = no cap.
     sampling / sample_weighting: MOESART choices, see moejax/routing/moesart.py.
-    xmoe_dim / xmoe_temperature: X-MoE projection size and initial temperature.
+    xmoe_dim / xmoe_temperature: X-MoE hypersphere dimension and initial
+      temperature (1.0: routing starts near uniform; the temperature is learned).
+
+    Fields that only one router reads are checked by that router's
+    `validate` (see `moejax.routing.register_router`).
     """
 
     name: str = "switch"
@@ -49,12 +54,13 @@ class RouterConfig:
     load_balance_weight: float = 1e-2
     z_loss_weight: float = 1e-3
     entropy_weight: float = 0.0
+    trimmed_lasso_weight: float = 1e-2
     threshold: float = 0.4
     max_experts_per_token: int | None = None
     sampling: str = "without_replacement"
-    sample_weighting: str = "renormalized"
+    sample_weighting: str = "small_random"
     xmoe_dim: int = 16
-    xmoe_temperature: float = 0.07
+    xmoe_temperature: float = 1.0
 
     def __post_init__(self):
         spec = get_router(self.name)
@@ -71,27 +77,18 @@ class RouterConfig:
             value = getattr(self, field)
             if value is not None and not value > 0:
                 raise ValueError(f"{field} must be > 0 (or None for no capacity limit), got {value}")
-        if not 0 < self.threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if not 0 <= self.jitter_eps < 1:
             raise ValueError(f"jitter_eps must be in [0, 1), got {self.jitter_eps}")
-        if self.noise_std is not None and self.noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
-        for field in ("load_balance_weight", "z_loss_weight", "entropy_weight"):
+        for field in ("load_balance_weight", "z_loss_weight", "entropy_weight",
+                      "trimmed_lasso_weight"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
         cap = self.max_experts_per_token
         if cap is not None and not 1 <= cap <= self.num_experts:
             raise ValueError(f"max_experts_per_token must be in [1, num_experts={self.num_experts}] "
                              f"or None, got {cap}")
-        if self.sampling not in MOESART_SAMPLING:
-            raise ValueError(f"sampling must be one of {MOESART_SAMPLING}, got {self.sampling!r}")
-        if self.sample_weighting not in MOESART_WEIGHTING:
-            raise ValueError(f"sample_weighting must be one of {MOESART_WEIGHTING}, "
-                             f"got {self.sample_weighting!r}")
-        if self.xmoe_dim < 1 or self.xmoe_temperature <= 0:
-            raise ValueError(f"xmoe_dim must be >= 1 and xmoe_temperature > 0, got "
-                             f"{self.xmoe_dim} and {self.xmoe_temperature}")
+        if spec.validate is not None:
+            spec.validate(self)
 
     @property
     def spec(self):
@@ -108,4 +105,7 @@ class RouterConfig:
 
     def loss_weights(self) -> dict[str, float]:
         return {"load_balance_loss": self.load_balance_weight, "z_loss": self.z_loss_weight,
-                "entropy_loss": self.entropy_weight}
+                "entropy_loss": self.entropy_weight,
+                "trimmed_lasso_loss": self.trimmed_lasso_weight,
+                "importance_loss": self.load_balance_weight / 2,
+                "load_loss": self.load_balance_weight / 2}

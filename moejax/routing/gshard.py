@@ -4,8 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, balance_losses, check_logits, compute_capacity,
-                                 require_rng, token_choice_result)
+from moejax.routing.base import (RoutingResult, balance_losses, require_rng, token_choice_inputs,
+                                 token_choice_result)
 
 
 def second_expert_keep_probability(g1, g2):
@@ -21,12 +21,11 @@ def gshard_top2_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     is always kept (deterministic eval). Weights are renormalised over the
     kept experts before capacity is applied (a token that later loses a
     place to capacity keeps its other weight as is). All first choices take
-    capacity before any second choice.
+    capacity before any second choice. The load-balance loss counts both
+    top-2 experts, as GShard's and flaxformer's do (before random routing).
     """
-    mask = check_logits(logits, mask, cfg.num_experts)
-    logits = logits.astype(jnp.float32)
-    probs = jax.nn.softmax(logits, axis=-1)
-    gates, expert = jax.lax.top_k(probs, 2)
+    inputs = token_choice_inputs(logits, mask, cfg, train)
+    gates, expert = jax.lax.top_k(inputs.probs, 2)
     if train:
         u = jax.random.uniform(require_rng(rng, cfg.name), gates.shape[:-1])
         keep2 = u < second_expert_keep_probability(gates[..., 0], gates[..., 1])
@@ -35,9 +34,5 @@ def gshard_top2_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     request = jnp.stack([jnp.ones_like(keep2), keep2], axis=-1)
     weight = jnp.where(request, gates, 0.0)
     weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
-    t, e = probs.shape[1:]
-    capacity = compute_capacity(t, e, 2, cfg.capacity_factor_for(train))
-    losses = balance_losses(logits, probs, mask)
-    return token_choice_result(
-        probs, mask, expert, weight, request, capacity, losses, cfg.loss_weights(),
-        priority=gates[..., 0] if cfg.batch_prioritized else None)
+    losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert)
+    return token_choice_result(inputs, expert, weight, request, losses, cfg)

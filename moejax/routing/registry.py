@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 from moejax.routing.base import RoutingResult
-
-SCORERS = ("linear", "cosine", "hash")
 
 @dataclasses.dataclass(frozen=True)
 class RouterSpec:
@@ -14,15 +12,18 @@ class RouterSpec:
 
     kernel: pure (logits [G, T, E] float32, mask [G, T], rng, cfg, train) ->
       RoutingResult.
-    scorer: what turns tokens into logits: 'linear' (x @ W_r), 'cosine'
-      (X-MoE low-dimensional cosine similarity / temperature) or 'hash'
-      (fixed expert per token id).
+    scorer: the name of what turns tokens into logits, one of
+      `moejax.layers.SCORERS`: 'linear' (x @ W_r), 'cosine' (X-MoE
+      low-dimensional cosine similarity / temperature) or 'hash' (fixed
+      expert per token id).
     trainable: False keeps the scorer's weights out of the optimiser.
     default_k: experts per token when the config leaves k unset.
     fixed_k: the router only makes sense with k == default_k.
     causal: a token's routing depends only on itself and earlier tokens of
       its group, so it may run in an autoregressive decoder. Expert choice is
       not: which tokens an expert takes depends on later tokens.
+    validate: checks the RouterConfig fields only this router reads (raises
+      ValueError naming the field); called when a RouterConfig is built.
     """
 
     kernel: Callable[..., RoutingResult]
@@ -31,6 +32,7 @@ class RouterSpec:
     default_k: int = 1
     fixed_k: bool = False
     causal: bool = True
+    validate: Callable[[Any], None] | None = None
 
 
 ROUTERS: dict[str, RouterSpec] = {}
@@ -38,13 +40,11 @@ ROUTERS: dict[str, RouterSpec] = {}
 
 def register_router(name: str, kernel: Callable[..., RoutingResult], *, scorer: str = "linear",
                     trainable: bool = True, default_k: int = 1, fixed_k: bool = False,
-                    causal: bool = True) -> None:
+                    causal: bool = True, validate: Callable[[Any], None] | None = None) -> None:
     """Makes `name` usable as `RouterConfig(name=...)` and in config files."""
     if name in ROUTERS:
         raise ValueError(f"router name {name!r} is already registered")
-    if scorer not in SCORERS:
-        raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
-    ROUTERS[name] = RouterSpec(kernel, scorer, trainable, default_k, fixed_k, causal)
+    ROUTERS[name] = RouterSpec(kernel, scorer, trainable, default_k, fixed_k, causal, validate)
 
 
 def get_router(name: str) -> RouterSpec:
@@ -53,3 +53,10 @@ def get_router(name: str) -> RouterSpec:
     except KeyError:
         raise ValueError(
             f"unknown router name {name!r}; known routers: {', '.join(sorted(ROUTERS))}") from None
+
+
+def route(cfg, logits, *, mask=None, rng=None, train: bool = False) -> RoutingResult:
+    """Routes `logits` float [G, T, E] with the router `cfg` (a RouterConfig)
+    names. mask: bool [G, T] (None: every token is real); rng: a PRNG key
+    for routers that sample in training."""
+    return cfg.spec.kernel(logits, mask=mask, rng=rng, cfg=cfg, train=train)

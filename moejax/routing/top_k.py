@@ -4,26 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, balance_losses, check_logits, compute_capacity,
-                                 require_rng, token_choice_result)
-
-
-def _route_top_k(logits, mask, rng, cfg, train, noise_std: float, prioritized: bool):
-    mask = check_logits(logits, mask, cfg.num_experts)
-    logits = logits.astype(jnp.float32)
-    routed = logits
-    if train and noise_std > 0:
-        routed = logits + noise_std * jax.random.normal(require_rng(rng, cfg.name), logits.shape)
-    probs = jax.nn.softmax(routed, axis=-1)
-    weight, expert = jax.lax.top_k(probs, cfg.k)
-    if cfg.normalize_weights:
-        weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
-    t, e = probs.shape[1:]
-    capacity = compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train))
-    losses = balance_losses(logits, probs, mask)
-    return token_choice_result(
-        probs, mask, expert, weight, jnp.ones(expert.shape, bool), capacity, losses,
-        cfg.loss_weights(), priority=jnp.max(probs, axis=-1) if prioritized else None)
+from moejax.routing.base import (RoutingResult, balance_losses, masked_mean, require_rng,
+                                 token_choice_inputs, token_choice_result, z_loss)
 
 
 def top_k_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
@@ -33,13 +15,82 @@ def top_k_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     Weights are the chosen probabilities (renormalised over the k if
     cfg.normalize_weights). Places at an expert go to first choices before
     second ones, by position or, with cfg.batch_prioritized, by descending
-    max probability. Aux losses: load balance (on top-1) and z-loss.
+    max probability. Aux losses: load balance over every chosen expert
+    (flaxformer's `_load_balancing_loss`) and the router z-loss. `rng` is
+    unused (Switch jitter acts on the router's inputs, in the scorer).
     """
-    return _route_top_k(logits, mask, rng, cfg, train, 0.0, cfg.batch_prioritized)
+    inputs = token_choice_inputs(logits, mask, cfg, train)
+    weight, expert = jax.lax.top_k(inputs.probs, cfg.k)
+    losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert)
+    return token_choice_result(inputs, expert, normalize(weight, cfg),
+                               jnp.ones(expert.shape, bool), losses, cfg)
+
+
+def normalize(weight, cfg):
+    """Weights [G, T, K] renormalised to sum to 1 per token when
+    cfg.normalize_weights."""
+    return weight / jnp.sum(weight, axis=-1, keepdims=True) if cfg.normalize_weights else weight
+
+
+def cv_squared(x, axis=-1):
+    """(std / mean)^2 along `axis`: 0 when all entries are equal."""
+    return jnp.square(jnp.std(x, axis=axis) / jnp.maximum(jnp.mean(x, axis=axis), 1e-9))
+
+
+def importance_loss(probs, mask):
+    """V-MoE / Shazeer et al. (2017) importance loss, mean over groups:
+    CV^2 of Importance_e = sum over a group's tokens of p_e (noiseless).
+    probs: [G, T, E]; mask: bool [G, T]."""
+    return jnp.mean(cv_squared(jnp.sum(probs * mask[..., None], axis=1)))
+
+
+def load_loss(logits, noisy_logits, mask, k: int, noise_std: float):
+    """V-MoE load loss, mean over groups: CV^2 of load_e = mean over tokens
+    of P(expert e is among the top k under a fresh noise draw) = 1 -
+    Phi((threshold - logit_e) / noise_std), threshold being the k-th largest
+    noisy logit of the token (as in google-research/vmoe's router).
+    logits, noisy_logits: [G, T, E]; mask: bool [G, T]."""
+    threshold = jax.lax.top_k(noisy_logits, k)[0][..., -1:]
+    p = 1.0 - jax.scipy.stats.norm.cdf((threshold - logits) / noise_std)
+    return jnp.mean(cv_squared(masked_mean(p, mask[..., None], axis=1)))
+
+
+def validate_vmoe(cfg) -> None:
+    if cfg.noise_std is not None and cfg.noise_std < 0:
+        raise ValueError(f"noise_std must be >= 0 (or None for 1/E), got {cfg.noise_std}")
+
+
+def validate_xmoe(cfg) -> None:
+    if cfg.xmoe_dim < 1 or cfg.xmoe_temperature <= 0:
+        raise ValueError(f"xmoe_dim must be >= 1 and xmoe_temperature > 0, got "
+                         f"{cfg.xmoe_dim} and {cfg.xmoe_temperature}")
 
 
 def vmoe_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
-    """V-MoE: top-k on softmax(logits + N(0, noise_std^2)) in training
-    (noise_std defaults to 1/E), always batch-prioritised."""
+    """V-MoE (Riquelme et al. 2021): top-k of softmax(logits + N(0,
+    noise_std^2)) in training (noise_std defaults to 1/E; no noise in
+    evaluation), weights = those noisy probabilities, always
+    batch-prioritised.
+
+    logits: float [G, T, E]; mask: bool [G, T]. Aux losses (Shazeer et al.
+    2017, as V-MoE uses them): `importance_loss` and `load_loss`, each
+    weighted by load_balance_weight / 2 (V-MoE's aux = lambda * (L_imp +
+    L_load) / 2), and the router z-loss. Without noise (evaluation, or
+    noise_std = 0) the load loss has no smooth form and is reported as 0.
+    """
     noise = 1.0 / cfg.num_experts if cfg.noise_std is None else cfg.noise_std
-    return _route_top_k(logits, mask, rng, cfg, train, noise, True)
+    inputs = token_choice_inputs(logits, mask, cfg, train)
+    routed = inputs.logits
+    if train and noise > 0:
+        routed = routed + noise * jax.random.normal(require_rng(rng, cfg.name), routed.shape)
+        load = load_loss(inputs.logits, routed, inputs.mask, cfg.k, noise)
+    else:
+        load = jnp.zeros((), jnp.float32)
+    noisy_probs = jax.nn.softmax(routed, axis=-1)
+    weight, expert = jax.lax.top_k(noisy_probs, cfg.k)
+    losses = {"importance_loss": importance_loss(inputs.probs, inputs.mask), "load_loss": load,
+              "z_loss": z_loss(inputs.logits, inputs.mask)}
+    # Batch priority by the noisy gates V-MoE routes with.
+    inputs = inputs.replace(probs=noisy_probs)
+    return token_choice_result(inputs, expert, normalize(weight, cfg),
+                               jnp.ones(expert.shape, bool), losses, cfg, prioritized=True)

@@ -4,8 +4,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, balance_losses, check_logits, compute_capacity,
-                                 entropy, masked_mean, token_choice_result)
+from moejax.routing.base import (RoutingResult, balance_losses, entropy, masked_mean,
+                                 token_choice_inputs, token_choice_result)
+from moejax.routing.top_k import normalize
+
+
+def validate(cfg) -> None:
+    if not 0 < cfg.threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {cfg.threshold}")
 
 
 def top_p_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
@@ -17,24 +23,17 @@ def top_p_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     (so 1..E experts, at most cfg.max_experts_per_token). Weights are p
     (renormalised over the set if cfg.normalize_weights). Capacity is sized
     for cfg.k experts per token on average; use capacity_factor=None for no
-    drops. Aux losses: load balance, z-loss and the entropy loss
-    mean(-sum_e p_e log p_e), weighted by cfg.entropy_weight, which sharpens
-    the router so that fewer experts are needed. `rng` is unused.
+    drops. Aux losses: load balance over the selected experts, z-loss and
+    the entropy loss mean(-sum_e p_e log p_e), weighted by
+    cfg.entropy_weight, which sharpens the router so that fewer experts are
+    needed. `rng` is unused.
     """
-    mask = check_logits(logits, mask, cfg.num_experts)
-    logits = logits.astype(jnp.float32)
-    probs = jax.nn.softmax(logits, axis=-1)
-    t, e = probs.shape[1:]
-    max_k = cfg.max_experts_per_token or e
-    sorted_p, expert = jax.lax.top_k(probs, max_k)
+    inputs = token_choice_inputs(logits, mask, cfg, train)
+    max_k = cfg.max_experts_per_token or cfg.num_experts
+    sorted_p, expert = jax.lax.top_k(inputs.probs, max_k)
     before = jnp.cumsum(sorted_p, axis=-1) - sorted_p
     request = before < cfg.threshold
-    weight = jnp.where(request, sorted_p, 0.0)
-    if cfg.normalize_weights:
-        weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
-    capacity = compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train))
-    losses = {**balance_losses(logits, probs, mask),
-              "entropy_loss": masked_mean(entropy(probs), mask)}
-    return token_choice_result(probs, mask, expert, weight, request, capacity, losses,
-                               cfg.loss_weights(),
-                               priority=sorted_p[..., 0] if cfg.batch_prioritized else None)
+    weight = normalize(jnp.where(request, sorted_p, 0.0), cfg)
+    losses = {**balance_losses(inputs.logits, inputs.probs, inputs.mask, expert, request),
+              "entropy_loss": masked_mean(entropy(inputs.probs), inputs.mask)}
+    return token_choice_result(inputs, expert, weight, request, losses, cfg)

@@ -27,7 +27,10 @@ class DataConfig:
       examples of each task per epoch (0 = all).
     train_files / eval_files: comma-separated globs for 'text' / 'tfrecord'.
     text_key: the text feature of tfds / TFRecord examples.
-    embedded_documents / embedded_eval_documents: size of the generated corpus.
+    embedded_documents / embedded_eval_documents: size of the generated
+      corpus ('embedded' or 'knowledge').
+    knowledge_entities: entities per domain of the 'knowledge' corpus's
+      knowledge base (8 domains, 5 facts per entity).
     objective: one of moejax.data.objectives.OBJECTIVES; inputs_length /
       targets_length: encoder / decoder sequence lengths.
     pack: pack several examples per row (segment ids and positions).
@@ -48,6 +51,7 @@ class DataConfig:
     mixing_cap: int = 0
     embedded_documents: int = 20000
     embedded_eval_documents: int = 500
+    knowledge_entities: int = 64
     objective: str = "span_corruption"
     inputs_length: int = 128
     targets_length: int = 32
@@ -77,6 +81,8 @@ class DataConfig:
         if min(self.inputs_length, self.targets_length) < 2:
             raise ValueError(f"inputs_length and targets_length must be >= 2, got "
                              f"{self.inputs_length}, {self.targets_length}")
+        if self.knowledge_entities < 2:
+            raise ValueError(f"knowledge_entities must be >= 2, got {self.knowledge_entities}")
         if not 0 < self.noise_density < 1:
             raise ValueError(f"noise_density must be in (0, 1), got {self.noise_density}")
 

@@ -1,0 +1,82 @@
+"""Scorers: how a MoeLayer turns tokens into router logits [G, T, E].
+
+A router's registry entry names its scorer (`RouterSpec.scorer`); each
+scorer here creates its params on the MoeLayer that calls it (so param
+names stay `router_*` on the layer, as checkpoints and HF conversion expect)
+and calls a pure function of `moejax.routing.scores`. Add one with
+`register_scorer(name, fn)`, fn(layer, x [G, T, d], token_ids [G, T] | None,
+rng, train) -> float32 logits [G, T, E].
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from moejax.routing.scores import cosine_logits, hash_logits, linear_logits
+
+# Collection holding non-trainable router weights (router 'frozen'): the
+# optimiser only ever sees 'params', so it cannot move them.
+FROZEN_COLLECTION = "frozen"
+# The names of the params the scorers create, so that the optimizer can
+# freeze a router without knowing its scorers.
+ROUTER_PARAMS = ("router_kernel", "router_projection", "router_expert_embeddings",
+                 "router_log_temperature")
+
+
+def linear(layer, x, token_ids, rng, train):
+    """x @ W_r [d, E] (Switch jitter on x in training); W_r lives in the
+    `frozen` collection when the router is not trainable."""
+    del token_ids
+    cfg = layer.router
+    init = nn.with_logical_partitioning(layer.router_init, ("embed", "unmodeled"))
+    shape = (x.shape[-1], cfg.num_experts)
+    if cfg.spec.trainable:
+        kernel = layer.param("router_kernel", init, shape, jnp.float32)
+    else:
+        kernel = layer.variable(FROZEN_COLLECTION, "router_kernel",
+                                lambda: init(layer.make_rng("params"), shape, jnp.float32)).value
+    return linear_logits(x, kernel, jitter_eps=cfg.jitter_eps, rng=rng, train=train)
+
+
+def cosine(layer, x, token_ids, rng, train):
+    """X-MoE (Chi et al. 2022): cos(x W_p, e_j) / tau on a `xmoe_dim`-dim
+    hypersphere. Expert embeddings start orthogonal (torchscale's init, gain
+    irrelevant after normalisation) and tau at `xmoe_temperature`, so that
+    routing starts near uniform; log tau is learned."""
+    del token_ids, rng, train
+    cfg = layer.router
+    d, r, e = x.shape[-1], cfg.xmoe_dim, cfg.num_experts
+    proj = layer.param("router_projection", nn.with_logical_partitioning(
+        layer.router_init, ("embed", "router_proj")), (d, r), jnp.float32)
+    emb = layer.param("router_expert_embeddings", nn.with_logical_partitioning(
+        nn.initializers.orthogonal(), ("router_proj", "unmodeled")), (r, e), jnp.float32)
+    log_t = layer.param("router_log_temperature", nn.with_logical_partitioning(
+        nn.initializers.constant(jnp.log(cfg.xmoe_temperature)), ()), (), jnp.float32)
+    return cosine_logits(x, proj, emb, log_t)
+
+
+def hashed(layer, x, token_ids, rng, train):
+    """A fixed expert per token id (Roller et al. 2021); no params."""
+    del x, rng, train
+    if token_ids is None:
+        raise ValueError(f"router {layer.router.name!r} needs token_ids [batch, length]")
+    return hash_logits(token_ids, layer.router.num_experts)
+
+
+SCORERS: dict[str, Callable] = {"linear": linear, "cosine": cosine, "hash": hashed}
+
+
+def register_scorer(name: str, fn: Callable) -> None:
+    if name in SCORERS:
+        raise ValueError(f"scorer name {name!r} is already registered")
+    SCORERS[name] = fn
+
+
+def get_scorer(name: str) -> Callable:
+    try:
+        return SCORERS[name]
+    except KeyError:
+        raise ValueError(f"unknown scorer {name!r}; known scorers: {', '.join(sorted(SCORERS))}") \
+            from None

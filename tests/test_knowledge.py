@@ -1,0 +1,71 @@
+"""The knowledge corpus: a fixed knowledge base, restated consistently in
+every document, with per-domain vocabularies and one- and two-hop facts."""
+import re
+
+import numpy as np
+import pytest
+
+from moejax.data import knowledge
+from moejax.data.sources import make_source
+from moejax.train.config import DataConfig
+
+ENTITIES = 16
+ONE_HOP = re.compile(r"the (\w+) of (\w+) is (\w+)\.")
+TWO_HOP = re.compile(r"the (\w+) of the partner of (\w+) is (\w+)\.")
+
+
+def facts_in(text):
+    """(entity, relation, value, hops) of the sentences with the plainest
+    templates, parsed back from the text."""
+    out = [(e, r, v, 2) for r, e, v in TWO_HOP.findall(text)]
+    plain = TWO_HOP.sub("", text)
+    out += [(e, r, v, 1) for r, e, v in ONE_HOP.findall(plain) if r != "partner"]
+    return out
+
+
+def test_every_document_agrees_with_one_knowledge_base():
+    kb = knowledge.knowledge_base(5, ENTITIES)
+    assert kb.num_facts == 8 * ENTITIES * 5
+    index = {name: (d, i) for d, names in enumerate(kb.entities) for i, name in enumerate(names)}
+    value = {(d, r, j): w for d in range(8) for r in range(4)
+             for j, w in enumerate(kb.values[d][r])}
+    seen = {1: 0, 2: 0}
+    for doc_seed in (0, 1_000_003):  # training and held-out documents
+        for i in range(300):
+            doc = knowledge.knowledge_document(5, ENTITIES, doc_seed, i)
+            assert 3 <= len(doc.hops) <= 6 and set(doc.hops) <= {1, 2}
+            for entity, rel, val, hops in facts_in(doc.text):
+                d, e = index[entity]
+                assert kb.domains[d] == doc.domain
+                r = knowledge.RELATIONS.index(rel)
+                holder = e if hops == 1 else kb.partner[d, e]
+                assert val == value[(d, r, kb.facts[d, holder, r])], (doc.text, entity, rel)
+                seen[hops] += 1
+    assert seen[1] > 100 and seen[2] > 50
+    assert (kb.partner != np.arange(ENTITIES)).all()  # nobody is their own partner
+
+
+def test_domains_spell_with_disjoint_letters_and_generation_is_deterministic():
+    kb = knowledge.knowledge_base(0, ENTITIES)
+    letters = [set("".join(kb.entities[d]) + "".join(w for r in kb.values[d] for w in r))
+               for d in range(8)]
+    for d, own in enumerate(letters):
+        consonants = set(knowledge.DOMAINS[kb.domains[d]][0])
+        assert own & set("bcdfghjklmnpqrstvwxz") <= consonants
+    words = [w for d in range(8) for w in kb.entities[d] + tuple(v for r in kb.values[d] for v in r)]
+    assert len(words) == len(set(words))  # no word names two things
+    assert knowledge.knowledge_document(0, ENTITIES, 3, 7) == knowledge.knowledge_document(0, ENTITIES, 3, 7)
+    assert knowledge.knowledge_base(1, ENTITIES).facts.tolist() != kb.facts.tolist()
+
+
+def test_knowledge_source_holds_out_documents_not_facts():
+    cfg = DataConfig(source="knowledge", knowledge_entities=ENTITIES, embedded_documents=50,
+                     embedded_eval_documents=20, seed=2)
+    train = [t for _, t in make_source(cfg, "train", 0, 1).iterate(0, 0)]
+    held_out = [t for _, t in make_source(cfg, "eval", 0, 1).iterate(0, 0)]
+    assert len(train) == 50 and len(held_out) == 20 and not set(train) & set(held_out)
+    kb = knowledge.knowledge_base(2, ENTITIES)
+    names = {n for names in kb.entities for n in names}
+    assert all(any(n in text.split() or n + "'s" in text for n in names) for text in held_out)
+    with pytest.raises(ValueError, match="knowledge_entities must be >= 2"):
+        DataConfig(source="knowledge", knowledge_entities=1)
