@@ -90,10 +90,11 @@ def claim(text: str, precondition_passed: bool, diff: dict, claimed_sign: int = 
             "evidence": f"{note}; {evidence}" if evidence else note}
 
 
-def fmt_ci(d: dict, digits: int = 3) -> str:
-    """'mean [lo, hi]' of a `paired` or `mean_ci` result."""
+def fmt_ci(d: dict, digits: int = 3, sign: bool = True) -> str:
+    """'mean [lo, hi]' of a `paired` (signed) or `mean_ci` (sign=False) result."""
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
     lo, hi = d["ci95"]
-    return f"{d['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    return f"{f.format(d['mean'])} [{f.format(lo)}, {f.format(hi)}]"
 
 
 PRECONDITION_KEYS = ("metric", "moe", "dense", "diff", "ci95", "passed")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from moejax.dispatch import resolve_mode
 from moejax.layers import MOE_COLLECTION, MlpBlock, MoeLayer
-from moejax.routing import RouterConfig, get_router
+from moejax.routing import RouterConfig, route
 
 # name -> (RouterConfig kwargs, active experts per token)
 ROUTERS = {
@@ -99,7 +99,7 @@ def main():
         moe_s, dense_s = timed_pair(moe, dense_run, args.repeats)
         moe_mb = memory_mb(*moe)
         logits = jnp.zeros((x.shape[0] * x.shape[1] // args.group_size, args.group_size, e))
-        probe = get_router(cfg.name).kernel(logits, mask=None, rng=jax.random.PRNGKey(0), cfg=cfg, train=True)
+        probe = route(cfg, logits, rng=jax.random.PRNGKey(0), train=True)
         rows.append(dict(experts=e, router=router, mode=mode, resolved=resolve_mode(mode, probe),
                          moe_ms=1e3 * moe_s, dense_ms=1e3 * dense_s, ratio=moe_s / dense_s,
                          moe_mb=moe_mb, dense_mb=dense_mb))

@@ -9,7 +9,7 @@ import reference as ref
 from moejax.dispatch import moe_ffn, resolve_mode
 from moejax.dispatch.dropless import block_layout, blocked_matmul, block_size_for, ragged_matmul
 from moejax.layers import MoeLayer
-from moejax.routing import ROUTERS, RouterConfig, get_router
+from moejax.routing import ROUTERS, RouterConfig, route
 
 B, L, D, F, E = 4, 12, 16, 24, 8
 MODES = [("einsum", None), ("scatter", None), ("dropless", "blocks"), ("dropless", "ragged_dot")]
@@ -62,7 +62,7 @@ def test_layer_output_matches_loop_reference(name, kw):
     xg = np.asarray(x).reshape(-1, 24, D)
     logits = xg @ np.asarray(params["router_kernel"])
     cfg = layer.router
-    r = get_router(name).kernel(jnp.asarray(logits), mask=None, rng=None, cfg=cfg, train=False)
+    r = route(cfg, jnp.asarray(logits), train=False)
     kept = {}
     for g, a in zip(*np.nonzero(np.asarray(r.valid))):
         kept[(g, int(r.token[g, a]), int(r.expert[g, a]))] = float(r.weight[g, a])
@@ -111,7 +111,7 @@ def test_auto_mode_never_uses_einsum_and_picks_the_cheaper_path():
 
     def result(name, cf, **kw):
         cfg = RouterConfig(name=name, num_experts=64, eval_capacity_factor=cf, **kw)
-        return get_router(name).kernel(logits, mask=None, rng=None, cfg=cfg, train=False)
+        return route(cfg, logits, train=False)
     assert resolve_mode("auto", result("top_k", None, k=2), backend="cpu") == "dropless"
     assert resolve_mode("auto", result("top_k", 1.25, k=2), backend="cpu") == "scatter"
     assert resolve_mode("auto", result("top_p", 1.0), backend="cpu") == "scatter"
@@ -124,6 +124,6 @@ def test_auto_mode_never_uses_einsum_and_picks_the_cheaper_path():
 
 def test_moe_ffn_rejects_mismatched_groups():
     layer, variables, x, ids = layer_and_vars("top_k", "scatter", k=2)
-    r = get_router("top_k").kernel(jnp.zeros((3, 24, E)), mask=None, rng=None, cfg=layer.router, train=False)
+    r = route(layer.router, jnp.zeros((3, 24, E)))
     with pytest.raises(ValueError, match="routing has 3 groups, inputs have 2"):
         moe_ffn(x.reshape(2, 24, D), r, variables["params"], activations=("gelu", "linear"))

@@ -1,12 +1,14 @@
 """The experiments' shared harness (experiments/common.py): curve and task
 helpers against hand-computed values, and a short synthetic run."""
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
 from experiments.common import (ClusterTask, mean_curve, numeric_table, routing_counts, slug,
-                                steps_to_reach, t5_config, train_synthetic, with_moe)
+                                steps_to_reach, t5_config, knowledge_config, knowledge_moe,
+                                knowledge_router, train_synthetic, with_moe)
 from moejax.routing import RouterConfig
 
 
@@ -67,3 +69,15 @@ def test_synthetic_run_learns_and_reports_routing():
     assert np.allclose(run.experts_per_token_per_cluster, 2.0)
     assert len(run.confusion[-1][1]) == 2 and all(
         math.isclose(sum(row), 1.0, rel_tol=1e-6) for row in run.confusion[-1][1])
+
+
+def test_testbed_arms_differ_only_in_their_ffns_at_equal_active_flops():
+    dense = knowledge_config("quick", seed=2)
+    moe = knowledge_moe(dense)
+    assert dense.data.source == "knowledge" and dense.data.seed == dense.seed == 2
+    assert dense.model.encoder_moe.interval == dense.model.decoder_moe.interval == 0
+    for stack in (moe.model.encoder_moe, moe.model.decoder_moe):
+        assert stack.interval == 1 and stack.router == knowledge_router()
+        assert stack.d_ff * stack.router.k == dense.model.d_ff  # active hidden units per token
+    assert knowledge_router().capacity_factor is None and knowledge_router().load_balance_weight == 0
+    assert dataclasses.replace(moe, model=dense.model) == dense

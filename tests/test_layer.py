@@ -156,3 +156,15 @@ def test_layer_errors_name_the_bad_value():
         layer = MoeLayer(RouterConfig(num_experts=E, jitter_eps=0.1), d_ff=F)
         v = layer.init(jax.random.PRNGKey(0), x)
         layer.apply(v, x, deterministic=False, mutable=[MOE_COLLECTION])
+
+
+def test_fewer_tokens_than_a_group_form_one_group():
+    """The trainer initialises on one token; a config with group_size set
+    must still init, and a short batch routes as one group."""
+    x = jax.random.normal(jax.random.PRNGKey(3), (B, L, D))
+    cfg = RouterConfig("top_k", num_experts=E, k=2, eval_capacity_factor=1.0)
+    params = MoeLayer(cfg, d_ff=F, group_size=B * L).init(jax.random.PRNGKey(0), x)
+    MoeLayer(cfg, d_ff=F, group_size=64).init(jax.random.PRNGKey(0), x[:1, :1])
+    one_group = MoeLayer(cfg, d_ff=F, group_size=B * L).apply(params, x)
+    np.testing.assert_array_equal(MoeLayer(cfg, d_ff=F, group_size=4 * B * L).apply(params, x),
+                                  one_group)

@@ -9,7 +9,7 @@ import pytest
 
 import reference as ref
 from moejax import routing
-from moejax.routing import ROUTERS, RouterConfig, compute_capacity, get_router
+from moejax.routing import ROUTERS, RouterConfig, compute_capacity
 from moejax.routing.expert_choice import EC_CAP_ENTROPY, EC_CAP_ITERATIONS
 from moejax.routing.gshard import second_expert_keep_probability
 
@@ -424,17 +424,14 @@ def test_bad_config_is_a_clear_value_error(kwargs, needle):
 
 def test_bad_shapes_are_clear_value_errors(logits):
     cfg = RouterConfig(name="top_k", num_experts=E)
-    kernel = get_router("top_k").kernel
     with pytest.raises(ValueError, match=r"mask shape \(3, 5\) must equal logits.shape\[:2\]"):
-        kernel(jnp.asarray(logits), mask=jnp.ones((3, 5), bool), rng=None, cfg=cfg, train=False)
+        routing.route(cfg, jnp.asarray(logits), mask=jnp.ones((3, 5), bool))
     with pytest.raises(ValueError, match="logits have 6 experts on the last axis but num_experts=8"):
-        kernel(jnp.asarray(logits), mask=None, rng=None,
-               cfg=RouterConfig(name="top_k", num_experts=8), train=False)
+        routing.route(RouterConfig(name="top_k", num_experts=8), jnp.asarray(logits))
     with pytest.raises(ValueError, match=r"logits must be \[groups, tokens, experts\]"):
-        kernel(jnp.asarray(logits[0]), mask=None, rng=None, cfg=cfg, train=False)
+        routing.route(cfg, jnp.asarray(logits[0]))
     with pytest.raises(ValueError, match="router 'gshard_top2' samples in training and needs rng"):
-        get_router("gshard_top2").kernel(jnp.asarray(logits), mask=None, rng=None,
-                                         cfg=RouterConfig(name="gshard_top2", num_experts=E), train=True)
+        routing.route(RouterConfig(name="gshard_top2", num_experts=E), jnp.asarray(logits), train=True)
 
 
 def test_a_new_router_is_one_kernel_and_one_registration():

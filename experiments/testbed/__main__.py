@@ -2,7 +2,7 @@
 
 A router comparison means something only where experts pay off. This
 experiment measures that precondition on the standard testbed every
-routing experiment uses (`experiments.common.testbed_config`): the tiny
+routing experiment uses (`experiments.common.knowledge_config`): the tiny
 T5 (d_model 64, 2+2 layers) pretrained with span corruption on the
 `knowledge` corpus (a generated knowledge base of 8 domains, far more facts
 than a dense tiny model holds; see moejax/data/knowledge.py).
@@ -11,7 +11,9 @@ Arms (paired: seed s gives every arm the same data order, and the two MoE
 arms the same init):
 - dense: every FFN dense, d_ff=128.
 - MoE, learned router: the same model with every FFN of both stacks an MoE
-  layer of E=8 experts of d_ff=128, Switch top-1 (equal active FLOPs).
+  layer of E=16 experts of d_ff=64, top-2 with weights renormalised over
+  the two, no capacity limit, no aux losses (equal active FLOPs:
+  2 x 64 = 128 hidden units per token).
 - MoE, frozen random router: the same, the router kept at its random init
   (freeze_router=True), as in Dikkala et al. 2023's baseline.
 
@@ -19,8 +21,8 @@ Precondition (results.json "precondition"): MoE (learned) beats dense on
 the final eval loss by >= 3 paired standard errors. Claim: the learned
 router beats the frozen random router the same way.
 
-    python -m experiments.testbed --quick    # 3 seeds, ~14 minutes on 2 CPU cores
-    python -m experiments.testbed --full     # 5 seeds, longer runs
+    python -m experiments.testbed --quick    # 3 seeds x 1600 steps, ~13 minutes on 2 CPU cores
+    python -m experiments.testbed --full     # 5 seeds x 5000 steps, ~1 hour
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ import os
 import time
 
 from experiments import stats
-from experiments.common import (figure, parse_args, run_arms, run_t5, slug, testbed_config,
-                                testbed_moe, write_results)
+from experiments.common import (TESTBED_EXPERTS, TESTBED_K, figure, parse_args, run_arms, run_t5,
+                                slug, knowledge_config, knowledge_moe, write_results)
 
 NAME = "testbed"
 ARMS = ("dense", "MoE, learned router", "MoE, frozen random router")
@@ -38,10 +40,10 @@ DENSE, MOE, FROZEN = ARMS
 
 
 def arm_config(size: str, seed: int, arm: str):
-    cfg = testbed_config(size, seed)
+    cfg = knowledge_config(size, seed)
     if arm == DENSE:
         return cfg
-    cfg = testbed_moe(cfg)
+    cfg = knowledge_moe(cfg)
     return dataclasses.replace(cfg, freeze_router=arm == FROZEN)
 
 
@@ -74,20 +76,22 @@ def main():
     frozen_vs_dense = stats.paired(final[FROZEN], final[DENSE])
     claims = [stats.claim("a learned router beats a frozen random router (eval loss)",
                           pre["passed"], learned_vs_frozen)]
-    cfg = testbed_config(args.size, 0)
+    cfg = knowledge_config(args.size, 0)
     rows = ["| arm | eval loss (95% CI) | vs dense: paired diff (95% CI) | diff / SE |",
             "|---|---|---|---|"]
     for arm in ARMS:
         own = stats.mean_ci(final[arm])
+        own_text = stats.fmt_ci(own, sign=False)
         if arm == DENSE:
-            rows.append(f"| {arm} | {stats.fmt_ci(own)} | - | - |")
+            rows.append(f"| {arm} | {own_text} | - | - |")
             continue
         d = stats.paired(final[arm], final[DENSE])
-        rows.append(f"| {arm} | {stats.fmt_ci(own)} | {stats.fmt_ci(d)} | {d['z']:+.1f} |")
+        rows.append(f"| {arm} | {own_text} | {stats.fmt_ci(d)} | {d['z']:+.1f} |")
     table = "\n".join([
         f"`--{args.size}`: {args.seeds} paired seeds, {cfg.steps} steps of batch {cfg.batch_size} "
         f"(inputs {cfg.data.inputs_length} / targets {cfg.data.targets_length} tokens), "
-        f"knowledge corpus with {cfg.data.knowledge_entities} entities per domain; "
+        f"knowledge corpus with {cfg.data.knowledge_entities} entities per domain; MoE: "
+        f"E={TESTBED_EXPERTS}, top-{TESTBED_K} of d_ff={cfg.model.d_ff // TESTBED_K}; "
         f"{(time.time() - start) / 60:.1f} minutes on this machine. Diffs are arm - dense "
         "(negative = lower loss than dense).", "",
         *rows, "",

@@ -34,9 +34,9 @@ class MoeLayer(nn.Module):
     """Router + E expert FFNs (T5.1.1 gated or plain, no bias).
 
     Inputs x [batch, length, embed] are routed in groups of `group_size`
-    tokens (None: one group per sequence), so capacity and expert choice act
-    per group. `mask` [batch, length] marks real tokens (padding is never
-    routed); `token_ids` [batch, length] are needed by the hash router.
+    tokens (None: one group per sequence; fewer tokens than that: one group),
+    so capacity and expert choice act per group. `mask` [batch, length]
+    marks real tokens (padding is never routed); `token_ids` [batch, length] are needed by the hash router.
     Sows `aux_loss` and `metrics` into the 'moe' collection.
     Needs a 'router' rng in training for routers that sample or jitter, and
     a 'dropout' rng when `dropout_rate` > 0 (dropout on the experts' hidden
@@ -80,7 +80,9 @@ class MoeLayer(nn.Module):
         b, l, d = x.shape
         if mask is not None and mask.shape != (b, l):
             raise ValueError(f"mask shape {mask.shape} must be (batch, length)=({b}, {l})")
-        t = self.group_size or l
+        # Fewer tokens than a group (the trainer's one-token init, a short
+        # batch) form a single group.
+        t = min(self.group_size or l, b * l)
         if (b * l) % t:
             raise ValueError(f"group_size={t} must divide batch*length={b * l}")
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))

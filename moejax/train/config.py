@@ -102,7 +102,7 @@ class TokenizerConfig:
 
 
 OPTIMIZERS = ("adafactor", "adamw")
-SCHEDULES = ("rsqrt", "constant", "cosine")
+SCHEDULES = ("rsqrt", "constant", "cosine", "wsd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +110,9 @@ class OptimizerConfig:
     """name: 'adafactor' (T5 defaults: factored second moments, no first
     moment, update clipping 1.0, param-scale updates) or 'adamw'.
     schedule: 'rsqrt' = learning_rate / sqrt(max(step, warmup_steps)) (T5),
-      'constant' after linear warmup, or 'cosine' decay to 0 at train.steps.
+      'constant' after linear warmup, 'cosine' decay to 0 at train.steps,
+      or 'wsd' (warmup-stable-decay): constant, then a linear decay to 0 over
+      the last `cooldown_steps` steps.
     clip_norm: global gradient-norm clipping (0 = off).
     """
 
@@ -122,6 +124,7 @@ class OptimizerConfig:
     b1: float = 0.9
     b2: float = 0.999
     clip_norm: float = 0.0
+    cooldown_steps: int = 0
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -130,6 +133,9 @@ class OptimizerConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.learning_rate <= 0 or self.warmup_steps < 0 or self.clip_norm < 0:
             raise ValueError("learning_rate must be > 0, warmup_steps and clip_norm >= 0")
+        if (self.schedule == "wsd") != (self.cooldown_steps > 0):
+            raise ValueError(f"schedule 'wsd' needs cooldown_steps > 0 and only it uses them; got "
+                             f"schedule={self.schedule!r}, cooldown_steps={self.cooldown_steps}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,11 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
     warm = optax.linear_schedule(0.0, cfg.learning_rate, warmup)
     if cfg.schedule == "constant":
         return optax.join_schedules([warm, optax.constant_schedule(cfg.learning_rate)], [warmup])
+    if cfg.schedule == "wsd":  # warmup, stable, then linear decay to 0 over cooldown_steps
+        cool_from = max(total_steps - cfg.cooldown_steps, warmup)
+        cool = optax.linear_schedule(cfg.learning_rate, 0.0, max(total_steps - cool_from, 1))
+        return optax.join_schedules(
+            [warm, optax.constant_schedule(cfg.learning_rate), cool], [warmup, cool_from])
     decay = optax.cosine_decay_schedule(cfg.learning_rate, max(total_steps - warmup, 1))
     return optax.join_schedules([warm, decay], [warmup])
 
