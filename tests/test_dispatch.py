@@ -127,3 +127,16 @@ def test_moe_ffn_rejects_mismatched_groups():
     r = route(layer.router, jnp.zeros((3, 24, E)))
     with pytest.raises(ValueError, match="routing has 3 groups, inputs have 2"):
         moe_ffn(x.reshape(2, 24, D), r, variables["params"], activations=("gelu", "linear"))
+
+
+@pytest.mark.parametrize("mode", ["einsum", "scatter", "dropless"])
+def test_each_phase_has_a_named_scope(mode):
+    """Profiler traces name the phases route, dispatch, expert_ffn and
+    combine (scopes in the lowered program's op names)."""
+    layer = MoeLayer(RouterConfig("top_k", num_experts=4, k=2), d_ff=8, activations=("relu",),
+                     dispatch=mode)
+    x = jnp.ones((2, 6, 5))
+    params = layer.init(jax.random.PRNGKey(0), x)
+    text = jax.jit(lambda p, v: layer.apply(p, v)).lower(params, x).as_text(debug_info=True)
+    for name in ("route", "dispatch", "expert_ffn", "combine"):
+        assert f"MoeLayer/{name}/" in text, name

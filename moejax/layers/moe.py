@@ -92,8 +92,10 @@ class MoeLayer(nn.Module):
         train = not deterministic
         rng = self.make_rng("router") if train and self.has_rng("router") else None
         jitter_rng, route_rng = jax.random.split(rng) if rng is not None else (None, None)
-        logits = self.router_logits(xg, ids, jitter_rng, train)
-        result: RoutingResult = route(self.router, logits, mask=maskg, rng=route_rng, train=train)
+        with jax.named_scope("route"):
+            logits = self.router_logits(xg, ids, jitter_rng, train)
+            result: RoutingResult = route(self.router, logits, mask=maskg, rng=route_rng,
+                                          train=train)
         hidden_dropout = None
         if train and self.dropout_rate > 0:
             hidden_dropout = functools.partial(expert_dropout, self.make_rng("dropout"),
