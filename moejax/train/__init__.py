@@ -1,1 +1,3 @@
-"""Training: device mesh and partitioning (the trainer itself lands with issue 6)."""
+"""Training: config, mesh and logical partitioning, optimizer, steps,
+checkpoints, metrics, init checkpoints, and the loop (`trainer.train`) that
+pretrains, fine-tunes and evaluates."""

@@ -1,4 +1,6 @@
-"""The pretraining loop: config -> mesh, data, state -> jitted steps -> checkpoints.
+"""The training loop, for pretraining and fine-tuning alike (and, with
+--eval_only, evaluation): config -> mesh, data, state -> jitted steps ->
+checkpoints.
 
 Every input is checked before compute (mesh vs devices, batch vs the
 data-parallel size, tokenizer and data paths, vocabulary vs model). The loop
