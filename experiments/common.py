@@ -299,8 +299,9 @@ def knowledge_config(size: str, seed: int, steps: int | None = None, evals: int 
     ('wsd': a rate that decays from the start postpones the phase, around
     step 1000, in which the facts are learned, and the cooldown quiets the
     end, so final losses compare), `steps` (default TESTBED_STEPS[size])
-    with `evals` evaluations of 8 held-out batches. Seed `seed` draws its own knowledge base, data order and init,
-    the same in every arm (paired seeds)."""
+    with `evals` evaluations of 8 held-out batches. Seed `seed` draws its own
+    knowledge base, data order and init, the same in every arm (paired
+    seeds)."""
     from moejax.train.config import DataConfig, OptimizerConfig
 
     steps = steps or TESTBED_STEPS[size]
@@ -328,7 +329,7 @@ def knowledge_router(name: str = "top_k", **overrides) -> RouterConfig:
 
 
 def knowledge_moe(cfg, router: RouterConfig | None = None, d_ff: int | None = None,
-                interval: int = 1):
+                  interval: int = 1):
     """`cfg` (a knowledge_config) with MoE FFNs in both stacks at every
     `interval`-th layer: `router` (default `knowledge_router()`), experts of
     `d_ff` (default dense d_ff / k: equal active FLOPs)."""

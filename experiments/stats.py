@@ -112,7 +112,7 @@ def check_schema(results: dict) -> None:
             raise ValueError(f"a claim needs claim/verdict/evidence with a verdict in {VERDICTS}, "
                              f"got {c!r}")
         if not pre["passed"] and c["verdict"] != "inconclusive":
-            raise ValueError(f"precondition failed, so claim {c['claim']!r} must be 'inconclusive', "
-                             f"not {c['verdict']!r}")
+            raise ValueError(f"precondition failed, so claim {c['claim']!r} must be "
+                             f"'inconclusive', not {c['verdict']!r}")
     if not results.get("claims"):
         raise ValueError("results need a non-empty 'claims' list")

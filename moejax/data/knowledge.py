@@ -110,9 +110,11 @@ def knowledge_base(kb_seed: int, entities: int) -> KnowledgeBase:
 # len(RELATIONS) is the partner. Drawn without replacement within a
 # document (no fact is stated twice, so none can be copied from its context),
 # TWO_HOP_FRACTION of the draw weight on two-hop facts.
-FACT_TYPES = tuple((r, 1) for r in range(len(RELATIONS) + 1)) + tuple((r, 2) for r in range(len(RELATIONS)))
+FACT_TYPES = (tuple((r, 1) for r in range(len(RELATIONS) + 1))
+              + tuple((r, 2) for r in range(len(RELATIONS))))
 _FACT_WEIGHTS = np.array([(1 - TWO_HOP_FRACTION) / (len(RELATIONS) + 1) if h == 1
                           else TWO_HOP_FRACTION / len(RELATIONS) for _, h in FACT_TYPES])
+_FACT_WEIGHTS /= _FACT_WEIGHTS.sum()  # exactly a distribution, as rng.choice requires
 
 
 def _sentence(kb: KnowledgeBase, rng: np.random.RandomState, d: int, i: int, fact: int) -> str:
@@ -143,7 +145,7 @@ def knowledge_document(kb_seed: int, entities: int, doc_seed: int, index: int) -
     d = rng.randint(len(kb.domains))
     i = rng.choice(len(kb.weight), p=kb.weight)
     facts = rng.choice(len(FACT_TYPES), size=rng.randint(3, 7), replace=False,
-                       p=_FACT_WEIGHTS / _FACT_WEIGHTS.sum())
+                       p=_FACT_WEIGHTS)
     return Document(kb.domains[d], " ".join(_sentence(kb, rng, d, i, f) for f in facts),
                     tuple(FACT_TYPES[f][1] for f in facts))
 

@@ -84,7 +84,8 @@ def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mo
             token, expert, weight, group_sizes = sort_by_expert(routing, t)
             rows = flat_x[token]
         with jax.named_scope("expert_ffn"):
-            matmul = dropless_matmul(expert, group_sizes, grouped_matmul or default_grouped_matmul())
+            matmul = dropless_matmul(expert, group_sizes,
+                                     grouped_matmul or default_grouped_matmul())
             out = ffn(rows, params, activations, matmul, hidden_dropout)
         with jax.named_scope("combine"):
             out = jnp.where((expert < routing.num_experts)[:, None],

@@ -3,5 +3,5 @@ from moejax.layers.ffn import MlpBlock
 from moejax.layers.moe import MOE_COLLECTION, MoeLayer
 from moejax.layers.scorers import FROZEN_COLLECTION, ROUTER_PARAMS, SCORERS, register_scorer
 
-__all__ = ["FROZEN_COLLECTION", "MOE_COLLECTION", "MlpBlock", "MoeLayer", "ROUTER_PARAMS", "SCORERS",
-           "register_scorer"]
+__all__ = ["FROZEN_COLLECTION", "MOE_COLLECTION", "MlpBlock", "MoeLayer", "ROUTER_PARAMS",
+           "SCORERS", "register_scorer"]

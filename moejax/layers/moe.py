@@ -36,7 +36,8 @@ class MoeLayer(nn.Module):
     Inputs x [batch, length, embed] are routed in groups of `group_size`
     tokens (None: one group per sequence; fewer tokens than that: one group),
     so capacity and expert choice act per group. `mask` [batch, length]
-    marks real tokens (padding is never routed); `token_ids` [batch, length] are needed by the hash router.
+    marks real tokens (padding is never routed); `token_ids` [batch,
+    length] are needed by the hash router.
     Sows `aux_loss` and `metrics` into the 'moe' collection.
     Needs a 'router' rng in training for routers that sample or jitter, and
     a 'dropout' rng when `dropout_rate` > 0 (dropout on the experts' hidden

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.routing.base import (RoutingResult, check_logits, compute_capacity,
-                                 routing_metrics, z_loss)
+                                 routing_metrics, weighted_sum, z_loss)
 
 EC_CAP_ITERATIONS = 200
 # lambda in units of the standard deviation of S over the group's real
@@ -124,6 +124,6 @@ def expert_choice_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     losses = {"z_loss": z_loss(logits, mask)}
     return RoutingResult(
         token=flat(token).astype(jnp.int32), expert=flat(expert), slot=flat(slot),
-        weight=flat(weight), valid=flat(valid), aux_loss=cfg.z_loss_weight * losses["z_loss"],
+        weight=flat(weight), valid=flat(valid), aux_loss=weighted_sum(losses, cfg.loss_weights()),
         metrics=routing_metrics(probs, mask, flat(token), flat(expert), flat(valid), losses),
         num_experts=e, capacity=capacity)
