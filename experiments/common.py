@@ -17,9 +17,11 @@ import json
 import os
 import re
 import statistics
+import tempfile
 from typing import Callable, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,20 +44,27 @@ def parse_args(name: str, doc: str) -> argparse.Namespace:
                       help="<= 15 minutes on 2 CPU cores (the default)")
     size.add_argument("--full", action="store_const", dest="size", const="full",
                       help="longer runs, more data")
+    # A few steps of every arm, 2 seeds: tests run each experiment end to end.
+    size.add_argument("--smoke", action="store_const", dest="size", const="smoke",
+                      help=argparse.SUPPRESS)
     parser.add_argument("--seeds", type=int, default=None,
                         help="paired random seeds per arm (>= 3; default 3 quick, 5 full)")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", name),
                         help="where table.md, results.json and the plots go")
+    parser.add_argument("--jobs", type=int, default=available_cores(),
+                        help="runs at a time, each in its own single-threaded process "
+                             "(default: the cores this process may use)")
     args = parser.parse_args()
     args.size = args.size or "quick"
-    args.seeds = args.seeds or {"quick": 3, "full": 5}[args.size]
-    if args.seeds < 3:
+    args.seeds = args.seeds or {"quick": 3, "full": 5, "smoke": 2}[args.size]
+    if args.seeds < 3 and args.size != "smoke":
         parser.error(f"--seeds must be >= 3 to report a spread, got {args.seeds}")
     os.makedirs(args.out, exist_ok=True)
     # Seeds of one arm run the same programs: compile each once (a persistent
     # cache keyed by program, jax version and flags, so it cannot change a result).
-    jax.config.update("jax_compilation_cache_dir", os.environ.get(
-        "JAX_COMPILATION_CACHE_DIR", os.path.join(args.out, "runs", "jax_cache")))
+    # (The environment variable carries it into the worker processes.)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.out, "runs", "jax_cache"))
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     return args
 
 
@@ -151,9 +160,10 @@ class ClusterTask:
 
 
 class ClusterMoE(nn.Module):
-    """x [G, T, dim] -> layers x (h + MoE(RMSNorm(h))) -> Dense(out), h starting
-    at x itself, so that the first router (frozen or learned) sees the raw
-    inputs, as in Dikkala et al."""
+    """x [G, T, dim] -> layers x (h + MoE(n_i(h))) -> Dense(out), h starting at
+    x; n_0 is the identity, so the first router (frozen or learned) routes
+    the raw inputs with no learnable scale in front of it, as in Dikkala et
+    al.; later layers see RMSNorm(h) without a scale."""
 
     router: RouterConfig
     d_ff: int = 32
@@ -164,8 +174,9 @@ class ClusterMoE(nn.Module):
     def __call__(self, x, token_ids, *, deterministic=True):
         h = x
         for i in range(self.layers):
+            inputs = h if i == 0 else nn.RMSNorm(use_scale=False, name=f"norm_{i}")(h)
             h = h + MoeLayer(self.router, d_ff=self.d_ff, activations=("gelu",), name=f"moe_{i}")(
-                nn.RMSNorm(name=f"norm_{i}")(h), token_ids=token_ids, deterministic=deterministic)
+                inputs, token_ids=token_ids, deterministic=deterministic)
         return nn.Dense(self.out_dim, name="out")(h)
 
 
@@ -281,13 +292,13 @@ def t5_config(size: str, seed: int, steps: int | None = None, evals: int = 5, **
                                   warmup_steps=20),
         checkpoint=CheckpointConfig(every_steps=0, keep=1, async_save=False),
         steps=steps, batch_size=16, eval_every_steps=steps // evals, eval_batches=2,
-        log_every_steps=steps // 30, seed=seed)
+        log_every_steps=max(1, steps // 30), seed=seed)
     return dataclasses.replace(cfg, **overrides)
 
 
 # The routing testbed (python -m experiments.testbed measures its precondition).
 TESTBED_ENTITIES = 256
-TESTBED_STEPS = {"quick": 1600, "full": 5000}
+TESTBED_STEPS = {"quick": 1600, "full": 5000, "smoke": 20}
 TESTBED_EXPERTS = 16
 TESTBED_K = 2
 
@@ -308,7 +319,8 @@ def knowledge_config(size: str, seed: int, steps: int | None = None, evals: int 
     cfg = t5_config(size, seed, steps=steps, evals=evals, batch_size=32, eval_batches=8)
     cfg = dataclasses.replace(
         cfg, data=DataConfig(source="knowledge", knowledge_entities=TESTBED_ENTITIES,
-                             embedded_documents=40000, embedded_eval_documents=400,
+                             embedded_documents=40000 if size != "smoke" else 1000,
+                             embedded_eval_documents=400,
                              inputs_length=64, targets_length=16, seed=seed),
         optimizer=OptimizerConfig(name="adafactor", learning_rate=1e-2, schedule="wsd",
                                   warmup_steps=20, cooldown_steps=steps // 4))
@@ -348,12 +360,14 @@ def with_moe(cfg, encoder: dict | None = None, decoder: dict | None = None):
         decoder_moe=dataclasses.replace(model.decoder_moe, **(decoder or {}))))
 
 
-def run_t5(cfg, workdir: str) -> dict:
+def run_t5(cfg, workdir: str, routing_nmi: bool = False) -> dict:
     """Trains `cfg` in `workdir` (resuming a finished run is instant) and
     returns its curves, 'train': [(step, cross-entropy)] and 'eval': [(step,
     eval loss)]; 'last_eval': the final evaluation's metrics (per-layer
     expert load and experts-per-token histograms included); 'late_train':
-    each scalar train metric averaged over the second half of training."""
+    each scalar train metric averaged over the second half of training;
+    with routing_nmi, 'nmi': `t5_routing_nmi` (knowledge corpus, MoE encoder).
+    Experiments run it in worker processes: keep it module-level."""
     from moejax.train.metrics import read_metrics
     from moejax.train.trainer import train
 
@@ -363,11 +377,47 @@ def run_t5(cfg, workdir: str) -> dict:
         raise RuntimeError(f"run {workdir} stopped at step {max(rows, default=0)} of {cfg.steps} "
                            "(interrupted); rerun the experiment to resume it")
     late = [rows[s] for s in sorted(rows) if s > cfg.steps // 2]
-    return {"train": [(s, rows[s]["cross_entropy"]) for s in sorted(rows)],
+    extra = {"nmi": t5_routing_nmi(cfg, workdir)} if routing_nmi else {}
+    return {**extra, "train": [(s, rows[s]["cross_entropy"]) for s in sorted(rows)],
             "eval": [(s, evals[s]["eval_loss"]) for s in sorted(evals)],
             "last_eval": evals[max(evals)],
             "late_train": {k: statistics.fmean(r[k] for r in late) for k, v in late[0].items()
                            if isinstance(v, float)}}
+
+
+def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
+    """NMI between a knowledge document's domain and the expert its tokens
+    choose first (argmax of the router logits), per encoder MoE layer, for the
+    model trained in `workdir` on a knowledge_config `cfg`: the language
+    analogue of the synthetic task's cluster/expert NMI. Evaluated on held-out
+    documents (the eval stream) truncated to the input length."""
+    from moejax.data import knowledge
+    from moejax.data import tokenizer as tok
+    from moejax.models.t5 import Transformer, abstract_params
+    from moejax.train.init import load_params
+
+    d = cfg.data
+    vocab = tok.load(os.path.join(workdir, "tokenizer", "spm.model"), cfg.tokenizer.extra_ids)
+    docs = [knowledge.knowledge_document(d.seed, d.knowledge_entities, d.seed + 1_000_003, i)
+            for i in range(documents)]
+    tokens = np.zeros((documents, d.inputs_length), np.int32)
+    for row, doc in enumerate(docs):
+        ids = vocab.encode(doc.text)[:d.inputs_length]
+        tokens[row, :len(ids)] = ids
+    params = load_params(workdir, abstract_params(cfg.model))
+    model = Transformer(cfg.model)
+    _, state = model.apply({"params": params}, jnp.asarray(tokens), method=Transformer.encode,
+                           capture_intermediates=lambda m, name: name == "router_logits",
+                           mutable=["intermediates", MOE_COLLECTION])
+    flat = traverse_util.flatten_dict(state["intermediates"], sep="/")
+    domain = np.repeat([list(knowledge.DOMAINS).index(doc.domain) for doc in docs],
+                       d.inputs_length)
+    real = tokens.reshape(-1) > 0
+    out = []
+    for key in sorted(k for k in flat if k.endswith("router_logits")):
+        chosen = np.asarray(jnp.argmax(flat[key][0], -1)).reshape(-1)
+        out.append(float(normalized_mutual_info_score(domain[real], chosen[real])))
+    return out
 
 
 @contextlib.contextmanager
@@ -389,20 +439,29 @@ def figure(path: str, nrows: int = 1, ncols: int = 1, figsize=(6, 4), dpi: int =
 
 
 def plot_curves(path: str, title: str, arms: dict[str, list[list[tuple[int, float]]]],
-                ylabel: str, log_y: bool = False) -> None:
-    """One line per arm: mean over seeds, band = min..max."""
+                ylabel: str, log_y: bool = False, band: str = "ci") -> None:
+    """One line per arm: mean over seeds; band = 95% t interval of the mean
+    ("ci") or min..max over seeds ("range")."""
+    from experiments import stats
+
     with figure(path) as (_, ax):
         for name, runs in arms.items():
             steps = [s for s, _ in runs[0]]
             values = np.array([[v for _, v in run] for run in runs])
+            if band == "ci" and len(runs) > 1:
+                lo, hi = np.array([stats.mean_ci(values[:, i])["ci95"]
+                                   for i in range(len(steps))]).T
+            else:
+                lo, hi = values.min(0), values.max(0)
             ax.plot(steps, values.mean(0), label=name)
-            ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
+            ax.fill_between(steps, lo, hi, alpha=0.2)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         if log_y:
             ax.set_yscale("log")
-        ax.set_title(title)
-        ax.legend()
+        ax.set_title(f"{title}\n(mean over seeds, {'95% CI' if band == 'ci' else 'min-max'} band)",
+                     fontsize=10)
+        ax.legend(fontsize=8)
 
 
 def progress(total: int, desc: str):
@@ -411,15 +470,44 @@ def progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
 
 
-def run_arms(arms: dict[str, Callable[[int], object]], seeds: int, desc: str) -> dict[str, list]:
-    """{arm: [result per seed]} with one progress bar over all runs."""
-    bar = progress(len(arms) * seeds, desc)
-    out = {}
-    for name, fn in arms.items():
-        out[name] = []
-        for seed in range(seeds):
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def run_arms(arms: dict[str, Callable[[int], Callable[[], object]]], seeds: int, desc: str,
+             jobs: int = 1, log_dir: str | None = None) -> dict[str, list]:
+    """{arm: [result per seed]} with one progress bar over all runs.
+
+    arms[name](seed) is the zero-argument call that runs seed `seed` of the
+    arm. With jobs > 1 the calls run in that many spawned single-threaded
+    worker processes (experiments.worker; their output goes to
+    `log_dir`, default $TMPDIR/moejax_workers), so each must pickle: a
+    functools.partial of a module-level function (not one defined in an
+    experiment's __main__) with picklable arguments.
+    A run's result does not depend on the worker it ran in, up to float
+    summation order (one XLA thread instead of several)."""
+    calls = [(name, seed, make(seed)) for seed in range(seeds) for name, make in arms.items()]
+    out = {name: [None] * seeds for name in arms}
+    bar = progress(len(calls), desc)
+    if jobs <= 1:
+        for name, seed, call in calls:
             bar.set_postfix_str(f"{name} seed {seed}")
-            out[name].append(fn(seed))
+            out[name][seed] = call()
             bar.update(1)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from experiments import worker
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=worker.init, initargs=(log_dir or os.path.join(
+                                     tempfile.gettempdir(), "moejax_workers"),)) as pool:
+            futures = {pool.submit(call): (name, seed) for name, seed, call in calls}
+            for future in as_completed(futures):
+                name, seed = futures[future]
+                out[name][seed] = future.result()
+                bar.set_postfix_str(f"done {name} seed {seed}")
+                bar.update(1)
     bar.close()
     return out

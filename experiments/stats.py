@@ -82,12 +82,29 @@ def verdict(precondition_passed: bool, diff: dict, claimed_sign: int = -1) -> st
 
 
 def claim(text: str, precondition_passed: bool, diff: dict, claimed_sign: int = -1,
-          evidence: str = "") -> dict:
-    """One results-schema claim: {"claim", "verdict", "evidence"}."""
+          evidence: str = "", part: str | None = None) -> dict:
+    """One results-schema claim: {"claim", "verdict", "evidence"}, plus
+    "part" when the experiment has one precondition per part (task)."""
     lo, hi = diff["ci95"]
     note = f"paired diff {diff['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] (95% CI, n={diff['n']})"
-    return {"claim": text, "verdict": verdict(precondition_passed, diff, claimed_sign),
-            "evidence": f"{note}; {evidence}" if evidence else note}
+    out = {"claim": text, "verdict": verdict(precondition_passed, diff, claimed_sign),
+           "evidence": f"{note}; {evidence}" if evidence else note}
+    return out if part is None else {**out, "part": part}
+
+
+def precondition_line(pre: dict, label: str = "") -> str:
+    """The markdown sentence every table states its precondition in."""
+    z = -pre["diff"] / pre["se"] if pre["se"] > 0 else float("inf")
+    return (f"**Precondition{f' ({label})' if label else ''}** (MoE beats dense on "
+            f"{pre['metric']} by >= {PRECONDITION_SE:g} paired SE): "
+            f"{'passed' if pre['passed'] else 'failed'}, MoE - dense {pre['diff']:+.4f} "
+            f"[{pre['ci95'][0]:+.4f}, {pre['ci95'][1]:+.4f}], {z:.1f} SE.")
+
+
+def claims_table(claims: list[dict]) -> str:
+    rows = ["| claim | verdict | evidence |", "|---|---|---|"]
+    rows += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in claims]
+    return "\n".join(rows) + "\n"
 
 
 def fmt_ci(d: dict, digits: int = 3, sign: bool = True) -> str:
@@ -102,16 +119,28 @@ PRECONDITION_KEYS = ("metric", "moe", "dense", "diff", "ci95", "passed")
 
 def check_schema(results: dict) -> None:
     """Every experiment's results.json: "precondition" with PRECONDITION_KEYS
-    and "claims", a list of {"claim", "verdict", "evidence"} whose verdicts
-    are VERDICTS, "inconclusive" wherever the precondition failed."""
+    (or {part: such an entry} for an experiment with several tasks) and
+    "claims", a list of {"claim", "verdict", "evidence"} (+ "part", naming
+    its precondition, when there are several) whose verdicts are VERDICTS,
+    "inconclusive" wherever their precondition failed."""
     pre = results.get("precondition")
-    if not isinstance(pre, dict) or any(k not in pre for k in PRECONDITION_KEYS):
-        raise ValueError(f"results need 'precondition' with keys {PRECONDITION_KEYS}, got {pre!r}")
+    if isinstance(pre, dict) and pre and all(isinstance(v, dict) for v in pre.values()):
+        parts = pre
+    else:
+        parts = {None: pre}
+    for part, entry in parts.items():
+        if not isinstance(entry, dict) or any(k not in entry for k in PRECONDITION_KEYS):
+            raise ValueError(f"results need 'precondition'{f'[{part!r}]' if part else ''} with "
+                             f"keys {PRECONDITION_KEYS}, got {entry!r}")
     for c in results.get("claims", None) or ():
-        if set(c) != {"claim", "verdict", "evidence"} or c["verdict"] not in VERDICTS:
+        part = c.get("part")
+        if set(c) - {"part"} != {"claim", "verdict", "evidence"} or c["verdict"] not in VERDICTS:
             raise ValueError(f"a claim needs claim/verdict/evidence with a verdict in {VERDICTS}, "
                              f"got {c!r}")
-        if not pre["passed"] and c["verdict"] != "inconclusive":
+        if part not in parts:
+            raise ValueError(f"claim {c['claim']!r} names part {part!r}; the preconditions are "
+                             f"for {sorted(map(str, parts))}")
+        if not parts[part]["passed"] and c["verdict"] != "inconclusive":
             raise ValueError(f"precondition failed, so claim {c['claim']!r} must be "
                              f"'inconclusive', not {c['verdict']!r}")
     if not results.get("claims"):

@@ -1,125 +1,224 @@
-"""Dynamic top-p routing vs top-2 (Huang et al. 2024).
+"""Dynamic top-p routing vs top-k (Huang et al. 2024): quality against compute.
 
 Claim: a router that gives each token the smallest set of experts whose
-probabilities sum to a threshold p matches or beats top-2 while using fewer
-experts per token on average, spends more experts in lower layers, and
-gives harder inputs more experts.
+probabilities sum to a threshold p reaches top-2's loss with fewer experts
+per token (a point below the top-k quality/compute curve), and gives harder
+inputs more experts.
 
-Setup, E=8 experts, no capacity limit (nothing is dropped, so the number of
-experts a token gets is the router's choice alone); top-p arms add the
-entropy loss (weight 1e-3) that keeps the router from spreading out:
-- Synthetic: K=4 clusters whose targets are random tanh networks of 2, 8, 32
-  and 128 units: difficulty is the target's complexity, and the per-cluster
-  test loss confirms the order. Two residual MoE layers, experts of 16 hidden
-  units, Adam. Reported: test MSE, experts per token overall, per layer and
-  per cluster.
-- Tiny T5-MoE: every layer of both stacks an MoE layer (experts d_ff=64),
-  the same router everywhere. Reported: eval loss and experts per token per
-  layer at the last evaluation.
+Every arm routes with no capacity limit (the number of experts a token gets
+is the router's choice alone); top-p arms add the entropy loss that keeps
+the router from spreading out (weights in ENTROPY_WEIGHTS).
+- Synthetic: K=4 clusters whose targets are random tanh networks of 2, 8,
+  32 and 128 units (difficulty = the target's complexity; the per-cluster
+  test loss confirms the order), each seed its own teacher; two residual
+  MoE layers of E=8 experts of 16 hidden units. Arms: top-k for k = 1, 2, 3,
+  top-p for every threshold in THRESHOLDS x entropy weight, and dense (one
+  FFN of 32 units: top-2's active FLOPs). Curve: test MSE against mean
+  experts per token.
+- Language (the routing testbed): dense, top-2 and top-p (p = 0.4, entropy
+  weight 1e-4, the paper's setting) with E=16 experts of d_ff 64 in every
+  FFN; eval loss and experts per token per layer.
+
+Claims (paired over seeds): (1) the best top-p arm with <= 90% of top-2's
+experts per token is below the top-k curve (its MSE minus the top-k MSE
+interpolated linearly at its experts per token < 0); (2) that arm's MSE is
+<= top-2's; (3) the Spearman correlation between a cluster's difficulty and
+its experts per token is > 0 (per seed, for top-p at p=0.4). Choosing the
+best of several top-p arms favours top-p; the table shows every arm.
+Preconditions: top-2 beats dense by >= 3 paired SE, per part.
+
+    python -m experiments.dynamic_top_p --quick   # 3 seeds, ~14 minutes on 2 CPU cores
+    python -m experiments.dynamic_top_p --full    # 5 seeds, 5000 T5 steps, ~1 hour
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import time
 
 import numpy as np
+from scipy import stats as sps
 
-from experiments.common import (ClusterTask, figure, fmt, numeric_table, parse_args, plot_curves,
-                                run_arms, run_t5, slug, t5_config, train_synthetic, with_moe,
-                                write_results)
+from experiments import stats
+from experiments.common import (ClusterTask, figure, knowledge_config, knowledge_moe,
+                                knowledge_router, numeric_table, parse_args, plot_curves,
+                                run_arms, run_t5, slug, train_synthetic, write_results)
 from moejax.routing import RouterConfig
 
 NAME = "dynamic_top_p"
 E = 8
 WIDTHS = (2, 8, 32, 128)
-ARMS = {"top-2": RouterConfig("top_k", num_experts=E, k=2, capacity_factor=None,
-                              eval_capacity_factor=None),
-        **{f"top-p {p}": RouterConfig("top_p", num_experts=E, threshold=p, entropy_weight=1e-3,
-                                      capacity_factor=None, eval_capacity_factor=None)
-           for p in (0.25, 0.4, 0.6)}}
-T5_LAYERS = [f"{stack}/layers_{i}" for stack in ("encoder", "decoder") for i in range(2)]
+THRESHOLDS = (0.25, 0.4, 0.6)
+ENTROPY_WEIGHTS = (0.0, 1e-4, 1e-2)
+FREE = dict(capacity_factor=None, eval_capacity_factor=None)
+TOP_K = {f"top-{k}": RouterConfig("top_k", num_experts=E, k=k, **FREE) for k in (1, 2, 3)}
+TOP_P = {f"top-p {p} (entropy {w:g})": RouterConfig("top_p", num_experts=E, threshold=p,
+                                                    entropy_weight=w, **FREE)
+         for p in THRESHOLDS for w in ENTROPY_WEIGHTS}
+SYNTH = {"dense": RouterConfig("top_k", num_experts=1, k=1, **FREE), **TOP_K, **TOP_P}
+DIFFICULTY_ARM = "top-p 0.4 (entropy 0.0001)"
+LANG = {"dense": None, "top-2": knowledge_router("top_k", k=2),
+        "top-p 0.4": knowledge_router("top_p", threshold=0.4, entropy_weight=1e-4)}
 
 
-def t5_experts_per_layer(run: dict) -> list[float]:
-    return [run["last_eval"][f"eval_{layer}/experts_per_token"] for layer in T5_LAYERS]
+def synth_call(seed: int, arm: str, steps: int):
+    d_ff = 32 if arm == "dense" else 16  # dense = top-2's active FLOPs
+    return functools.partial(train_synthetic, ClusterTask(widths=WIDTHS, separation=1.0, seed=seed),
+                             SYNTH[arm], steps=steps, seed=seed, layers=2, d_ff=d_ff)
 
 
-def plot_per_layer(path: str, title: str, xlabels: list[str], arms: dict[str, np.ndarray],
-                   xlabel: str) -> None:
-    """One line per arm over `xlabels`: mean over seeds, band = min..max
-    (arms[arm]: [seeds, len(xlabels)])."""
-    with figure(path, figsize=(6, 3.8)) as (_, ax):
-        x = np.arange(len(xlabels))
-        for arm, values in arms.items():
-            ax.plot(x, values.mean(0), marker="o", label=arm)
-            ax.fill_between(x, values.min(0), values.max(0), alpha=0.2)
-        ax.set_xticks(x, xlabels)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("experts per token")
-        ax.set_title(title)
-        ax.legend()
+def lang_config(size: str, seed: int, arm: str):
+    cfg = knowledge_config(size, seed)
+    return cfg if LANG[arm] is None else knowledge_moe(cfg, LANG[arm], d_ff=cfg.model.d_ff // 2)
+
+
+def t5_layers(run: dict) -> dict[str, float]:
+    row = run["last_eval"]
+    return {k[len("eval_"):-len("/experts_per_token")]: v for k, v in sorted(row.items())
+            if k.endswith("/experts_per_token") and "/layers_" in k and k.startswith("eval_")}
+
+
+def below_curve(experts: np.ndarray, mse: np.ndarray, k_experts: np.ndarray,
+                k_mse: np.ndarray) -> np.ndarray:
+    """Per seed: an arm's MSE minus the top-k curve's MSE interpolated at the
+    arm's experts per token (experts/mse: [S]; k_*: [S, 3] for k = 1, 2, 3)."""
+    return np.array([m - np.interp(x, kx, km) for x, m, kx, km in zip(experts, mse, k_experts,
+                                                                      k_mse)])
+
+
+def plot_tradeoff(path: str, experts: dict[str, np.ndarray], mse: dict[str, np.ndarray]) -> None:
+    with figure(path, figsize=(6.5, 4.5)) as (_, ax):
+        kx = [experts[a].mean() for a in TOP_K]
+        ax.plot(kx, [mse[a].mean() for a in TOP_K], "k-o", label="top-k (k = 1, 2, 3)")
+        for w, marker in zip(ENTROPY_WEIGHTS, "s^D"):
+            arms = [f"top-p {p} (entropy {w:g})" for p in THRESHOLDS]
+            ax.errorbar([experts[a].mean() for a in arms], [mse[a].mean() for a in arms],
+                        yerr=[np.diff(stats.mean_ci(mse[a])["ci95"])[0] / 2 for a in arms],
+                        marker=marker, ls="--", capsize=3, label=f"top-p, entropy {w:g}")
+        ax.axhline(mse["dense"].mean(), color="gray", ls=":", label="dense (top-2 FLOPs)")
+        ax.set_xlabel("experts per token (mean over layers)")
+        ax.set_ylabel("test MSE (mean over seeds, 95% CI)")
+        ax.set_yscale("log")
+        ax.set_title("Synthetic: quality against compute")
+        ax.legend(fontsize=8)
 
 
 def main():
     args = parse_args(NAME, __doc__)
-    synth_steps, t5_steps = {"quick": (800, 150), "full": (4000, 2000)}[args.size]
-    task = ClusterTask(widths=WIDTHS, separation=1.0)
-    synth = run_arms({arm: (lambda seed, r=r: train_synthetic(task, r, steps=synth_steps,
-                                                              seed=seed, layers=2, d_ff=16))
-                      for arm, r in ARMS.items()}, args.seeds, "synthetic")
-    t5 = run_arms({arm: (lambda seed, arm=arm, r=r: run_t5(
-        with_moe(t5_config(args.size, seed, steps=t5_steps, evals=10, eval_batches=8),
-                 encoder={"router": r, "d_ff": 64, "interval": 1},
-                 decoder={"router": r, "d_ff": 64, "interval": 1}),
-        os.path.join(args.out, "runs", f"{slug(arm)}_{seed}")))
-        for arm, r in ARMS.items()}, args.seeds, "tiny T5-MoE")
+    start = time.time()
+    steps = {"quick": 800, "full": 4000, "smoke": 30}[args.size]
+    arms = {("synthetic", a): (lambda seed, a=a: synth_call(seed, a, steps)) for a in SYNTH}
+    arms.update({("language", a): (lambda seed, a=a: functools.partial(
+        run_t5, lang_config(args.size, seed, a), os.path.join(args.out, "runs", f"{slug(a)}_{seed}")))
+        for a in LANG})
+    runs = run_arms(arms, args.seeds, NAME, args.jobs, os.path.join(args.out, "runs"))
+    synth = {a: runs[("synthetic", a)] for a in SYNTH}
+    t5 = {a: runs[("language", a)] for a in LANG}
 
-    t5_layers = {a: np.array([t5_experts_per_layer(r) for r in rs]) for a, rs in t5.items()}
-    # [seeds, clusters]: experts per token averaged over the two layers.
+    mse = {a: np.array([r.test_loss for r in rs]) for a, rs in synth.items()}
+    experts = {a: np.array([np.mean(r.experts_per_token) for r in rs]) for a, rs in synth.items()}
+    k_experts = np.stack([experts[a] for a in TOP_K], 1)
+    k_mse = np.stack([mse[a] for a in TOP_K], 1)
+    pre_synth = stats.precondition("test_mse", mse["top-2"], mse["dense"])
+    frugal = [a for a in TOP_P if experts[a].mean() <= 0.9 * experts["top-2"].mean()]
+    claims = []
+    if frugal:
+        best = min(frugal, key=lambda a: mse[a].mean())
+        claims.append(stats.claim(
+            f"synthetic: {best} (the best top-p arm with <= 90% of top-2's experts) is below the "
+            "top-k curve (MSE - interpolated top-k MSE < 0)", pre_synth["passed"],
+            stats.paired(below_curve(experts[best], mse[best], k_experts, k_mse),
+                         np.zeros(args.seeds)),
+            evidence=f"{experts[best].mean():.2f} vs top-2's {experts['top-2'].mean():.2f} "
+                     "experts per token", part="synthetic"))
+        claims.append(stats.claim(f"synthetic: {best} reaches top-2's test MSE or lower",
+                                  pre_synth["passed"], stats.paired(mse[best], mse["top-2"]),
+                                  part="synthetic"))
+    else:
+        best = min(TOP_P, key=lambda a: experts[a].mean())
+        claims.append(stats.claim(
+            f"synthetic: a top-p arm uses <= 90% of top-2's experts per token ({best}, the "
+            "fewest: experts - 0.9 x top-2's < 0)", pre_synth["passed"],
+            stats.paired(experts[best], 0.9 * experts["top-2"]), part="synthetic"))
     per_cluster = {a: np.array([np.mean(r.experts_per_token_per_cluster, axis=0) for r in rs])
-                   for a, rs in synth.items()}
-    plot_per_layer(os.path.join(args.out, "t5_experts_per_layer.png"),
-                   "Tiny T5-MoE: experts per token per layer (eval)",
-                   [layer.replace("/layers_", " ") for layer in T5_LAYERS], t5_layers, "layer")
-    plot_per_layer(os.path.join(args.out, "synthetic_experts_per_cluster.png"),
-                   "Synthetic: experts per token by target complexity",
-                   [str(w) for w in WIDTHS], per_cluster, "cluster target width (tanh units)")
-    plot_curves(os.path.join(args.out, "t5_eval_loss.png"), "Tiny T5-MoE: eval loss",
-                {a: [r["eval"] for r in rs] for a, rs in t5.items()}, "eval loss")
-    plot_curves(os.path.join(args.out, "synthetic_test_loss.png"), "Synthetic: test MSE",
-                {a: [r.loss_curve for r in rs] for a, rs in synth.items()}, "test MSE",
-                log_y=True)
+                   for a, rs in synth.items()}  # [seeds, clusters], mean of both layers
+    rho = np.array([sps.spearmanr(WIDTHS, row)[0] if np.ptp(row) > 0 else 0.0
+                    for row in per_cluster[DIFFICULTY_ARM]])
+    claims.append(stats.claim(
+        f"synthetic: harder clusters get more experts ({DIFFICULTY_ARM}: Spearman rho of target "
+        "width and experts per token > 0)", pre_synth["passed"],
+        stats.paired(rho, np.zeros(args.seeds)), claimed_sign=+1, part="synthetic"))
 
-    rows = ["| router | synthetic test MSE | experts/token (layer 1, 2) | "
-            "T5 eval loss | T5 experts/token (mean of 4 layers) |", "|---|---|---|---|---|"]
-    for arm, rs in synth.items():
-        layers = np.array([r.experts_per_token for r in rs])
-        rows.append(f"| {arm} | {fmt([r.test_loss for r in rs], 4)} | "
-                    f"{layers.mean(0)[0]:.2f}, {layers.mean(0)[1]:.2f} | "
-                    f"{fmt([r['eval'][-1][1] for r in t5[arm]])} | "
-                    f"{fmt(t5_layers[arm].mean(1), 2)} |")
+    loss = {a: np.array([r["eval"][-1][1] for r in rs]) for a, rs in t5.items()}
+    lang_experts = {a: np.array([np.mean(list(t5_layers(r).values())) for r in rs])
+                    for a, rs in t5.items() if a != "dense"}
+    pre_lang = stats.precondition("eval_loss", loss["top-2"], loss["dense"])
+    claims.append(stats.claim(
+        "language: top-p 0.4 reaches top-2's eval loss or lower", pre_lang["passed"],
+        stats.paired(loss["top-p 0.4"], loss["top-2"]),
+        evidence=f"{lang_experts['top-p 0.4'].mean():.2f} vs 2.00 experts per token",
+        part="language"))
+
+    rows = ["| arm | test MSE (95% CI) | arm - top-2 (95% CI) | experts/token (layer 1, 2) | "
+            "MSE - top-k curve (95% CI) |", "|---|---|---|---|---|"]
+    for a, rs in synth.items():
+        layers = np.mean([r.experts_per_token for r in rs], axis=0)
+        diff = "-" if a == "top-2" else stats.fmt_ci(stats.paired(mse[a], mse["top-2"]), 4)
+        curve = (stats.fmt_ci(stats.paired(below_curve(experts[a], mse[a], k_experts, k_mse),
+                                           np.zeros(args.seeds)), 4) if a in TOP_P else "-")
+        rows.append(f"| {a} | {stats.fmt_ci(stats.mean_ci(mse[a]), 4, False)} | {diff} | "
+                    f"{layers[0]:.2f}, {layers[1]:.2f} | {curve} |")
     widths = [f"width {w}" for w in WIDTHS]
-    cluster_table = numeric_table("router", widths,
-                                  {a: per_cluster[a].mean(0) for a in ARMS}, 2)
-    loss_table = numeric_table("router", widths, {
-        a: np.mean([r.test_loss_per_cluster for r in rs], axis=0) for a, rs in synth.items()}, 4)
-    layer_table = numeric_table("router", T5_LAYERS,
-                                {a: v.mean(0) for a, v in t5_layers.items()}, 2)
-    table = (f"E={E}, no capacity limit; synthetic: {synth_steps} steps, 2 MoE layers; tiny "
-             f"T5-MoE: {t5_steps} steps, 4 MoE layers; {args.seeds} seeds (mean ± std).\n\n" +
-             "\n".join(rows) +
-             "\n\nSynthetic, experts per token by cluster (mean of both layers and seeds):\n\n" +
-             cluster_table +
-             "\n\nSynthetic, test MSE by cluster (difficulty check):\n\n" + loss_table +
-             "\n\nTiny T5-MoE, experts per token per layer (eval, mean over seeds):\n\n" +
-             layer_table + "\n")
+    cluster_table = numeric_table("arm", widths, {a: per_cluster[a].mean(0) for a in TOP_P}, 2)
+    loss_table = numeric_table("arm", widths, {
+        a: np.mean([r.test_loss_per_cluster for r in synth[a]], axis=0) for a in TOP_K}, 4)
+    layer_names = list(t5_layers(t5["top-2"][0]))
+    lang_rows = ["| arm | eval loss (95% CI) | arm - top-2 (95% CI) | experts/token "
+                 f"({', '.join(layer_names)}) |", "|---|---|---|---|"]
+    for a in LANG:
+        diff = "-" if a == "top-2" else stats.fmt_ci(stats.paired(loss[a], loss["top-2"]))
+        per_layer = "-" if a == "dense" else ", ".join(
+            f"{np.mean([t5_layers(r)[n] for r in t5[a]]):.2f}" for n in layer_names)
+        lang_rows.append(f"| {a} | {stats.fmt_ci(stats.mean_ci(loss[a]), 3, False)} | {diff} | "
+                         f"{per_layer} |")
+    minutes = (time.time() - start) / 60
+    cfg = knowledge_config(args.size, 0)
+    table = "\n".join([
+        f"`--{args.size}`: {args.seeds} paired seeds, {minutes:.1f} minutes on this machine "
+        f"({args.jobs} jobs); no capacity limit anywhere.", "",
+        f"**Synthetic**: E={E}, 2 MoE layers, {steps} steps.", "", *rows, "",
+        stats.precondition_line(pre_synth, "synthetic: top-2 vs dense"), "",
+        "Experts per token by cluster (mean of both layers and seeds):", "", cluster_table, "",
+        "Test MSE by cluster (difficulty check):", "", loss_table, "",
+        f"**Language** (routing testbed, {cfg.steps} steps, E=16 of d_ff 64):", "", *lang_rows, "",
+        stats.precondition_line(pre_lang, "language: top-2 vs dense"), "",
+        stats.claims_table(claims)])
+    plot_tradeoff(os.path.join(args.out, "synthetic_tradeoff.png"), experts, mse)
+    with figure(os.path.join(args.out, "synthetic_experts_per_cluster.png"),
+                figsize=(6, 3.8)) as (_, ax):
+        for w, marker in zip(ENTROPY_WEIGHTS, "s^D"):
+            for p in THRESHOLDS:
+                a = f"top-p {p} (entropy {w:g})"
+                ci = np.array([stats.mean_ci(per_cluster[a][:, c])["ci95"]
+                               for c in range(len(WIDTHS))]).T
+                ax.errorbar(range(len(WIDTHS)), per_cluster[a].mean(0),
+                            yerr=np.abs(ci - per_cluster[a].mean(0)), marker=marker, capsize=2,
+                            label=a)
+        ax.set_xticks(range(len(WIDTHS)), [str(w) for w in WIDTHS])
+        ax.set_xlabel("cluster target width (tanh units): difficulty")
+        ax.set_ylabel("experts per token (95% CI)")
+        ax.set_title("Synthetic: experts per token by difficulty")
+        ax.legend(fontsize=6, ncol=2)
+    plot_curves(os.path.join(args.out, "t5_eval_loss.png"), "Routing testbed: eval loss",
+                {a: [r["eval"] for r in rs] for a, rs in t5.items()}, "eval loss")
     write_results(args.out, table, {
-        "size": args.size, "synthetic_steps": synth_steps, "t5_steps": t5_steps,
-        "widths": WIDTHS,
+        "size": args.size, "seeds": args.seeds, "steps": steps, "minutes": minutes,
+        "widths": WIDTHS, "precondition": {"synthetic": pre_synth, "language": pre_lang},
+        "claims": claims, "best_top_p": best,
         "synthetic": {a: [dataclasses.asdict(r) for r in rs] for a, rs in synth.items()},
-        "t5": {a: [{"train": r["train"], "eval": r["eval"],
-                    "experts_per_token_per_layer": dict(zip(T5_LAYERS, t5_experts_per_layer(r)))}
-                   for r in rs] for a, rs in t5.items()}})
+        "language": {a: [{"eval": r["eval"], "experts_per_token_per_layer": t5_layers(r)}
+                         for r in rs] for a, rs in t5.items()}})
     print(table)
 
 

@@ -1,49 +1,78 @@
 """Expert choice vs token choice at equal compute (Zhou et al. 2022).
 
-Claim: with the same active FLOPs per token, expert-choice routing (each
-expert takes its top C = 2T/E tokens of a group) trains faster than Switch
-top-1 and GShard top-2, because load is balanced by construction (nothing
-dropped for capacity, no balance loss) and a token can get a variable number
-of experts.
+Claim: at the same active FLOPs per token, expert-choice routing (each
+expert takes its top C = 2T/E tokens of a group) reaches GShard top-2's
+final loss in at most half the steps (the paper: > 2x faster convergence),
+with balanced load and no token dropped for capacity.
 
-Setup: the tiny T5-MoE on the embedded corpus (span corruption), every
-encoder layer an MoE layer of E=8 experts; the decoder is the same dense
-stack in every arm (expert choice would see future tokens there). Active
-FFN FLOPs per encoder token are equal: top-1 uses experts of d_ff=128; top-2,
-EC (capacity factor 2, so 2 experts per token on average) and EC-CAP (at most
-2 experts per token) use d_ff=64; the dense arm is one FFN of d_ff=128.
-Token-choice capacity factor 1.25 in training, 2.0 in evaluation.
-Reported: the step at which each arm's mean eval loss first reaches top-1's
-final eval loss (linear interpolation between evaluations), and the speed-up
-against top-1; the fraction of tokens with no expert and the load of the
-busiest expert (x E, so 1.0 = balanced) in the second half of training; and
-expert choice's distribution of experts per token.
+Setup: the routing testbed (`experiments.common.knowledge_config`), and in
+every MoE arm the same experts: E=16 of d_ff 64 in every FFN of both
+stacks. Only the encoder's router changes between arms; the decoder routes
+with the testbed's top-2 in every MoE arm (expert choice is not causal, so
+it cannot route the decoder). Encoder tokens are routed in groups of 512
+(4 groups per batch), so capacities and imbalance are those of hundreds of
+tokens. Arms:
+- dense: d_ff 128 everywhere (the precondition's baseline).
+- top-1 (Switch): capacity factor 1.25 train / 2.0 eval, load-balance loss
+  0.01: half the active FLOPs of the others.
+- top-2 (GShard): the same capacities and loss (equal compute: 2 x 64).
+- EC cf=2: expert choice at capacity factor 2 (2 experts per token on
+  average), no balance loss.
+- EC-CAP 2: expert choice as in section 3.3 of the paper (the entropic LP,
+  at most 2 experts per token; see moejax/routing/expert_choice.py).
+
+Speed-up of an arm (per seed): top-2's step count divided by the step at
+which the arm's eval curve first reaches top-2's final eval loss (linear
+between evaluations; an arm that never reaches it counts as 1.0, an upper
+bound). All arms share the testbed's wsd schedule, whose cooldown over the
+last quarter lowers every curve late: a speed-up can show only if the arm
+reaches the target before the cooldown, so measured speed-ups are
+conservative (a cooldown-matched comparison would train the arm for half
+the steps with its own cooldown; `--full` does not do that either).
+
+Precondition: top-2 (GShard) beats dense by >= 3 paired SE.
+
+    python -m experiments.expert_choice --quick   # 3 seeds x 1600 steps, ~15 minutes on 2 CPU cores
+    python -m experiments.expert_choice --full    # 5 seeds x 5000 steps, ~1.5 hours
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
+import time
 
 import numpy as np
 
-from experiments.common import (figure, fmt, mean_curve, mean_std, numeric_table, parse_args,
-                                plot_curves, run_arms, run_t5, slug, steps_to_reach, t5_config,
-                                with_moe, write_results)
-from moejax.routing import RouterConfig
+from experiments import stats
+from experiments.common import (TESTBED_EXPERTS, figure, knowledge_config, knowledge_moe,
+                                knowledge_router, numeric_table, parse_args, plot_curves,
+                                run_arms, run_t5, slug, steps_to_reach, with_moe, write_results)
 
 NAME = "expert_choice"
-E = 8
-D_FF = 128
-TOKEN_CHOICE = dict(num_experts=E, capacity_factor=1.25, eval_capacity_factor=2.0)
-EXPERT_CHOICE = dict(num_experts=E, capacity_factor=2.0, eval_capacity_factor=2.0)
-ARMS = {
-    "dense": dict(interval=0),
-    "top-1 (Switch)": dict(router=RouterConfig("switch", **TOKEN_CHOICE), d_ff=D_FF),
-    "top-2 (GShard)": dict(router=RouterConfig("gshard_top2", **TOKEN_CHOICE), d_ff=D_FF // 2),
-    "EC cf=2": dict(router=RouterConfig("expert_choice", **EXPERT_CHOICE), d_ff=D_FF // 2),
-    "EC-CAP 2": dict(router=RouterConfig("expert_choice", max_experts_per_token=2,
-                                         **EXPERT_CHOICE), d_ff=D_FF // 2),
+E = TESTBED_EXPERTS
+GROUP = 512
+TOKEN_CHOICE = dict(capacity_factor=1.25, eval_capacity_factor=2.0, load_balance_weight=0.01,
+                    normalize_weights=False)
+EXPERT_CHOICE = dict(capacity_factor=2.0, eval_capacity_factor=2.0, k=1)
+ROUTERS = {
+    "top-1 (Switch)": knowledge_router("switch", k=1, **TOKEN_CHOICE),
+    "top-2 (GShard)": knowledge_router("gshard_top2", k=2, **TOKEN_CHOICE),
+    "EC cf=2": knowledge_router("expert_choice", **EXPERT_CHOICE),
+    "EC-CAP 2": knowledge_router("expert_choice", max_experts_per_token=2, **EXPERT_CHOICE),
 }
-BASELINE = "top-1 (Switch)"
+ARMS = ("dense", *ROUTERS)
+BASELINE = "top-2 (GShard)"
+SPEEDUP_CLAIMED = 2.0
+
+
+def arm_config(size: str, seed: int, arm: str):
+    cfg = knowledge_config(size, seed, evals=10)
+    if arm == "dense":
+        return cfg
+    d_ff = cfg.model.d_ff // 2  # the same experts in every arm
+    cfg = knowledge_moe(cfg, d_ff=d_ff)
+    return with_moe(cfg, encoder=dict(router=ROUTERS[arm], group_size=GROUP))
 
 
 def encoder_layers(row: dict, metric: str) -> list:
@@ -52,9 +81,14 @@ def encoder_layers(row: dict, metric: str) -> list:
 
 
 def max_load(run: dict) -> float:
-    """E x the busiest expert's share of assignments, mean over encoder layers."""
+    """E x the busiest expert's share of assignments (eval), mean over encoder layers."""
     return float(np.mean([E * max(load) for load in encoder_layers(run["last_eval"],
                                                                    "expert_load")]))
+
+
+def dropped(run: dict) -> float:
+    """Fraction of encoder tokens with no expert (eval), mean over layers."""
+    return float(np.mean(encoder_layers(run["last_eval"], "dropped_fraction")))
 
 
 def histogram(runs: list[dict]) -> np.ndarray:
@@ -63,12 +97,25 @@ def histogram(runs: list[dict]) -> np.ndarray:
                     for r in runs], axis=0)
 
 
+def speedups(runs: dict[str, list[dict]], steps: int) -> dict[str, list[float]]:
+    """Per arm, per seed: steps / steps to reach the baseline's final loss (same seed)."""
+    out = {}
+    for arm, rs in runs.items():
+        out[arm] = []
+        for r, base in zip(rs, runs[BASELINE]):
+            reached = steps_to_reach(r["eval"], base["eval"][-1][1])
+            out[arm].append(1.0 if reached is None else steps / max(reached, 1.0))
+    return out
+
+
 def plot_histograms(path: str, hists: dict[str, np.ndarray]) -> None:
     with figure(path, figsize=(6, 3.5)) as (_, ax):
         width = 0.8 / len(hists)
+        shown = 6
         for i, (arm, hist) in enumerate(hists.items()):
-            ax.bar(np.arange(E + 1) + (i - (len(hists) - 1) / 2) * width, hist, width, label=arm)
-        ax.set_xticks(range(E + 1))
+            ax.bar(np.arange(shown) + (i - (len(hists) - 1) / 2) * width,
+                   [*hist[:shown - 1], hist[shown - 1:].sum()], width, label=arm)
+        ax.set_xticks(range(shown), [*map(str, range(shown - 1)), f"{shown - 1}+"])
         ax.set_xlabel("experts per token")
         ax.set_ylabel("fraction of tokens")
         ax.set_title("Encoder tokens by number of experts (eval, final step)")
@@ -77,52 +124,68 @@ def plot_histograms(path: str, hists: dict[str, np.ndarray]) -> None:
 
 def main():
     args = parse_args(NAME, __doc__)
-    steps = {"quick": 300, "full": 2000}[args.size]
-    runs = run_arms({arm: (lambda seed, arm=arm, moe=moe: run_t5(
-        with_moe(t5_config(args.size, seed, steps=steps, evals=10, eval_batches=8),
-                 encoder={"interval": 1, **moe}, decoder={"interval": 0}),
-        os.path.join(args.out, "runs", f"{slug(arm)}_{seed}")))
-        for arm, moe in ARMS.items()}, args.seeds, "tiny T5-MoE")
+    start = time.time()
+    runs = run_arms({arm: (lambda seed, arm=arm: functools.partial(
+        run_t5, arm_config(args.size, seed, arm),
+        os.path.join(args.out, "runs", f"{slug(arm)}_{seed}"))) for arm in ARMS},
+        args.seeds, NAME, args.jobs, os.path.join(args.out, "runs"))
+    steps = arm_config(args.size, 0, "dense").steps
+    final = {arm: [r["eval"][-1][1] for r in rs] for arm, rs in runs.items()}
+    pre = stats.precondition("eval_loss", final[BASELINE], final["dense"])
+    speed = speedups(runs, steps)
+    log_speed = {arm: np.log(v) for arm, v in speed.items()}
+    claims = []
+    for ec in ("EC cf=2", "EC-CAP 2"):
+        # log speed-up - log 2 > 0 <=> speed-up > 2 (a one-sample t interval
+        # on the log ratio; paired: both come from the same seed's runs).
+        claims.append(stats.claim(
+            f"{ec} reaches top-2's final eval loss >= {SPEEDUP_CLAIMED:g}x faster "
+            "(log speed-up - log 2 > 0)", pre["passed"],
+            stats.paired(log_speed[ec], [math.log(SPEEDUP_CLAIMED)] * args.seeds),
+            claimed_sign=+1,
+            evidence=f"speed-up {stats.fmt_ci(stats.mean_ci(speed[ec]), 2, False)}x"))
+        claims.append(stats.claim(f"{ec} reaches a lower final eval loss than top-2",
+                                  pre["passed"], stats.paired(final[ec], final[BASELINE])))
+        claims.append(stats.claim(f"{ec} reaches a lower final eval loss than top-1",
+                                  pre["passed"], stats.paired(final[ec], final["top-1 (Switch)"])))
 
-    curves = {arm: [r["eval"] for r in rs] for arm, rs in runs.items()}
-    plot_curves(os.path.join(args.out, "eval_loss.png"),
-                "Tiny T5-MoE span corruption at equal active FLOPs", curves, "eval loss")
-    hists = {arm: histogram(runs[arm]) for arm in ("EC cf=2", "EC-CAP 2")}
-    plot_histograms(os.path.join(args.out, "ec_experts_per_token.png"), hists)
-
-    target = mean_std([c[-1][1] for c in curves[BASELINE]])[0]
-    rows = ["| arm | final eval loss | steps to top-1's final loss | speed-up vs top-1 | "
-            "tokens with no expert (train) | busiest expert load x E (eval) |",
+    rows = ["| arm | final eval loss (95% CI) | arm - top-2: paired diff (95% CI) | speed-up vs "
+            "top-2 (95% CI) | encoder tokens with no expert (eval) | busiest expert x E (eval) |",
             "|---|---|---|---|---|---|"]
     summary = {}
     for arm, rs in runs.items():
-        reached = steps_to_reach(mean_curve(curves[arm]), target)
-        moe = ARMS[arm].get("interval", 1) > 0
-        summary[arm] = {
-            "final_eval_loss": [c[-1][1] for c in curves[arm]],
-            "steps_to_target": reached,
-            "speedup": None if reached is None else steps / reached,
-            "dropped_fraction": ([r["late_train"]["moe/dropped_fraction"] for r in rs]
-                                 if moe else None),
-            "max_load": [max_load(r) for r in rs] if moe else None}
+        moe = arm != "dense"
+        summary[arm] = {"final_eval_loss": final[arm], "speedup": speed[arm],
+                        "dropped_fraction": [dropped(r) for r in rs] if moe else None,
+                        "max_load": [max_load(r) for r in rs] if moe else None}
         s = summary[arm]
+        diff = "-" if arm == BASELINE else stats.fmt_ci(stats.paired(final[arm], final[BASELINE]))
         rows.append(
-            f"| {arm} | {fmt(s['final_eval_loss'])} | "
-            f"{'not reached' if reached is None else f'{reached:.0f}'} | "
-            f"{'-' if reached is None else format(s['speedup'], '.2f') + 'x'} | "
-            f"{fmt(s['dropped_fraction']) if moe else '-'} | "
-            f"{fmt(s['max_load'], 2) if moe else '-'} |")
+            f"| {arm} | {stats.fmt_ci(stats.mean_ci(final[arm]), 3, False)} | {diff} | "
+            f"{stats.fmt_ci(stats.mean_ci(speed[arm]), 2, False)} | "
+            f"{stats.fmt_ci(stats.mean_ci(s['dropped_fraction']), 3, False) if moe else '-'} | "
+            f"{stats.fmt_ci(stats.mean_ci(s['max_load']), 2, False) if moe else '-'} |")
+    hists = {arm: histogram(runs[arm]) for arm in ROUTERS}
     hist_table = numeric_table("arm", [f"{n} experts" for n in range(5)] + ["5+"],
                                {a: [*h[:5], h[5:].sum()] for a, h in hists.items()}, 3)
-    table = (f"Tiny T5-MoE, {steps} steps, batch 16, {args.seeds} seeds (mean ± std); target = "
-             f"top-1's final eval loss {target:.3f} (steps found on the seed-mean curve).\n\n" +
-             "\n".join(rows) + "\n\nExperts per encoder token at the last evaluation "
-             "(mean over layers and seeds):\n\n" + hist_table + "\n")
+    minutes = (time.time() - start) / 60
+    table = "\n".join([
+        f"`--{args.size}`: {args.seeds} paired seeds, {steps} steps of the routing testbed; "
+        f"E={E} experts of d_ff 64 in every MoE arm, encoder groups of {GROUP} tokens; "
+        f"{minutes:.1f} minutes on this machine ({args.jobs} jobs). Speed-up: top-2's steps / "
+        "steps to reach top-2's final loss, per seed (never reached = 1.0).", "",
+        *rows, "", stats.precondition_line(pre, BASELINE), "", stats.claims_table(claims),
+        "Experts per encoder token at the last evaluation (mean over layers and seeds):", "",
+        hist_table, ""])
+    plot_curves(os.path.join(args.out, "eval_loss.png"),
+                "Routing testbed: encoder router at equal experts",
+                {arm: [r["eval"] for r in rs] for arm, rs in runs.items()}, "eval loss")
+    plot_histograms(os.path.join(args.out, "experts_per_token.png"), hists)
     write_results(args.out, table, {
-        "size": args.size, "steps": steps, "target": target, "summary": summary,
+        "size": args.size, "seeds": args.seeds, "steps": steps, "minutes": minutes,
+        "precondition": pre, "claims": claims, "summary": summary,
         "experts_per_token_hist": {a: h.tolist() for a, h in hists.items()},
-        "runs": {a: [{k: r[k] for k in ("train", "eval")} for r in rs]
-                 for a, rs in runs.items()}})
+        "curves": {a: [r["eval"] for r in rs] for a, rs in runs.items()}})
     print(table)
 
 

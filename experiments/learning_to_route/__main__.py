@@ -1,37 +1,78 @@
-"""Learning to route on clustered data (Dikkala et al. 2023).
+"""Learning to route (Dikkala et al. 2023): does a learned router find the
+clusters, and does that beat routing that cannot learn?
 
-Claim: with K clusters, each with its own target function, an MoE (E >= K)
-whose router is learned routes by cluster (high purity) and reaches a lower
-loss than the same MoE with a frozen random router or a hash router.
+Claim: on data made of clusters, each with its own target function, an MoE
+whose router is learned sends each cluster to its own experts and reaches a
+lower loss than the same MoE with a frozen random router or a hash router.
+The mechanism predicts that the learned-vs-frozen gap shrinks when the
+clusters are so far apart that a random hyperplane already separates them.
 
-Synthetic part: K=4 clusters (separation 1, noise 0.5), E=8 experts of 16
-hidden units, one top-1 MoE layer routing the raw inputs, no capacity
-limit; test loss, NMI between cluster and chosen expert over training, and
-the cluster x expert routing matrix as heatmaps. T5 part: the tiny T5-MoE's
-span-corruption loss with a learned vs a frozen top-1 router (both stacks).
+Synthetic part (`experiments.common.ClusterTask`): K=4 clusters in 16
+dimensions, each seed drawing its own teacher (centres and target
+networks); one top-1 MoE layer of E=8 experts of 16 hidden units routing
+the raw inputs (no norm or learnable scale in front of the router), no
+capacity limit; separation swept over SEPARATIONS. Arms: dense (one FFN of
+16 hidden units: equal active FLOPs), learned (switch), frozen random
+(the router kept at its init), hash (token ids hashed to experts).
+
+Language part (the routing testbed, `experiments.common.knowledge_config`):
+dense vs MoE (E=16, top-2 of d_ff 64) with a learned router vs the same
+router frozen at init (freeze_router) vs a hash router (top-1 of d_ff 128,
+equal active FLOPs); NMI between each held-out document's domain and the
+expert its tokens choose, per encoder layer.
+
+Precondition, per part: the learned MoE beats dense by >= 3 paired SE.
+
+    python -m experiments.learning_to_route --quick   # 3 seeds, ~15 minutes on 2 CPU cores
+    python -m experiments.learning_to_route --full    # 5 seeds, 5000 T5 steps, ~1 hour
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import time
 
 import numpy as np
 
-from experiments.common import (ClusterTask, figure, fmt, mean_std, parse_args, plot_curves,
-                                run_arms, run_t5, t5_config, train_synthetic, with_moe,
+from experiments import stats
+from experiments.common import (ClusterTask, TESTBED_EXPERTS, figure, knowledge_config,
+                                knowledge_moe, knowledge_router, parse_args, plot_curves,
+                                run_arms, run_t5, slug, train_synthetic,
                                 write_results)
 from moejax.routing import RouterConfig
 
 NAME = "learning_to_route"
-ROUTERS = {"learned": "switch", "frozen random": "frozen", "hash": "hash"}
+SEPARATIONS = (0.5, 1.0, 4.0)
+MAIN_SEPARATION = 1.0
+SYNTH_ARMS = ("dense", "learned", "frozen random", "hash")
+LANG_ARMS = ("dense", "learned", "frozen random", "hash")
+
+
+def synth_router(arm: str) -> RouterConfig:
+    free = dict(capacity_factor=None, eval_capacity_factor=None)
+    if arm == "dense":  # one expert that every token uses: a dense FFN
+        return RouterConfig("top_k", num_experts=1, k=1, **free)
+    name = {"learned": "switch", "frozen random": "frozen", "hash": "hash"}[arm]
+    return RouterConfig(name, num_experts=8, **free)
+
+
+def lang_config(size: str, seed: int, arm: str):
+    cfg = knowledge_config(size, seed)
+    if arm == "dense":
+        return cfg
+    if arm == "hash":  # hash layers route each token to one expert: twice as wide
+        return knowledge_moe(cfg, knowledge_router("hash", k=1), d_ff=cfg.model.d_ff)
+    return dataclasses.replace(knowledge_moe(cfg), freeze_router=arm == "frozen random")
 
 
 def heatmaps(path: str, runs: dict[str, list]) -> None:
+    arms = [a for a in SYNTH_ARMS if a != "dense"]
     snaps = runs["learned"][0].confusion
-    with figure(path, len(runs), len(snaps), figsize=(2.2 * len(snaps), 2.2 * len(runs)),
+    with figure(path, len(arms), len(snaps), figsize=(2.2 * len(snaps), 2.2 * len(arms)),
                 dpi=110) as (fig, axes):
-        for r, (arm, seed_runs) in enumerate(runs.items()):
-            for c, (step, table) in enumerate(seed_runs[0].confusion):
+        for r, arm in enumerate(arms):
+            for c, (step, table) in enumerate(runs[arm][0].confusion):
                 ax = axes[r, c]
                 ax.imshow(np.array(table), vmin=0, vmax=1, cmap="viridis")
                 ax.set_xticks([])
@@ -40,57 +81,125 @@ def heatmaps(path: str, runs: dict[str, list]) -> None:
                     ax.set_title(f"step {step}", fontsize=9)
                 if c == 0:
                     ax.set_ylabel(f"{arm}\ncluster", fontsize=9)
-                if r == len(runs) - 1:
+                if r == len(arms) - 1:
                     ax.set_xlabel("expert", fontsize=9)
-        fig.suptitle("P(expert | cluster), seed 0")
+        fig.suptitle(f"P(expert | cluster), separation {MAIN_SEPARATION:g}, seed 0")
+
+
+def gap_plot(path: str, gaps: dict[float, dict]) -> None:
+    with figure(path) as (_, ax):
+        seps = sorted(gaps)
+        for other, marker in (("frozen random", "o"), ("hash", "s")):
+            mean = [gaps[s][other]["mean"] for s in seps]
+            lo = [gaps[s][other]["ci95"][0] for s in seps]
+            hi = [gaps[s][other]["ci95"][1] for s in seps]
+            ax.errorbar(seps, mean, yerr=[np.subtract(mean, lo), np.subtract(hi, mean)],
+                        marker=marker, capsize=3, label=f"learned - {other}")
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("cluster separation")
+        ax.set_ylabel("paired test-MSE difference (95% CI)")
+        ax.set_title("Learned router's advantage vs cluster separation")
+        ax.legend()
 
 
 def main():
     args = parse_args(NAME, __doc__)
-    steps = {"quick": 800, "full": 4000}[args.size]
-    task = ClusterTask(widths=(16, 16, 16, 16), separation=1.0)
-    router = lambda name: RouterConfig(name, num_experts=8, capacity_factor=None,  # noqa: E731
-                                       eval_capacity_factor=None)
-    synth = run_arms({arm: (lambda seed, n=name: train_synthetic(task, router(n), steps=steps,
-                                                                  seed=seed, d_ff=16))
-                      for arm, name in ROUTERS.items()}, args.seeds, "synthetic")
+    start = time.time()
+    steps = {"quick": 800, "full": 4000, "smoke": 30}[args.size]
+    arms = {}
+    for sep in SEPARATIONS:
+        for arm in SYNTH_ARMS:
+            arms[(sep, arm)] = lambda seed, sep=sep, arm=arm: functools.partial(
+                train_synthetic, ClusterTask(widths=(16,) * 4, separation=sep, seed=seed),
+                synth_router(arm), steps=steps, seed=seed, d_ff=16)
+    for arm in LANG_ARMS:
+        arms[("T5", arm)] = lambda seed, arm=arm: functools.partial(
+            run_t5, lang_config(args.size, seed, arm),
+            os.path.join(args.out, "runs", f"t5_{slug(arm)}_{seed}"), routing_nmi=arm != "dense")
+    runs = run_arms(arms, args.seeds, NAME, args.jobs, os.path.join(args.out, "runs"))
+
+    mse = {key: [r.test_loss for r in rs] for key, rs in runs.items() if key[0] != "T5"}
+    gaps = {sep: {o: stats.paired(mse[(sep, "learned")], mse[(sep, o)])
+                  for o in ("frozen random", "hash", "dense")} for sep in SEPARATIONS}
+    main_sep, wide = MAIN_SEPARATION, max(SEPARATIONS)
+    pre_synth = stats.precondition("test_mse", mse[(main_sep, "learned")],
+                                   mse[(main_sep, "dense")])
+    t5 = {arm: runs[("T5", arm)] for arm in LANG_ARMS}
+    loss = {arm: [r["eval"][-1][1] for r in rs] for arm, rs in t5.items()}
+    nmi = {arm: [float(np.mean(r["nmi"])) for r in rs] for arm, rs in t5.items() if arm != "dense"}
+    pre_lang = stats.precondition("eval_loss", loss["learned"], loss["dense"])
+    # The mechanism: the gap (learned - frozen, negative = learned better) is
+    # more negative at the main separation than where clusters are far apart.
+    gap_main = np.subtract(mse[(main_sep, "learned")], mse[(main_sep, "frozen random")])
+    gap_wide = np.subtract(mse[(wide, "learned")], mse[(wide, "frozen random")])
+    claims = [
+        stats.claim(f"synthetic (separation {main_sep:g}): learned beats frozen random (test MSE)",
+                    pre_synth["passed"], gaps[main_sep]["frozen random"], part="synthetic"),
+        stats.claim(f"synthetic (separation {main_sep:g}): learned beats hash (test MSE)",
+                    pre_synth["passed"], gaps[main_sep]["hash"], part="synthetic"),
+        stats.claim(f"synthetic: the learned-vs-frozen gap shrinks from separation {main_sep:g} "
+                    f"to {wide:g} (gap difference < 0)", pre_synth["passed"],
+                    stats.paired(gap_main, gap_wide), part="synthetic"),
+        stats.claim("language: learned beats frozen random (eval loss)", pre_lang["passed"],
+                    stats.paired(loss["learned"], loss["frozen random"]), part="language"),
+        stats.claim("language: learned beats hash (eval loss)", pre_lang["passed"],
+                    stats.paired(loss["learned"], loss["hash"]), part="language"),
+        stats.claim("language: a learned router routes by domain more than a frozen one "
+                    "(NMI(domain, expert), mean over encoder layers)", pre_lang["passed"],
+                    stats.paired(nmi["learned"], nmi["frozen random"]), claimed_sign=+1,
+                    part="language"),
+    ]
+
+    cfg = knowledge_config(args.size, 0)
+    rows = ["| separation | arm | test MSE (95% CI) | learned - arm: paired diff (95% CI) | "
+            "NMI(cluster, expert) |", "|---|---|---|---|---|"]
+    for sep in SEPARATIONS:
+        for arm in SYNTH_ARMS:
+            diff = "-" if arm == "learned" else stats.fmt_ci(gaps[sep][arm], 4)
+            nmis = [r.nmi[-1][1][0] for r in runs[(sep, arm)]]
+            rows.append(f"| {sep:g} | {arm} | {stats.fmt_ci(stats.mean_ci(mse[(sep, arm)]), 4, False)}"
+                        f" | {diff} | {stats.fmt_ci(stats.mean_ci(nmis), 2, False)} |")
+    lang_rows = ["| arm | eval loss (95% CI) | learned - arm: paired diff (95% CI) | "
+                 "NMI(domain, expert) per encoder layer |", "|---|---|---|---|"]
+    for arm in LANG_ARMS:
+        diff = "-" if arm == "learned" else stats.fmt_ci(stats.paired(loss["learned"], loss[arm]))
+        per_layer = ("-" if arm == "dense" else ", ".join(
+            f"{v:.2f}" for v in np.mean([r["nmi"] for r in t5[arm]], axis=0)))
+        lang_rows.append(f"| {arm} | {stats.fmt_ci(stats.mean_ci(loss[arm]), 3, False)} | {diff} "
+                         f"| {per_layer} |")
+    minutes = (time.time() - start) / 60
+    table = "\n".join([
+        f"`--{args.size}`: {args.seeds} paired seeds, {minutes:.1f} minutes on this machine "
+        f"({args.jobs} jobs). Intervals are 95% t intervals over seeds.", "",
+        f"**Synthetic**: K=4 clusters, E=8 top-1 experts of 16 units, {steps} steps; each seed "
+        "its own teacher.", "", *rows, "",
+        stats.precondition_line(pre_synth, "synthetic, separation 1"), "",
+        f"**Language** (routing testbed): {cfg.steps} steps; MoE E={TESTBED_EXPERTS} top-2 of "
+        f"d_ff {cfg.model.d_ff // 2} (hash: top-1 of d_ff {cfg.model.d_ff}).", "", *lang_rows, "",
+        stats.precondition_line(pre_lang, "language"), "",
+        stats.claims_table(claims)])
     plot_curves(os.path.join(args.out, "synthetic_test_loss.png"),
-                "Clustered regression: test loss", {a: [r.loss_curve for r in rs]
-                                                    for a, rs in synth.items()}, "test MSE",
-                log_y=True)
-    plot_curves(os.path.join(args.out, "synthetic_nmi.png"), "Routing purity (NMI cluster/expert)",
-                {a: [[(s, v[0]) for s, v in r.nmi] for r in rs] for a, rs in synth.items()}, "NMI")
-    heatmaps(os.path.join(args.out, "synthetic_confusion.png"), synth)
-
-    # The trainer freezes a router with freeze_router (its initial random
-    # weights never move), the same thing the 'frozen' router does in a layer.
-    switch = RouterConfig("switch", num_experts=8)
-    t5 = run_arms({arm: (lambda seed, frozen=frozen, arm=arm: run_t5(
-        dataclasses.replace(with_moe(t5_config(args.size, seed), {"router": switch},
-                                     {"router": switch}),
-                            freeze_router=frozen),
-        os.path.join(args.out, "runs", f"t5_{arm.split()[0]}_{seed}")))
-        for arm, frozen in (("learned", False), ("frozen random", True))},
-        args.seeds, "tiny T5-MoE")
-    plot_curves(os.path.join(args.out, "t5_train_loss.png"),
-                "Tiny T5-MoE span corruption: train cross-entropy",
-                {a: [c["train"] for c in cs] for a, cs in t5.items()}, "cross-entropy")
-
-    rows = ["| router | test MSE | NMI(cluster, expert) | final T5 eval loss |",
-            "|---|---|---|---|"]
-    for arm, runs in synth.items():
-        t5_col = fmt([c["eval"][-1][1] for c in t5[arm]]) if arm in t5 else "-"
-        rows.append(f"| {arm} | {fmt([r.test_loss for r in runs], 4)} | "
-                    f"{fmt([r.nmi[-1][1][0] for r in runs])} | {t5_col} |")
-    learned, frozen = (mean_std([r.test_loss for r in synth[a]])[0]
-                       for a in ("learned", "frozen random"))
-    table = (f"Synthetic: K=4 clusters, E=8, {steps} steps, {args.seeds} seeds (mean ± std); "
-             f"tiny T5-MoE: {t5_config(args.size, 0).steps} steps.\n\n" + "\n".join(rows) +
-             f"\n\nLearned / frozen test MSE: {learned / frozen:.3f}\n")
+                f"Clustered regression (separation {main_sep:g}): test loss",
+                {a: [r.loss_curve for r in runs[(main_sep, a)]] for a in SYNTH_ARMS}, "test MSE",
+                log_y=True, band="ci")
+    plot_curves(os.path.join(args.out, "synthetic_nmi.png"),
+                f"Routing purity (NMI cluster/expert), separation {main_sep:g}",
+                {a: [[(s, v[0]) for s, v in r.nmi] for r in runs[(main_sep, a)]]
+                 for a in SYNTH_ARMS if a != "dense"}, "NMI", band="ci")
+    heatmaps(os.path.join(args.out, "synthetic_confusion.png"),
+             {a: runs[(main_sep, a)] for a in SYNTH_ARMS})
+    gap_plot(os.path.join(args.out, "synthetic_gap_vs_separation.png"), gaps)
+    plot_curves(os.path.join(args.out, "t5_eval_loss.png"),
+                "Routing testbed: eval loss", {a: [r["eval"] for r in rs] for a, rs in t5.items()},
+                "eval loss (span corruption)", band="ci")
     write_results(args.out, table, {
-        "size": args.size, "steps": steps,
-        "synthetic": {a: [dataclasses.asdict(r) for r in rs] for a, rs in synth.items()},
-        "t5": {a: [{k: c[k] for k in ("train", "eval")} for c in cs] for a, cs in t5.items()}})
+        "size": args.size, "seeds": args.seeds, "minutes": minutes,
+        "precondition": {"synthetic": pre_synth, "language": pre_lang}, "claims": claims,
+        "synthetic": {f"{sep:g}/{arm}": [dataclasses.asdict(r) for r in runs[(sep, arm)]]
+                      for sep in SEPARATIONS for arm in SYNTH_ARMS},
+        "language": {arm: [{"eval": r["eval"], "nmi": r.get("nmi", [])} for r in rs]
+                     for arm, rs in t5.items()}})
     print(table)
 
 

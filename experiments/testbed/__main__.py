@@ -27,12 +27,13 @@ router beats the frozen random router the same way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 
 from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, TESTBED_K, figure, parse_args, run_arms, run_t5,
-                                slug, knowledge_config, knowledge_moe, write_results)
+from experiments.common import (TESTBED_EXPERTS, TESTBED_K, knowledge_config, knowledge_moe,
+                                parse_args, plot_curves, run_arms, run_t5, slug, write_results)
 
 NAME = "testbed"
 ARMS = ("dense", "MoE, learned router", "MoE, frozen random router")
@@ -47,29 +48,13 @@ def arm_config(size: str, seed: int, arm: str):
     return dataclasses.replace(cfg, freeze_router=arm == FROZEN)
 
 
-def plot(path: str, runs: dict[str, list[dict]]) -> None:
-    import numpy as np
-
-    with figure(path) as (_, ax):
-        for arm, rs in runs.items():
-            steps = [s for s, _ in rs[0]["eval"]]
-            values = np.array([[v for _, v in r["eval"]] for r in rs])
-            mean = values.mean(0)
-            ci = [stats.mean_ci(values[:, i])["ci95"] for i in range(len(steps))]
-            ax.plot(steps, mean, label=arm)
-            ax.fill_between(steps, [c[0] for c in ci], [c[1] for c in ci], alpha=0.2)
-        ax.set_xlabel("step")
-        ax.set_ylabel("eval loss (span corruption)")
-        ax.set_title("Knowledge corpus, tiny T5: mean over seeds, 95% CI band")
-        ax.legend()
-
-
 def main():
     args = parse_args(NAME, __doc__)
     start = time.time()
-    runs = run_arms({arm: (lambda seed, arm=arm: run_t5(
-        arm_config(args.size, seed, arm), os.path.join(args.out, "runs", f"{slug(arm)}_{seed}")))
-        for arm in ARMS}, args.seeds, "testbed")
+    runs = run_arms({arm: (lambda seed, arm=arm: functools.partial(
+        run_t5, arm_config(args.size, seed, arm),
+        os.path.join(args.out, "runs", f"{slug(arm)}_{seed}"))) for arm in ARMS},
+        args.seeds, NAME, args.jobs)
     final = {arm: [r["eval"][-1][1] for r in rs] for arm, rs in runs.items()}
     pre = stats.precondition("eval_loss", final[MOE], final[DENSE])
     learned_vs_frozen = stats.paired(final[MOE], final[FROZEN])
@@ -92,15 +77,13 @@ def main():
         f"(inputs {cfg.data.inputs_length} / targets {cfg.data.targets_length} tokens), "
         f"knowledge corpus with {cfg.data.knowledge_entities} entities per domain; MoE: "
         f"E={TESTBED_EXPERTS}, top-{TESTBED_K} of d_ff={cfg.model.d_ff // TESTBED_K}; "
-        f"{(time.time() - start) / 60:.1f} minutes on this machine. Diffs are arm - dense "
+        f"{(time.time() - start) / 60:.1f} minutes on this machine ({args.jobs} jobs). Diffs are arm - dense "
         "(negative = lower loss than dense).", "",
         *rows, "",
-        f"**Precondition** (MoE beats dense by >= {stats.PRECONDITION_SE:g} paired SE): "
-        f"{'passed' if pre['passed'] else 'failed'}, diff {pre['diff']:+.4f} "
-        f"[{pre['ci95'][0]:+.4f}, {pre['ci95'][1]:+.4f}], {-pre['diff'] / pre['se']:.1f} SE.", "",
-        "| claim | verdict | evidence |", "|---|---|---|",
-        *[f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in claims], ""])
-    plot(os.path.join(args.out, "eval_loss.png"), runs)
+        stats.precondition_line(pre), "", stats.claims_table(claims)])
+    plot_curves(os.path.join(args.out, "eval_loss.png"), "Knowledge corpus, tiny T5",
+                {arm: [r["eval"] for r in rs] for arm, rs in runs.items()},
+                "eval loss (span corruption)")
     write_results(args.out, table, {
         "size": args.size, "seeds": args.seeds, "steps": cfg.steps,
         "precondition": pre, "claims": claims,
