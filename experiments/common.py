@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -36,7 +37,8 @@ from moejax.routing.base import experts_per_token
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parse_args(name: str, doc: str) -> argparse.Namespace:
+def parse_args(name: str, doc: str, default_seeds: dict[str, int] | None = None
+               ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
@@ -56,7 +58,7 @@ def parse_args(name: str, doc: str) -> argparse.Namespace:
                              "(default: the cores this process may use)")
     args = parser.parse_args()
     args.size = args.size or "quick"
-    args.seeds = args.seeds or {"quick": 3, "full": 5, "smoke": 2}[args.size]
+    args.seeds = args.seeds or (default_seeds or {"quick": 3, "full": 5, "smoke": 2})[args.size]
     if args.seeds < 3 and args.size != "smoke":
         parser.error(f"--seeds must be >= 3 to report a spread, got {args.seeds}")
     os.makedirs(args.out, exist_ok=True)
@@ -360,14 +362,18 @@ def with_moe(cfg, encoder: dict | None = None, decoder: dict | None = None):
         decoder_moe=dataclasses.replace(model.decoder_moe, **(decoder or {}))))
 
 
-def run_t5(cfg, workdir: str, routing_nmi: bool = False) -> dict:
+def run_t5(cfg, workdir: str, routing_nmi: bool = False, imports: Sequence[str] = ()) -> dict:
     """Trains `cfg` in `workdir` (resuming a finished run is instant) and
     returns its curves, 'train': [(step, cross-entropy)] and 'eval': [(step,
     eval loss)]; 'last_eval': the final evaluation's metrics (per-layer
     expert load and experts-per-token histograms included); 'late_train':
     each scalar train metric averaged over the second half of training;
     with routing_nmi, 'nmi': `t5_routing_nmi` (knowledge corpus, MoE encoder).
-    Experiments run it in worker processes: keep it module-level."""
+    `imports`: modules to import first (they register user routers, which a
+    fresh worker process does not know). Experiments run it in worker
+    processes: keep it module-level."""
+    for module in imports:
+        importlib.import_module(module)
     from moejax.train.metrics import read_metrics
     from moejax.train.trainer import train
 

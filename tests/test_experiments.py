@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 
+from experiments import stats
+
 from experiments.common import (ClusterTask, mean_curve, numeric_table, routing_counts, slug,
                                 steps_to_reach, t5_config, knowledge_config, knowledge_moe,
                                 knowledge_router, train_synthetic, with_moe)
@@ -81,3 +83,99 @@ def test_testbed_arms_differ_only_in_their_ffns_at_equal_active_flops():
         assert stack.d_ff * stack.router.k == dense.model.d_ff  # active hidden units per token
     assert knowledge_router().capacity_factor is None and knowledge_router().load_balance_weight == 0
     assert dataclasses.replace(moe, model=dense.model) == dense
+
+
+def test_digits_task_keeps_test_images_out_of_training():
+    from experiments.fixed import digits_task
+
+    task = digits_task(seed=3, n_train=300, n_val=100, n_test=200)
+    assert task.train.x.shape == (300, 128) and task.test.y.shape == (200, 2)
+    assert task.train.y.min() >= 0 and task.train.y.max() <= 9
+
+    def images(split):  # the distinct 8x8 images (one shared affine normalisation)
+        return {tuple(np.round(half, 4)) for half in split.x.reshape(-1, 64)}
+
+    # load_digits has no duplicate images, so disjoint rows = disjoint images.
+    assert not images(task.train) & images(task.test)
+    assert not images(task.train) & images(task.val)
+    np.testing.assert_array_equal(digits_task(seed=3, n_train=300, n_val=100, n_test=200).test.x,
+                                  task.test.x)
+    assert not np.array_equal(digits_task(seed=4, n_train=300).train.x, task.train.x)
+
+
+def test_train_fixed_early_stops_at_the_best_validation_point():
+    from experiments.fixed import train_fixed
+
+    router = RouterConfig("top_k", num_experts=4, k=2, capacity_factor=None,
+                          eval_capacity_factor=None)
+    runs = train_fixed("clusters", 2, router, lr=1e-2, steps=40, evals=4)
+    assert len(runs) == 2 and runs[0]["test"] != runs[1]["test"]  # seeds differ
+    for r in runs:
+        vals = dict(r["val"])
+        assert [s for s, _ in r["val"]] == [0, 10, 20, 30, 40]
+        assert r["best_val"] == min(vals.values()) and vals[r["best_step"]] == r["best_val"]
+        assert r["test_loss"] == dict(r["test"])[r["best_step"]]
+        assert r["test"][-1][1] < r["test"][0][1]  # it learns
+
+
+def _run_module(args, tmp_path, env_extra=None):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), root]),
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"), **(env_extra or {})}
+    out = subprocess.run([sys.executable, "-m", *args], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_leaderboard_ranks_a_user_router_from_its_own_module(tmp_path):
+    """A router registered in the user's module, with top_k's kernel and k,
+    trains in the worker processes and ties top_k exactly (same init, data
+    and routing); a rerun reuses the stored arms."""
+    import json
+
+    (tmp_path / "my_routers.py").write_text(
+        "from moejax.routing import register_router, top_k_route\n"
+        "register_router('my_top2', top_k_route, default_k=2)\n")
+    out_dir = tmp_path / "lb"
+    args = ["experiments.leaderboard", "--smoke", "--jobs", "2", "--only", "my_top2",
+            "--router", "my_routers:my_top2", "--out", str(out_dir)]
+    _run_module(args, tmp_path)
+    results = json.loads((out_dir / "results.json").read_text())
+    assert set(results["arms"]) == {"dense", "top_k", "my_top2"}
+    mine, base = ([s["eval_loss"] for s in results["arms"][a]["seeds"]]
+                  for a in ("my_top2", "top_k"))
+    assert mine == base and len(mine) == 2
+    assert (out_dir / "leaderboard.png").exists()
+    assert "| my_top2 |" in (out_dir / "table.md").read_text()
+    again = _run_module(args, tmp_path)
+    assert "reusing stored results of 3 arms" in again.stdout
+
+
+@pytest.mark.parametrize("name", ["learning_to_route", "expert_choice", "moesart",
+                                  "dynamic_top_p"])
+def test_experiment_runs_end_to_end(name, tmp_path):
+    """Each experiment's command, a few steps per arm in worker processes:
+    its results follow the schema and its plots exist."""
+    import json
+
+    out_dir = tmp_path / name
+    _run_module([f"experiments.{name}", "--smoke", "--jobs", "2", "--out", str(out_dir)], tmp_path)
+    results = json.loads((out_dir / "results.json").read_text())
+    stats.check_schema(results)
+    assert results["size"] == "smoke" and len(list(out_dir.glob("*.png"))) >= 2
+    assert "| claim | verdict | evidence |" in (out_dir / "table.md").read_text()
+    if name == "learning_to_route":
+        assert set(results["precondition"]) == {"synthetic", "language"}
+        nmi = results["language"]["learned"][0]["nmi"]
+        assert len(nmi) == 2 and all(0.0 <= v <= 1.0 for v in nmi)  # one per encoder layer
+
+
+def test_experiments_readme_summary_matches_the_committed_results():
+    from experiments import summary
+
+    assert summary.main(["--check"]) == 0

@@ -57,3 +57,21 @@ def test_results_schema_is_checked():
     with pytest.raises(ValueError, match="verdict in"):
         stats.check_schema({"precondition": pre, "claims": [dict(c, verdict="maybe")]})
     assert math.isinf(stats.paired([1.0, 2.0], [0.0, 1.0])["z"])
+
+
+def test_schema_with_one_precondition_per_part():
+    good = stats.precondition("mse", [1.0, 1.1, 1.2], [2.0, 2.12, 2.19])
+    bad = dict(good, passed=False)
+    diff = stats.paired([1.0, 1.1, 1.2], [1.1, 1.21, 1.3])
+    ok = stats.claim("A beats B on x", True, diff, part="x")
+    assert ok["part"] == "x" and ok["verdict"] == "reproduced"
+    stats.check_schema({"precondition": {"x": good, "y": bad},
+                        "claims": [ok, stats.claim("A beats B on y", False, diff, part="y")]})
+    # A claim is held to its own part's precondition.
+    with pytest.raises(ValueError, match="must be 'inconclusive'"):
+        stats.check_schema({"precondition": {"x": good, "y": bad},
+                            "claims": [dict(ok, part="y")]})
+    with pytest.raises(ValueError, match="names part 'z'"):
+        stats.check_schema({"precondition": {"x": good}, "claims": [dict(ok, part="z")]})
+    line = stats.precondition_line(good, "x")
+    assert line.startswith("**Precondition (x)**") and "passed" in line

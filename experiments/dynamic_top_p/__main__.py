@@ -110,7 +110,8 @@ def main():
     steps = {"quick": 800, "full": 4000, "smoke": 30}[args.size]
     arms = {("synthetic", a): (lambda seed, a=a: synth_call(seed, a, steps)) for a in SYNTH}
     arms.update({("language", a): (lambda seed, a=a: functools.partial(
-        run_t5, lang_config(args.size, seed, a), os.path.join(args.out, "runs", f"{slug(a)}_{seed}")))
+        run_t5, lang_config(args.size, seed, a),
+        os.path.join(args.out, "runs", f"{slug(a)}_{seed}")))
         for a in LANG})
     runs = run_arms(arms, args.seeds, NAME, args.jobs, os.path.join(args.out, "runs"))
     synth = {a: runs[("synthetic", a)] for a in SYNTH}

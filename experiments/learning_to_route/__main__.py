@@ -158,8 +158,9 @@ def main():
         for arm in SYNTH_ARMS:
             diff = "-" if arm == "learned" else stats.fmt_ci(gaps[sep][arm], 4)
             nmis = [r.nmi[-1][1][0] for r in runs[(sep, arm)]]
-            rows.append(f"| {sep:g} | {arm} | {stats.fmt_ci(stats.mean_ci(mse[(sep, arm)]), 4, False)}"
-                        f" | {diff} | {stats.fmt_ci(stats.mean_ci(nmis), 2, False)} |")
+            own = stats.fmt_ci(stats.mean_ci(mse[(sep, arm)]), 4, False)
+            rows.append(f"| {sep:g} | {arm} | {own} | {diff} | "
+                        f"{stats.fmt_ci(stats.mean_ci(nmis), 2, False)} |")
     lang_rows = ["| arm | eval loss (95% CI) | learned - arm: paired diff (95% CI) | "
                  "NMI(domain, expert) per encoder layer |", "|---|---|---|---|"]
     for arm in LANG_ARMS:

@@ -77,7 +77,8 @@ def main():
         f"(inputs {cfg.data.inputs_length} / targets {cfg.data.targets_length} tokens), "
         f"knowledge corpus with {cfg.data.knowledge_entities} entities per domain; MoE: "
         f"E={TESTBED_EXPERTS}, top-{TESTBED_K} of d_ff={cfg.model.d_ff // TESTBED_K}; "
-        f"{(time.time() - start) / 60:.1f} minutes on this machine ({args.jobs} jobs). Diffs are arm - dense "
+        f"{(time.time() - start) / 60:.1f} minutes on this machine ({args.jobs} jobs). "
+        "Diffs are arm - dense "
         "(negative = lower loss than dense).", "",
         *rows, "",
         stats.precondition_line(pre), "", stats.claims_table(claims)])

@@ -75,7 +75,11 @@ def load(path: str, extra_ids: int) -> Vocabulary:
         raise FileNotFoundError(f"tokenizer.path {path!r} does not exist; give an existing "
                                 f"SentencePiece model or leave it empty to train one")
     with opener(path, "rb") as f:
-        return Vocabulary(f.read(), extra_ids)
+        proto = f.read()
+    try:
+        return Vocabulary(proto, extra_ids)
+    except RuntimeError as e:  # sentencepiece's parse failure
+        raise ValueError(f"tokenizer {path!r} is not a SentencePiece model ({e})") from None
 
 
 def train(texts: Iterable[str], vocab_size: int, extra_ids: int, cache_path: str) -> Vocabulary:

@@ -10,7 +10,9 @@ DIR/eval/<split>_step_<N>/{scores.json,scores.md,<benchmark>/...}.
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
+
+from moejax import cli
 
 from moejax.train.__main__ import run_job
 
@@ -27,7 +29,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

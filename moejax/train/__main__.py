@@ -14,6 +14,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from moejax import cli
 from moejax.structured import from_mapping
 from moejax.train.config import TrainConfig
 
@@ -32,17 +33,21 @@ flags.mark_flags_as_required(["config", "workdir"])
 def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
     """Parses the config (plus `overrides` of top-level TrainConfig fields
     that are not None), starts multi-host JAX when asked, and runs
-    job(cfg, workdir); input errors exit with one line."""
+    job(cfg, workdir); input errors exit with one line (moejax.cli)."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        cli.fail(f"unexpected arguments: {argv[1:]}; every option is a --flag")
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("moejax").setLevel(logging.INFO)
     try:
         cfg = from_mapping(TrainConfig, _CONFIG.value)
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as e:
-        sys.exit(f"config error: {e}")
+    except (ValueError, TypeError, OSError) as e:
+        if cli.debug():
+            raise
+        # ml_collections reports a config file that failed to load (OSError)
+        # on first use of the value, not while parsing.
+        cli.fail(cli.config_load_error(sys.argv) if isinstance(e, OSError) else f"config: {e}")
     import jax  # after flag parsing, so --help stays fast
 
     if _MULTIHOST.value:
@@ -54,8 +59,11 @@ def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
 
     try:
         job(cfg, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLoss) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+            CheckpointError, NonFiniteLoss) as e:
+        if cli.debug():
+            raise
+        cli.fail(str(e))
 
 
 def main(argv):
@@ -65,7 +73,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

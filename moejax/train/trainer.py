@@ -310,6 +310,9 @@ def _make_workdir(workdir: str) -> None:
         raise ValueError(f"workdir {workdir!r}: remote workdirs are not supported yet (metrics, "
                          "the tokenizer and evaluation files use local file I/O); use a local "
                          "path, on a pod one that every host mounts (e.g. a gcsfuse bucket)")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"workdir {workdir!r} is a file; give a directory (new or a "
+                                 "run's, to resume it)")
     os.makedirs(workdir, exist_ok=True)
 
 
@@ -319,8 +322,14 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        fresh = not os.path.exists(workdir)
         _make_workdir(workdir)
-        s = setup(cfg, workdir)
+        try:
+            s = setup(cfg, workdir)
+        except Exception:
+            if fresh:  # a run that fails its checks leaves nothing behind
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 json.dump(to_mapping(cfg), f, indent=2)

@@ -1,0 +1,211 @@
+"""Router leaderboard: every registered router on the routing testbed.
+
+"I wrote a router: where does it stand?" Register it in your own module
+(`moejax.routing.register_router("my_router", my_kernel)`) and run
+
+    python -m experiments.leaderboard --router my_module:my_router
+
+Every registered router (and the ones named by --router, imported from
+their modules) is trained on the routing testbed
+(`experiments.common.knowledge_config`) with paired seeds, and ranked by
+final eval loss. Fair by construction:
+- equal active FLOPs: E=16 experts of d_ff = 128 / k in every FFN, k the
+  router's default (expert choice: capacity factor 2, i.e. 2 experts per
+  token on average, d_ff 64; top-p: d_ff 64, its experts per token shown);
+- only the encoder's router changes: the decoder routes with the testbed's
+  top-2 in every arm (non-causal routers cannot route a decoder), encoder
+  tokens in groups of 512;
+- each router with its registered defaults otherwise (capacity factors,
+  aux-loss weights), so the table ranks routers as shipped; 'frozen' is
+  top-k with the router kept at its init (freeze_router).
+Columns: eval loss (95% CI), the paired difference to top-k (95% CI), the
+busiest expert's load x E, the fraction of encoder tokens with no expert
+and experts per token (eval, encoder layers). results.json keeps each
+arm's config fingerprint and per-seed numbers: a rerun trains only arms
+whose config changed or that are new (`--rerun` trains everything), so
+adding a router costs its own runs only.
+
+    python -m experiments.leaderboard --quick   # 3 seeds x 1600 steps: ~45 minutes on 2 CPU
+                                                # cores the first time, ~4 more per new router
+    python -m experiments.leaderboard --only my_router --router my_module:my_router
+                                                # just yours against dense and top_k
+    python -m experiments.leaderboard --full    # 5 seeds x 5000 steps
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from experiments import stats
+from experiments.common import (TESTBED_EXPERTS, figure, knowledge_config, knowledge_moe,
+                                knowledge_router, parse_args, run_arms, run_t5, slug, with_moe,
+                                write_results)
+from moejax.routing import ROUTERS, RouterConfig
+
+NAME = "leaderboard"
+GROUP = 512
+BASELINE = "top_k"
+
+
+def router_config(name: str) -> tuple[RouterConfig, bool]:
+    """(the router an arm trains, freeze_router) at the router's defaults."""
+    spec = ROUTERS[name]
+    if not spec.trainable:  # 'frozen': the same thing through the trainer
+        return RouterConfig("top_k", num_experts=TESTBED_EXPERTS, k=spec.default_k), True
+    if name == "expert_choice":
+        return RouterConfig(name, num_experts=TESTBED_EXPERTS, capacity_factor=2.0,
+                            eval_capacity_factor=2.0), False
+    return RouterConfig(name, num_experts=TESTBED_EXPERTS), False
+
+
+def arm_config(size: str, seed: int, name: str):
+    cfg = knowledge_config(size, seed, evals=5)
+    if name == "dense":
+        return cfg
+    router, frozen = router_config(name)
+    active = 2 if name in ("expert_choice", "top_p") else router.k
+    cfg = knowledge_moe(cfg, knowledge_router(), d_ff=cfg.model.d_ff // 2)
+    cfg = with_moe(cfg, encoder=dict(router=router, d_ff=cfg.model.d_ff // active,
+                                     group_size=GROUP))
+    return dataclasses.replace(cfg, freeze_router=frozen)
+
+
+def fingerprint(cfg) -> str:
+    return hashlib.sha1(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+                        .encode()).hexdigest()[:16]
+
+
+def summary(run: dict) -> dict:
+    """What the table and results.json keep of one run."""
+    row = run["last_eval"]
+    enc = lambda metric: [v for k, v in sorted(row.items())  # noqa: E731
+                          if k.startswith("eval_encoder/") and k.endswith("/" + metric)]
+    loads = enc("expert_load")
+    return {"eval_loss": run["eval"][-1][1], "curve": run["eval"],
+            "max_load": float(np.mean([len(v) * max(v) for v in loads])) if loads else None,
+            "dropped_fraction": float(np.mean(enc("dropped_fraction"))) if loads else None,
+            "experts_per_token": float(np.mean(enc("experts_per_token"))) if loads else None}
+
+
+def user_routers(specs: list[str]) -> tuple[tuple[str, ...], list[str]]:
+    modules, names = [], []
+    for spec in specs:
+        module, sep, name = spec.partition(":")
+        if not sep or not module or not name:
+            raise SystemExit(f"error: --router {spec!r} must be module:router_name, e.g. "
+                             "my_routers:sticky_top2")
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise SystemExit(f"error: --router {spec!r}: cannot import {module!r} ({e})") from None
+        if name not in ROUTERS:
+            raise SystemExit(f"error: --router {spec!r}: importing {module!r} registered no "
+                             f"router {name!r}; registered: {', '.join(sorted(ROUTERS))}")
+        modules.append(module)
+        names.append(name)
+    return tuple(modules), names
+
+
+def plot(path: str, ranked: list[str], diffs: dict[str, dict]) -> None:
+    with figure(path, figsize=(6.5, 0.45 * len(ranked) + 1.5)) as (_, ax):
+        y = np.arange(len(ranked))[::-1]
+        mean = [diffs[a]["mean"] for a in ranked]
+        lo = [diffs[a]["mean"] - diffs[a]["ci95"][0] for a in ranked]
+        hi = [diffs[a]["ci95"][1] - diffs[a]["mean"] for a in ranked]
+        ax.errorbar(mean, y, xerr=[lo, hi], fmt="o", capsize=3)
+        ax.axvline(0, color="gray", lw=0.8)
+        ax.set_yticks(y, ranked)
+        ax.set_xlabel(f"eval loss - {BASELINE}'s (paired, 95% CI; left = better)")
+        ax.set_title("Router leaderboard: routing testbed, encoder router")
+
+
+def main():
+    # The leaderboard's own flags, taken off before the shared ones are parsed.
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--router", action="append", default=[])
+    extra.add_argument("--rerun", action="store_true")
+    extra.add_argument("--only", default="")
+    known, rest = extra.parse_known_args()
+    sys.argv = [sys.argv[0], *rest]
+    args = parse_args(NAME, __doc__ + "\nextra flags: --router module:name (repeatable), "
+                      "--only router,router (just these, with dense and top_k), "
+                      "--rerun (ignore stored results)")
+    modules, names = user_routers(known.router)
+    start = time.time()
+    arms = ["dense", *sorted(set(ROUTERS) | set(names))]
+    selected = arms
+    if known.only:
+        only = set(known.only.split(",")) | set(names)
+        unknown = only - set(arms)
+        if unknown:
+            raise SystemExit(f"error: --only names unknown routers {sorted(unknown)}; "
+                             f"registered: {', '.join(arms[1:])}")
+        selected = [a for a in arms if a in only | {"dense", BASELINE}]
+    configs = {a: [arm_config(args.size, s, a) for s in range(args.seeds)] for a in arms}
+    prints = {a: [fingerprint(c) for c in cs] for a, cs in configs.items()}
+    stored_path = os.path.join(args.out, "results.json")
+    stored = {}
+    if os.path.exists(stored_path) and not known.rerun:
+        with open(stored_path) as f:
+            stored = json.load(f).get("arms", {})
+    reuse = {a for a in arms if a in stored and stored[a]["fingerprints"] == prints[a]}
+    # Shown: the selected arms and every stored arm still valid for this config.
+    arms = [a for a in arms if a in selected or a in reuse]
+    todo = {a: (lambda seed, a=a: functools.partial(
+        run_t5, configs[a][seed], os.path.join(args.out, "runs", f"{slug(a)}_{seed}"),
+        imports=modules)) for a in selected if a not in reuse}
+    if reuse:
+        print(f"reusing stored results of {len(reuse)} arms (--rerun to train them again): "
+              f"{', '.join(sorted(reuse))}")
+    fresh = run_arms(todo, args.seeds, NAME, args.jobs, os.path.join(args.out, "runs")) \
+        if todo else {}
+    results = {a: stored[a]["seeds"] if a in reuse else [summary(r) for r in fresh[a]]
+               for a in arms}
+    loss = {a: [r["eval_loss"] for r in rs] for a, rs in results.items()}
+    pre = stats.precondition("eval_loss", loss[BASELINE], loss["dense"])
+    diffs = {a: stats.paired(loss[a], loss[BASELINE]) for a in arms}
+    ranked = sorted(arms, key=lambda a: np.mean(loss[a]))
+    claims = [stats.claim(f"{a} beats {BASELINE} (eval loss)", pre["passed"], diffs[a])
+              for a in ranked if a not in (BASELINE, "dense")]
+
+    def col(a, key, digits):
+        values = [r[key] for r in results[a]]
+        return "-" if values[0] is None else f"{np.mean(values):.{digits}f}"
+
+    rows = [f"| rank | router | eval loss (95% CI) | - {BASELINE} (paired, 95% CI) | diff / SE | "
+            "busiest expert x E | tokens with no expert | experts per token |",
+            "|---|---|---|---|---|---|---|---|"]
+    for i, a in enumerate(ranked, 1):
+        d = "-" if a == BASELINE else stats.fmt_ci(diffs[a])
+        z = "-" if a == BASELINE else f"{diffs[a]['z']:+.1f}"
+        rows.append(f"| {i} | {a} | {stats.fmt_ci(stats.mean_ci(loss[a]), 3, False)} | {d} | {z} "
+                    f"| {col(a, 'max_load', 2)} | {col(a, 'dropped_fraction', 3)} | "
+                    f"{col(a, 'experts_per_token', 2)} |")
+    minutes = (time.time() - start) / 60
+    cfg = configs["dense"][0]
+    table = "\n".join([
+        f"`--{args.size}`: {args.seeds} paired seeds, {cfg.steps} steps of the routing testbed; "
+        f"encoder router under test (E={TESTBED_EXPERTS}, d_ff = 128 / k, groups of {GROUP}), "
+        f"decoder top-2 in every MoE arm; each router at its registered defaults. "
+        f"{minutes:.1f} minutes this run ({len(todo)} arms trained, {len(reuse)} reused; "
+        f"{args.jobs} jobs).", "", *rows, "",
+        stats.precondition_line(pre, f"{BASELINE} vs dense"), "", stats.claims_table(claims)])
+    plot(os.path.join(args.out, "leaderboard.png"), ranked, diffs)
+    write_results(args.out, table, {
+        "size": args.size, "seeds": args.seeds, "minutes": minutes, "precondition": pre,
+        "claims": claims, "ranking": ranked,
+        "arms": {a: {"fingerprints": prints[a], "seeds": results[a]} for a in arms}})
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Bad input through the real command lines: one line, exit status 2, no
+traceback, and nothing written (moejax.cli)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = "--config=configs/default.py"
+
+# (module, arguments; {tmp} is a fresh directory, {file} an existing file,
+#  {bad_model} a file that is not a SentencePiece model, {noget} a config
+#  file without get_config), a fragment the one-line message must contain.
+CASES = [
+    ("moejax.train", [DEFAULT, "--config.model.num_expertz=4"],
+     "unknown config field 'model.num_expertz'"),
+    ("moejax.train", [DEFAULT, "--config.model.encoder_moe.router.nam=4"],
+     "did you mean 'name'?"),
+    ("moejax.train", [DEFAULT, "--config.steps=abc"], "--config.steps=abc: invalid literal"),
+    ("moejax.train", ["--config=configs/nosuch.py"], "config file 'configs/nosuch.py' does not exist"),
+    ("moejax.train", ["--config={noget}"], "defines no get_config()"),
+    ("moejax.train", ["--config=configs/switch_base_c4.py:nosuch"],
+     "router must be one of ('switch', 'top2', 'expert_choice'), got 'nosuch'"),
+    ("moejax.train", [DEFAULT, "--config.model.encoder_moe.router.name=nosuch"],
+     "unknown router name 'nosuch'; known routers:"),
+    ("moejax.train", [DEFAULT, "--config.tokenizer.path={bad_model}"],
+     "is not a SentencePiece model"),
+    ("moejax.train", [DEFAULT, "--config.tokenizer.path={tmp}/none.model"], "does not exist"),
+    ("moejax.train", [DEFAULT, "stray"], "unexpected arguments: ['stray']"),
+    ("moejax.finetune", ["--config=configs/finetune/switch_base.py:nosuchtask"],
+     "unknown task or mixture 'nosuchtask'"),
+    ("moejax.finetune", ["--config=configs/finetune/default.py", "--init_checkpoint={tmp}/none"],
+     "is neither a moejax workdir with checkpoints"),
+]
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "bad.model").write_bytes(b"not a model")
+    (tmp_path / "noget.py").write_text("x = 1\n")
+    return {"tmp": str(tmp_path), "file": str(tmp_path / "a_file"),
+            "bad_model": str(tmp_path / "bad.model"), "noget": str(tmp_path / "noget.py")}
+
+
+def _run(module, args, env_extra=None):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("module,args,fragment", CASES,
+                         ids=[f"{m.split('.')[1]}:{' '.join(a)[-40:]}" for m, a, _ in CASES])
+def test_bad_input_prints_one_line_and_writes_nothing(module, args, fragment, files, tmp_path):
+    workdir = tmp_path / "run"
+    out = _run(module, [a.format(**files) for a in args] + [f"--workdir={workdir}"])
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and fragment.format(**files) in lines[0], out.stderr[-2000:]
+    assert not workdir.exists()
+
+
+def test_a_workdir_that_is_a_file_is_refused(files):
+    out = _run("moejax.train", [DEFAULT, f"--workdir={files['file']}"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"workdir {files['file']!r} is a file" in out.stderr
+    assert open(files["file"]).read() == "x"
+
+
+def test_moejax_debug_shows_the_traceback(files, tmp_path):
+    out = _run("moejax.train", [DEFAULT, "--config.model.num_expertz=4",
+                                f"--workdir={tmp_path / 'run'}"], {"MOEJAX_DEBUG": "1"})
+    assert out.returncode != 0 and "Traceback" in out.stderr
