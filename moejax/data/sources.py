@@ -6,19 +6,49 @@
   text      local text files, one document per non-empty line.
   tfrecord  local TFRecord files of tf.train.Example with a text feature.
   tfds      any tensorflow-datasets text dataset (C4: 'c4/en').
-  task      a fine-tuning task or mixture (moejax.tasks), as (input text,
-            target text) pairs.
+  task      a fine-tuning task or mixture, as (input text, target text)
+            pairs: registered by the tasks package (`register_source`), so this
+            layer does not depend on the one above it.
 `iterate(start)` yields (index, text) from the shard's `start`-th document,
 so a pipeline resumes without re-reading what it consumed (streams skip).
 """
 from __future__ import annotations
 
 import glob
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 from moejax.data import corpus, knowledge, seeded_rng
 
-SOURCES = ("embedded", "knowledge", "tfds", "text", "tfrecord", "task")
+BUILTIN_SOURCES = ("embedded", "knowledge", "tfds", "text", "tfrecord")
+
+
+class RegisteredSource(NamedTuple):
+    make: Callable  # (DataConfig, split, shard, num_shards) -> a source with iterate()
+    validate: Callable | None  # (DataConfig) -> None, raises ValueError naming the field
+
+
+_REGISTERED: dict[str, RegisteredSource] = {}
+
+
+def register_source(name: str, make: Callable, validate: Callable | None = None) -> None:
+    """Makes DataConfig(source=name) build its source with make(cfg, split,
+    shard, num_shards); validate(cfg) checks the fields only it reads."""
+    if name in BUILTIN_SOURCES or name in _REGISTERED:
+        raise ValueError(f"data source {name!r} is already registered")
+    _REGISTERED[name] = RegisteredSource(make, validate)
+
+
+def source_names() -> tuple[str, ...]:
+    return BUILTIN_SOURCES + tuple(_REGISTERED)
+
+
+def validate_source(cfg) -> None:
+    """Raises ValueError for an unknown cfg.source or fields its source rejects."""
+    if cfg.source not in source_names():
+        raise ValueError(f"source must be one of {source_names()}, got {cfg.source!r}")
+    registered = _REGISTERED.get(cfg.source)
+    if registered and registered.validate:
+        registered.validate(cfg)
 
 
 class InMemory:
@@ -89,11 +119,8 @@ def make_source(cfg, split: str, shard: int, num_shards: int):
         texts = [line.strip() for f in _split_files(cfg, split)
                  for line in open(f, encoding="utf-8") if line.strip()]
         return InMemory(texts, shard, num_shards, cfg.seed)
-    if cfg.source == "task":
-        from moejax.tasks.source import TaskMixture
-
-        return TaskMixture(cfg.task, split, cfg.tfds_data_dir, shard, num_shards, cfg.seed,
-                           cfg.mixing_cap)
+    if cfg.source in _REGISTERED:
+        return _REGISTERED[cfg.source].make(cfg, split, shard, num_shards)
     import tensorflow as tf  # only the streaming sources need TensorFlow
 
     tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators JAX owns
@@ -113,4 +140,4 @@ def make_source(cfg, split: str, shard: int, num_shards: int):
             cfg.tfds_name, split=sub_split, data_dir=cfg.tfds_data_dir or None,
             shuffle_files=False, read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)),
             cfg.text_key)
-    raise ValueError(f"data.source must be one of {SOURCES}, got {cfg.source!r}")
+    raise ValueError(f"data.source must be one of {source_names()}, got {cfg.source!r}")

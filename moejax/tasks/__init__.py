@@ -4,7 +4,7 @@
 'glue_mixture', 'embedded_topics', ...); `known_names()` lists them.
 Register a task with `moejax.tasks.base.register(Task(...))`.
 """
-from moejax.tasks import embedded, glue  # importing them registers their tasks
+from moejax.tasks import embedded, glue, source  # importing them registers tasks and the source
 from moejax.tasks.base import (MIXTURES, TASKS, DatasetNotPrepared, EvalSet, Task, get_task,
                                known_names, tasks_of)
 

@@ -12,6 +12,7 @@ import functools
 from typing import Iterator
 
 from moejax.data import seeded_rng
+from moejax.data.sources import register_source
 from moejax.tasks.base import Task, tasks_of
 
 
@@ -47,3 +48,18 @@ class TaskMixture:
         mine = rng.permutation(len(items))[self.shard::self.num_shards]
         for i in range(start, len(mine)):
             yield i, items[mine[i]]
+
+
+def _make(cfg, split: str, shard: int, num_shards: int) -> TaskMixture:
+    return TaskMixture(cfg.task, split, cfg.tfds_data_dir, shard, num_shards, cfg.seed,
+                       cfg.mixing_cap)
+
+
+def _validate(cfg) -> None:
+    tasks_of(cfg.task)  # names the known tasks when unknown
+    if cfg.eval_split not in ("validation", "test"):
+        raise ValueError(f"with source 'task', eval_split must be 'validation' or 'test', "
+                         f"got {cfg.eval_split!r}")
+
+
+register_source("task", _make, _validate)

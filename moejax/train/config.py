@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 
 from moejax.data.objectives import OBJECTIVES
-from moejax.data.sources import SOURCES
+import moejax.tasks  # noqa: F401  (registers data source 'task')
+from moejax.data.sources import validate_source
 from moejax.models.config import T5Config
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """source: one of moejax.data.sources.SOURCES.
+    """source: one of moejax.data.sources.source_names().
     tfds_name / tfds_data_dir / train_split / eval_split: for 'tfds'
       ('task' reads tfds_data_dir, and eval_split, 'validation' or 'test',
       picks the split that evaluation decodes: test writes leaderboard
@@ -62,20 +63,12 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        validate_source(self)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if (self.source == "task") != (self.objective == "text_to_text"):
             raise ValueError(f"source 'task' goes with objective 'text_to_text' and only with it; "
                              f"got source={self.source!r}, objective={self.objective!r}")
-        if self.source == "task":
-            from moejax.tasks import tasks_of
-
-            tasks_of(self.task)  # names the known tasks when unknown
-            if self.eval_split not in ("validation", "test"):
-                raise ValueError(f"with source 'task', eval_split must be 'validation' or 'test', "
-                                 f"got {self.eval_split!r}")
         if self.mixing_cap < 0:
             raise ValueError(f"mixing_cap must be >= 0 (0 = no cap), got {self.mixing_cap}")
         if min(self.inputs_length, self.targets_length) < 2:
