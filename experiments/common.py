@@ -391,6 +391,12 @@ def run_t5(cfg, workdir: str, routing_nmi: bool = False, imports: Sequence[str] 
                            if isinstance(v, float)}}
 
 
+def encoder_layers(row: dict, metric: str) -> list:
+    """`metric` of every encoder MoE layer from a run's last evaluation row."""
+    return [v for k, v in sorted(row.items())
+            if k.startswith("eval_encoder/") and k.endswith("/" + metric)]
+
+
 def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
     """NMI between a knowledge document's domain and the expert its tokens
     choose first (argmax of the router logits), per encoder MoE layer, for the
@@ -399,12 +405,13 @@ def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
     documents (the eval stream) truncated to the input length."""
     from moejax.data import knowledge
     from moejax.data import tokenizer as tok
+    from moejax.data.sources import EVAL_SEED_OFFSET
     from moejax.models.t5 import Transformer, abstract_params
     from moejax.train.init import load_params
 
     d = cfg.data
     vocab = tok.load(os.path.join(workdir, "tokenizer", "spm.model"), cfg.tokenizer.extra_ids)
-    docs = [knowledge.knowledge_document(d.seed, d.knowledge_entities, d.seed + 1_000_003, i)
+    docs = [knowledge.knowledge_document(d.seed, d.knowledge_entities, d.seed + EVAL_SEED_OFFSET, i)
             for i in range(documents)]
     tokens = np.zeros((documents, d.inputs_length), np.int32)
     for row, doc in enumerate(docs):

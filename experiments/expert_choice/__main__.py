@@ -45,9 +45,10 @@ import time
 import numpy as np
 
 from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, figure, knowledge_config, knowledge_moe,
-                                knowledge_router, numeric_table, parse_args, plot_curves,
-                                run_arms, run_t5, slug, steps_to_reach, with_moe, write_results)
+from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, knowledge_config,
+                                knowledge_moe, knowledge_router, numeric_table, parse_args,
+                                plot_curves, run_arms, run_t5, slug, steps_to_reach, with_moe,
+                                write_results)
 
 NAME = "expert_choice"
 E = TESTBED_EXPERTS
@@ -73,11 +74,6 @@ def arm_config(size: str, seed: int, arm: str):
     d_ff = cfg.model.d_ff // 2  # the same experts in every arm
     cfg = knowledge_moe(cfg, d_ff=d_ff)
     return with_moe(cfg, encoder=dict(router=ROUTERS[arm], group_size=GROUP))
-
-
-def encoder_layers(row: dict, metric: str) -> list:
-    return [v for k, v in sorted(row.items())
-            if k.startswith("eval_encoder/") and k.endswith("/" + metric)]
 
 
 def max_load(run: dict) -> float:

@@ -46,9 +46,9 @@ import time
 import numpy as np
 
 from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, figure, knowledge_config, knowledge_moe,
-                                knowledge_router, parse_args, run_arms, run_t5, slug, with_moe,
-                                write_results)
+from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, knowledge_config,
+                                knowledge_moe, knowledge_router, parse_args, run_arms, run_t5,
+                                slug, with_moe, write_results)
 from moejax.routing import ROUTERS, RouterConfig
 
 NAME = "leaderboard"
@@ -86,9 +86,7 @@ def fingerprint(cfg) -> str:
 
 def summary(run: dict) -> dict:
     """What the table and results.json keep of one run."""
-    row = run["last_eval"]
-    enc = lambda metric: [v for k, v in sorted(row.items())  # noqa: E731
-                          if k.startswith("eval_encoder/") and k.endswith("/" + metric)]
+    enc = functools.partial(encoder_layers, run["last_eval"])
     loads = enc("expert_load")
     return {"eval_loss": run["eval"][-1][1], "curve": run["eval"],
             "max_load": float(np.mean([len(v) * max(v) for v in loads])) if loads else None,

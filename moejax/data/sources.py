@@ -20,6 +20,8 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 from moejax.data import corpus, knowledge, seeded_rng
 
 BUILTIN_SOURCES = ("embedded", "knowledge", "tfds", "text", "tfrecord")
+# The generated corpora's held-out documents: the same generator, another seed.
+EVAL_SEED_OFFSET = 1_000_003
 
 
 class RegisteredSource(NamedTuple):
@@ -109,7 +111,7 @@ def make_source(cfg, split: str, shard: int, num_shards: int):
         if split == "train":
             seed, count = cfg.seed, cfg.embedded_documents
         else:  # held out: another seed of the same generator
-            seed, count = cfg.seed + 1_000_003, cfg.embedded_eval_documents
+            seed, count = cfg.seed + EVAL_SEED_OFFSET, cfg.embedded_eval_documents
         if cfg.source == "embedded":
             texts = corpus.documents(seed, count)
         else:  # one knowledge base (cfg.seed); held-out documents restate its facts
