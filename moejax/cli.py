@@ -47,8 +47,8 @@ def _config_flag(argv: list[str]) -> str | None:
 
 
 def _suggest(argv: list[str], missing: str) -> str:
-    """Names the override that holds the unknown field `missing` and the
-    fields allowed at its depth (with the closest first)."""
+    """Names the override that holds the unknown field `missing`, the
+    closest allowed field and every field allowed at its depth."""
     override = next((a for a in argv if a.startswith("--config.") and
                      missing in a.split("=", 1)[0].split(".")), None)
     if override is None:
@@ -85,10 +85,7 @@ def explain_flag_error(e: BaseException, argv: list[str]) -> str:
     if "Traceback" in text:  # the config file raised: keep what it said
         flag = (f"--config={_config_flag(argv)}" if text.startswith("flag --config=")
                 else text.split(":", 1)[0].removeprefix("flag "))
-        detail = _last_exception_line(text)
-        if "No such file" in text or "FileNotFoundError" in detail:
-            return f"{flag}: config file not found ({detail})"
-        return f"{flag}: the config file failed: {detail}"
+        return f"{flag}: the config file failed: {_last_exception_line(text)}"
     if "earlier failure to load" in text or "Failed loading config file" in text:
         return config_load_error(argv)
     return text.splitlines()[0] if text else type(e).__name__
