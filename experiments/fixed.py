@@ -95,7 +95,7 @@ def _groups(a: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _programs(router: RouterConfig, d_ff: int, out_dim: int, loss_kind: str, batch_groups: int):
+def _programs(router: RouterConfig, d_ff: int, out_dim: int, loss_kind: str):
     """(init, step, evaluate), jitted and vmapped over seeds; cached so that
     every learning rate of a grid reuses one compilation."""
     model = ClusterMoE(router, d_ff=d_ff, layers=1, out_dim=out_dim)
@@ -156,7 +156,7 @@ def train_fixed(task: str, seeds: int, router: RouterConfig, *, lr: float, steps
     xs, ys = stack(lambda d: d.train.x), stack(lambda d: d.train.y)
     xv, yv = stack(lambda d: d.val.x), stack(lambda d: d.val.y)
     xt, yt = stack(lambda d: d.test.x), stack(lambda d: d.test.y)
-    init, chunk, evaluate = _programs(router, d_ff, data[0].out_dim, data[0].loss, batch_groups)
+    init, chunk, evaluate = _programs(router, d_ff, data[0].out_dim, data[0].loss)
     keys = jax.vmap(jax.random.key)(jnp.arange(seeds))
     params, frozen, state = init(keys, xs[:, :1], jnp.full((seeds,), lr, jnp.float32))
     n_groups = xs.shape[1]
