@@ -72,7 +72,7 @@ def digits_task(seed: int, n_train: int = 1024, n_val: int = 512, n_test: int = 
 def cluster_task(seed: int, n_train: int = 2048, n_val: int = 1024,
                  n_test: int = 4096) -> FixedTask:
     task = ClusterTask(widths=(16,) * 8, separation=1.0, seed=seed)
-    split = lambda n, s: Split(*task.sample(n, seed=s)[::2])  # noqa: E731  (x, y)
+    split = lambda n, s: Split(*task.sample(n, seed=s)[::2])  # (x, y)
     return FixedTask("clusters", "mse", task.out_dim, split(n_train, 10 * seed + 1),
                      split(n_val, 10 * seed + 2), split(n_test, 10 * seed + 3))
 
@@ -152,7 +152,7 @@ def train_fixed(task: str, seeds: int, router: RouterConfig, *, lr: float, steps
     with the lowest validation loss (early stopping) 'best_step',
     'best_val', 'test_loss' and (digits) 'test_accuracy'."""
     data = [TASKS[task](s) for s in range(seeds)]
-    stack = lambda f: jnp.asarray(np.stack([_groups(f(d)) for d in data]))  # noqa: E731
+    stack = lambda f: jnp.asarray(np.stack([_groups(f(d)) for d in data]))
     xs, ys = stack(lambda d: d.train.x), stack(lambda d: d.train.y)
     xv, yv = stack(lambda d: d.val.x), stack(lambda d: d.val.y)
     xt, yt = stack(lambda d: d.test.x), stack(lambda d: d.test.y)

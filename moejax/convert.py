@@ -74,7 +74,8 @@ def config_from_hf(hf_config, sparse_layers=None, **router_overrides) -> T5Confi
         return T5Config(**common, tie_embeddings=hf_config.scale_decoder_outputs,
                         activations=_activations(hf_config.dense_act_fn, hf_config.is_gated_act))
     if hf_config.router_bias:
-        raise ValueError("HF Switch router_bias=True is not supported (moejax routers have no bias)")
+        raise ValueError("HF Switch router_bias=True is not supported "
+                         "(moejax routers have no bias)")
     router = dict(name="switch", num_experts=hf_config.num_experts,
                   jitter_eps=hf_config.router_jitter_noise,
                   load_balance_weight=hf_config.router_aux_loss_coef,

@@ -44,7 +44,8 @@ def switch_reduced(base: TrainConfig) -> TrainConfig:
 
 def bench(name: str, cfg: TrainConfig, steps: int) -> dict:
     cfg = dataclasses.replace(cfg, steps=steps, eval_every_steps=0, log_every_steps=1,
-                              checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=steps // 2))
+                              checkpoint=dataclasses.replace(cfg.checkpoint,
+                                                             every_steps=steps // 2))
     with tempfile.TemporaryDirectory() as workdir:
         train(cfg, workdir)
         rows = [row for _, row in sorted(read_metrics(workdir)[0].items())]

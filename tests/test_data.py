@@ -16,7 +16,8 @@ def test_span_corruption_lengths_match_t5():
     assert span_corruption_lengths(512, 0.15, 3.0) == (568, 114)
 
 
-@pytest.mark.parametrize("length,density,span", [(100, 0.15, 3.0), (37, 0.3, 2.0), (568, 0.15, 3.0)])
+@pytest.mark.parametrize("length,density,span",
+                         [(100, 0.15, 3.0), (37, 0.3, 2.0), (568, 0.15, 3.0)])
 def test_noise_mask_counts_and_alternation(length, density, span):
     mask = noise_mask(length, density, span, np.random.RandomState(0))
     num_noise = int(round(length * density))
@@ -30,7 +31,7 @@ def test_span_corruption_inverts():
     rng = np.random.RandomState(3)
     tokens = rng.randint(3, 300, 57).astype(np.int32)
     mask = noise_mask(57, 0.15, 3.0, rng)
-    sentinel = lambda i: 1000 - i  # noqa: E731
+    sentinel = lambda i: 1000 - i
     inputs, targets = span_corrupt(tokens, mask, sentinel)
     assert inputs[-1] == targets[-1] == tokenizer.EOS_ID
     # Replace each sentinel of the inputs by the span after it in the targets.

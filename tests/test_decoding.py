@@ -25,7 +25,8 @@ def uncached_greedy(model, params, enc, max_length):
     out = np.zeros((enc.shape[0], max_length), np.int32)
     done = np.zeros(enc.shape[0], bool)
     for t in range(max_length):
-        dec = jnp.asarray(np.concatenate([np.zeros((enc.shape[0], 1), np.int32), out], 1)[:, :max_length])
+        shifted = np.concatenate([np.zeros((enc.shape[0], 1), np.int32), out], 1)
+        dec = jnp.asarray(shifted[:, :max_length])
         logits = np.asarray(run(model, params, enc, dec))[:, t]
         nxt = np.where(done, 0, logits.argmax(-1))
         out[:, t] = nxt

@@ -74,7 +74,9 @@ def test_expert_parallel_errors():
     params = {"wi": jnp.ones((8, 4, 6)), "wo": jnp.ones((8, 6, 4))}
     with pytest.raises(ValueError, match=r"number of groups \(4\) divisible by 8"):
         expert_parallel_ffn(jnp.ones((8, 4, 3, 4)), params, ("relu",), mesh=mesh)
-    with pytest.raises(ValueError, match="num_experts=6 must be divisible by the 'expert' mesh axis size 4"):
+    with pytest.raises(ValueError,
+                       match="num_experts=6 must be divisible by the 'expert' mesh axis size 4"):
         expert_parallel_ffn(jnp.ones((6, 8, 3, 4)), params, ("relu",), mesh=mesh)
     with pytest.raises(ValueError, match="expert_axis 'experts' is not a mesh axis"):
-        expert_parallel_ffn(jnp.ones((8, 8, 3, 4)), params, ("relu",), mesh=mesh, expert_axis="experts")
+        expert_parallel_ffn(jnp.ones((8, 8, 3, 4)), params, ("relu",), mesh=mesh,
+                            expert_axis="experts")

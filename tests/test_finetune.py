@@ -134,7 +134,7 @@ def test_frozen_params_do_not_move(router, experts):
 
 def test_expert_dropout_only_in_training():
     x = jax.random.normal(jax.random.key(0), (2, 8, 16))
-    layer = lambda rate: MoeLayer(RouterConfig("top_k", num_experts=4, k=2, capacity_factor=None),  # noqa: E731
+    layer = lambda rate: MoeLayer(RouterConfig("top_k", num_experts=4, k=2, capacity_factor=None),
                                   d_ff=32, dropout_rate=rate)
     variables = layer(0.0).init(jax.random.key(1), x)
     rngs = {"dropout": jax.random.key(2), "router": jax.random.key(3)}

@@ -159,7 +159,8 @@ def test_import_errors(tmp_path):
     cfg = convert.config_from_hf(hf.config)
     state = {k: v.numpy() for k, v in hf.state_dict().items()}
     del state["decoder.block.1.layer.0.SelfAttention.k.weight"]
-    with pytest.raises(ValueError, match="lacks 1 tensors.*decoder.block.1.layer.0.SelfAttention.k"):
+    with pytest.raises(ValueError,
+                       match="lacks 1 tensors.*decoder.block.1.layer.0.SelfAttention.k"):
         convert.params_from_state_dict(cfg, state, switch=False)
     state = {k: v.numpy() for k, v in hf.state_dict().items()}
     state["encoder.final_layer_norm.weight"] = np.ones(5, np.float32)

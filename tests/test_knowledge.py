@@ -52,9 +52,11 @@ def test_domains_spell_with_disjoint_letters_and_generation_is_deterministic():
     for d, own in enumerate(letters):
         consonants = set(knowledge.DOMAINS[kb.domains[d]][0])
         assert own & set("bcdfghjklmnpqrstvwxz") <= consonants
-    words = [w for d in range(8) for w in kb.entities[d] + tuple(v for r in kb.values[d] for v in r)]
+    words = [w for d in range(8)
+             for w in kb.entities[d] + tuple(v for r in kb.values[d] for v in r)]
     assert len(words) == len(set(words))  # no word names two things
-    assert knowledge.knowledge_document(0, ENTITIES, 3, 7) == knowledge.knowledge_document(0, ENTITIES, 3, 7)
+    doc = knowledge.knowledge_document
+    assert doc(0, ENTITIES, 3, 7) == doc(0, ENTITIES, 3, 7)
     assert knowledge.knowledge_base(1, ENTITIES).facts.tolist() != kb.facts.tolist()
 
 

@@ -28,7 +28,8 @@ def test_values_and_gradients_match_reference(x_shape, w_shape):
         ref_dw = x.reshape(-1, x.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
     else:
         ref_dx = np.einsum("e...n,ekn->e...k", dy, w)
-        ref_dw = np.stack([a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1]) for a, b in zip(x, dy)])
+        ref_dw = np.stack([a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+                           for a, b in zip(x, dy)])
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-5)
 

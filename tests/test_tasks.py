@@ -124,7 +124,7 @@ def test_record_and_multirc_metrics():
     assert M.record_exact_match(refs, ["cat.", "red dog"]) == 50.0
     # second: precision 2/2, recall 2/3 -> F1 0.8
     assert M.record_f1(refs, ["cat.", "red dog"]) == pytest.approx(100 * (1 + 0.8) / 2)
-    ex = lambda q: {"idx": {"paragraph": 0, "question": q, "answer": 0}}  # noqa: E731
+    ex = lambda q: {"idx": {"paragraph": 0, "question": q, "answer": 0}}
     examples = [ex(0), ex(0), ex(1), ex(1)]
     refs, preds = [1, 0, 1, 1], [1, 0, 1, 0]
     assert M.multirc_exact_match(refs, preds, examples) == 50.0
@@ -183,7 +183,7 @@ def test_leaderboard_files(tmp_path):
     assert path.endswith("glue/SST-2.tsv")
     assert open(path).read() == "index\tprediction\n7\t1\n3\t0\n"
     multirc = get_task("super_glue_multirc")
-    ex = lambda p, q, a: {"idx": {"paragraph": p, "question": q, "answer": a}}  # noqa: E731
+    ex = lambda p, q, a: {"idx": {"paragraph": p, "question": q, "answer": a}}
     path = write_submission(multirc, multirc.eval_sets[0], [ex(0, 0, 0), ex(0, 0, 1), ex(0, 1, 2)],
                             [1, 0, 1], str(tmp_path))
     rows = [json.loads(line) for line in open(path)]

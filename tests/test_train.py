@@ -147,7 +147,8 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):
     before = sorted((str(p), p.stat().st_size) for p in (workdir / "checkpoints").rglob("*"))
     with pytest.raises(CheckpointError, match=r"checkpoints/10 cannot be restored"):
         train(small(steps=20, eval_every_steps=0), str(workdir))
-    assert sorted((str(p), p.stat().st_size) for p in (workdir / "checkpoints").rglob("*")) == before
+    after = sorted((str(p), p.stat().st_size) for p in (workdir / "checkpoints").rglob("*"))
+    assert after == before
     other_model = dataclasses.replace(small().model, d_ff=96)
     with pytest.raises(CheckpointError, match="cannot be restored|does not match the configured"):
         train(small(steps=20, eval_every_steps=0, model=other_model), str(fresh))
@@ -166,7 +167,8 @@ def test_gradient_accumulation_equals_one_batch(tmp_path):
 
 def test_resume_on_a_smaller_mesh(tmp_path):
     workdir = str(tmp_path)
-    cfg = small(steps=10, eval_every_steps=0, mesh=dataclasses.replace(small().mesh, data=2, expert=4))
+    cfg = small(steps=10, eval_every_steps=0,
+                mesh=dataclasses.replace(small().mesh, data=2, expert=4))
     train(cfg, workdir)
     # Continue on 4 devices (data 4): the checkpoint is resharded on restore.
     proc = launch(workdir, "--config.steps=12", "--config.eval_every_steps=0", devices=4)

@@ -1,4 +1,5 @@
-"""T5.1.1 Base (~248M params): gated GELU, untied embeddings (see moejax.models.presets.t5_1_1_base)."""
+"""T5.1.1 Base (~248M params): gated GELU, untied embeddings
+(see moejax.models.presets.t5_1_1_base)."""
 from moejax.models import presets
 from moejax.structured import config_dict
 

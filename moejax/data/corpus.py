@@ -45,7 +45,7 @@ _CONNECT = ("and then", "while", "because", "so", "but")
 
 
 def _sentence(rng: np.random.RandomState, nouns, verbs, adjs) -> str:
-    pick = lambda words: words[rng.randint(len(words))]  # noqa: E731
+    pick = lambda words: words[rng.randint(len(words))]
     words = [pick(_FUNCTION), pick(adjs), pick(nouns), pick(verbs), "near", pick(_FUNCTION),
              pick(adjs), pick(nouns)]
     if rng.rand() < 0.5:

@@ -120,7 +120,7 @@ _FACT_WEIGHTS /= _FACT_WEIGHTS.sum()  # exactly a distribution, as rng.choice re
 def _sentence(kb: KnowledgeBase, rng: np.random.RandomState, d: int, i: int, fact: int) -> str:
     """Fact type `fact` about entity i of domain d, in a random template."""
     e = kb.entities[d][i]
-    pick = lambda templates: templates[rng.randint(len(templates))]  # noqa: E731
+    pick = lambda templates: templates[rng.randint(len(templates))]
     r, hops = FACT_TYPES[fact]
     if hops == 2:
         v = kb.values[d][r][kb.facts[d, kb.partner[d, i], r]]

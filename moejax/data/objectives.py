@@ -52,7 +52,8 @@ def span_corruption_lengths(inputs_length: int, noise_density: float,
 
 def _random_segmentation(rng: np.random.RandomState, items: int, segments: int) -> np.ndarray:
     """`items` split into `segments` positive lengths, uniformly at random."""
-    cuts = np.sort(rng.choice(np.arange(1, items), segments - 1, replace=False)) if segments > 1 else []
+    cuts = (np.sort(rng.choice(np.arange(1, items), segments - 1, replace=False))
+            if segments > 1 else [])
     return np.diff(np.concatenate([[0], cuts, [items]])).astype(np.int64)
 
 

@@ -65,7 +65,8 @@ class Packer:
     def __init__(self, rows: int, inputs_length: int, targets_length: int, pack: bool):
         self.rows, self.pack = rows, pack
         self.lengths = {"encoder": inputs_length, "decoder": targets_length}
-        self.batch = {k: np.zeros((rows, self.lengths[k.split("_")[0]]), np.int32) for k in FEATURES}
+        self.batch = {k: np.zeros((rows, self.lengths[k.split("_")[0]]), np.int32)
+                      for k in FEATURES}
         self.fill = np.zeros((rows, 2), np.int64)
         self.segments = np.zeros((rows,), np.int64)
         self.row = -1
@@ -132,7 +133,8 @@ class Pipeline:
         self.iterators = [
             batches(examples(make_source(data_cfg, split, shard, num_shards), vocab, objective,
                              data_cfg.seed + 7919 * shard, pos, repeat),
-                    rows_per_shard, objective.inputs_length, objective.targets_length, data_cfg.pack)
+                    rows_per_shard, objective.inputs_length, objective.targets_length,
+                    data_cfg.pack)
             for shard, pos in zip(shards, positions)]
         self.positions = positions
 

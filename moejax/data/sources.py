@@ -140,6 +140,7 @@ def make_source(cfg, split: str, shard: int, num_shards: int):
         sub_split = tfds.even_splits(name_split, n=num_shards)[shard]
         return TfStream(lambda: tfds.load(
             cfg.tfds_name, split=sub_split, data_dir=cfg.tfds_data_dir or None,
-            shuffle_files=False, read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)),
+            shuffle_files=False,
+            read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)),
             cfg.text_key)
     raise ValueError(f"data.source must be one of {source_names()}, got {cfg.source!r}")

@@ -29,7 +29,7 @@ def expert_parallel_ffn(buffers, params, activations: Sequence[str], *, mesh: Me
     if expert_axis not in mesh.shape:
         raise ValueError(f"expert_axis {expert_axis!r} is not a mesh axis; mesh axes: "
                          f"{tuple(mesh.shape)}")
-    group_axes = tuple(a for a in data_axes if a in mesh.shape and a != expert_axis) + (expert_axis,)
+    group_axes = (*(a for a in data_axes if a in mesh.shape and a != expert_axis), expert_axis)
     n_groups = 1
     for a in group_axes:
         n_groups *= mesh.shape[a]

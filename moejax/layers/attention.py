@@ -115,10 +115,11 @@ class MultiHeadAttention(nn.Module):
                 self.put_variable("cache", "cross_value", v)
         if decode == "self":
             b, _, h, dh = k.shape
-            cached_k = self.variable("cache", "cached_key", jnp.zeros, (b, max_length, h, dh), k.dtype)
-            cached_v = self.variable("cache", "cached_value", jnp.zeros, (b, max_length, h, dh), v.dtype)
-            cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, decode_position, 0, 0))
-            cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, decode_position, 0, 0))
+            shape, at = (b, max_length, h, dh), (0, decode_position, 0, 0)
+            cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+            cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+            cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, at)
+            cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, at)
             k, v = cached_k.value, cached_v.value
 
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) + bias

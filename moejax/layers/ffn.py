@@ -24,11 +24,13 @@ class MlpBlock(nn.Module):
     def __call__(self, x):
         activations = check_activations(self.activations)
         d = x.shape[-1]
-        params = {name: self.param(name, nn.with_logical_partitioning(self.kernel_init, ("embed", "mlp")),
-                                   (d, self.d_ff), self.param_dtype)
+
+        def kernel(axes):
+            return nn.with_logical_partitioning(self.kernel_init, axes)
+
+        params = {name: self.param(name, kernel(("embed", "mlp")), (d, self.d_ff), self.param_dtype)
                   for name in input_kernel_names(activations)}
-        params["wo"] = self.param("wo", nn.with_logical_partitioning(self.kernel_init, ("mlp", "embed")),
-                                  (self.d_ff, d), self.param_dtype)
+        params["wo"] = self.param("wo", kernel(("mlp", "embed")), (self.d_ff, d), self.param_dtype)
         params = {k: jnp.asarray(v, self.dtype) for k, v in params.items()}
         y = ffn(jnp.asarray(x, self.dtype), params, activations)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))

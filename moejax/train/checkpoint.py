@@ -70,7 +70,7 @@ class Checkpoints:
             raise CheckpointError(
                 f"checkpoint {where} cannot be restored ({type(e).__name__}: {e}). It was left "
                 f"as is; move it away or use another --workdir.") from None
-        signature = lambda a: (tuple(a.shape), str(a.dtype))  # noqa: E731
+        signature = lambda a: (tuple(a.shape), str(a.dtype))
         report = mismatch_report(leaf_paths(restored.state, signature),
                                  leaf_paths(abstract_state, signature))
         if report:

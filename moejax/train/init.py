@@ -58,7 +58,7 @@ def tokenizer_of(spec: str) -> str | None:
 def _check_shapes(got, want, source: str) -> None:
     """Raises CheckpointError naming every param whose shape differs, is
     missing or is unexpected."""
-    shape = lambda a: tuple(a.shape)  # noqa: E731
+    shape = lambda a: tuple(a.shape)
     report = mismatch_report(leaf_paths(got, shape), leaf_paths(want, shape))
     if report:
         raise CheckpointError(f"init_checkpoint {source} does not fit model config: {report}. "

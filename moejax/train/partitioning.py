@@ -40,7 +40,8 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int], devices=None) -> Mesh:
         if len(sizes) != len(MESH_AXES):
             raise ValueError(f"mesh shape {tuple(sizes)} must give 3 sizes for {MESH_AXES}")
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh sizes must be >= 1, with at most one -1; got {dict(zip(MESH_AXES, sizes))}")
+        raise ValueError("mesh sizes must be >= 1, with at most one -1; got "
+                         f"{dict(zip(MESH_AXES, sizes))}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:

@@ -72,7 +72,8 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
         def micro(i, micro_batch):
             (_, metrics), grads = grad_fn(state["params"], micro_batch, jax.random.fold_in(rng, i),
                                           True, z_loss_weight, tokens)
-            metrics = {k: v if k in TOKEN_SUMS else v / grad_accum_steps for k, v in metrics.items()}
+            metrics = {k: v if k in TOKEN_SUMS else v / grad_accum_steps
+                       for k, v in metrics.items()}
             return grads, metrics
 
         if grad_accum_steps == 1:
@@ -88,7 +89,8 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
                 zeros, (jnp.arange(grad_accum_steps), micro_batches))
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics["loss"] = metrics["cross_entropy"] + z_loss_weight * metrics["z_loss"] + metrics["aux_loss"]
+        metrics["loss"] = (metrics["cross_entropy"] + z_loss_weight * metrics["z_loss"]
+                           + metrics["aux_loss"])
         metrics["learning_rate"] = lr_schedule(step)
         metrics["grad_norm"] = optax.tree.norm(grads)
         # The trainer saves only states whose loss and params are all finite.

@@ -190,7 +190,8 @@ class Prefetch:
 
 
 def global_batch(s: Setup, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(s.batch_sharding, v) for k, v in local.items()}
+    return {k: jax.make_array_from_process_local_data(s.batch_sharding, v)
+            for k, v in local.items()}
 
 
 def eval_batches(s: Setup) -> list[dict[str, jax.Array]]:
@@ -358,7 +359,8 @@ def _loop(s: Setup, steps: Steps, stop: threading.Event) -> dict[str, float]:
         for step in range(start, cfg.steps):
             batch, data_state = prefetch.next()
             state, metrics = train_step(state, global_batch(s, batch))
-            loss, finite = jax.device_get((metrics["loss"], metrics["finite"]))  # waits for the step
+            # Fetching the loss waits for the step.
+            loss, finite = jax.device_get((metrics["loss"], metrics["finite"]))
             window_steps += 1
             if not finite:
                 checkpoints.wait()
