@@ -202,3 +202,37 @@ def vmoe_losses(logits, noisy_logits, k, noise_std):
         p = (1 - norm.cdf((threshold - lg) / noise_std)).mean(0)
         load += (p.std() / p.mean()) ** 2 / len(logits)
     return imp, load
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def deepseek_choices(logits, k, score_fn="sigmoid", bias=None, groups=1, topk_groups=None,
+                     scaling=1.0, normalize=False):
+    """DeepSeek-V3 routing, token by token: scores s = sigmoid(logits) (or
+    softmax); the experts are ranked by s + bias; with groups, only experts
+    of the topk_groups groups with the largest sum of their two best
+    (s + bias) stay eligible; weights are the chosen *unbiased* scores,
+    normalised to sum to 1 for sigmoid (or when `normalize`), times
+    `scaling`. Returns choices[g][t] = [(expert, weight), ...] in rank order."""
+    scores = sigmoid(logits) if score_fn == "sigmoid" else softmax(logits)
+    e_ = logits.shape[-1]
+    bias = np.zeros(e_) if bias is None else np.asarray(bias)
+    size = e_ // groups
+    out = []
+    for group in scores:
+        rows = []
+        for s in group:
+            b = s + bias
+            ranked_groups = sorted(range(groups), key=lambda j: -sum(
+                sorted(b[j * size:(j + 1) * size], reverse=True)[:2]))
+            allowed = {e for j in ranked_groups[:topk_groups or groups]
+                       for e in range(j * size, (j + 1) * size)}
+            idx = sorted(allowed, key=lambda e: -b[e])[:k]
+            w = np.array([s[e] for e in idx])
+            if score_fn == "sigmoid" or normalize:
+                w = w / w.sum()
+            rows.append(list(zip(idx, (w * scaling).tolist())))
+        out.append(rows)
+    return out

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+import reference as ref
 from moejax.layers import FROZEN_COLLECTION, MOE_COLLECTION, ROUTER_PARAMS, MlpBlock, MoeLayer
 from moejax.routing import ROUTERS, RouterConfig
 
@@ -35,7 +36,8 @@ def train(name, steps=5):
         def loss(p):
             y, moe = layer.apply({**variables, "params": p}, x, token_ids=ids, deterministic=False,
                                  rngs={"router": rng}, mutable=[MOE_COLLECTION])
-            return jnp.mean((y - target) ** 2) + sum(jax.tree.leaves(moe[MOE_COLLECTION]["aux_loss"]))
+            aux = sum(jax.tree.leaves(moe[MOE_COLLECTION]["aux_loss"]))
+            return jnp.mean((y - target) ** 2) + aux
         grads = jax.grad(loss)(params)
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state
@@ -125,7 +127,8 @@ def test_sown_metrics_have_documented_keys():
     layer, variables, x, ids = make("top_p", entropy_weight=0.1)
     _, moe = layer.apply(variables, x, mutable=[MOE_COLLECTION])
     metrics = moe[MOE_COLLECTION]["metrics"][0]
-    assert set(metrics) == {"dropped_fraction", "expert_load", "experts_per_token",
+    assert set(metrics) == {"dropped_fraction", "expert_load", "max_violation", "dead_experts",
+                            "experts_per_token",
                             "experts_per_token_hist", "router_entropy", "load_balance_loss",
                             "z_loss", "entropy_loss"}
     assert metrics["expert_load"].shape == (E,)
@@ -168,3 +171,21 @@ def test_fewer_tokens_than_a_group_form_one_group():
     one_group = MoeLayer(cfg, d_ff=F, group_size=B * L).apply(params, x)
     np.testing.assert_array_equal(MoeLayer(cfg, d_ff=F, group_size=4 * B * L).apply(params, x),
                                   one_group)
+
+
+def test_shared_experts_add_an_always_active_ffn():
+    """Output with shared experts = the routed output + a gated-GELU FFN of
+    num_shared * shared_d_ff hidden units (numpy), on every token."""
+    cfg = RouterConfig("top_k", num_experts=E, k=2, eval_capacity_factor=None)
+    x = jax.random.normal(jax.random.PRNGKey(0), (B, L, D))
+    shared = MoeLayer(cfg, d_ff=F, num_shared_experts=2, shared_d_ff=8)
+    variables = nn.unbox(shared.init(jax.random.PRNGKey(2), x))
+    params = variables["params"]
+    assert params["shared_experts"]["wi_0"].shape == (D, 16)
+    routed = {k: v for k, v in params.items() if k != "shared_experts"}
+    y_routed = MoeLayer(cfg, d_ff=F).apply({"params": routed}, x, mutable=[MOE_COLLECTION])[0]
+    y = shared.apply({"params": params}, x, mutable=[MOE_COLLECTION])[0]
+    p = {k: np.asarray(v)[None] for k, v in params["shared_experts"].items()}
+    ffn = ref.gated_gelu_expert(p)
+    want = np.asarray(y_routed) + np.stack([[ffn(0, v) for v in row] for row in np.asarray(x)])
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-5)

@@ -109,7 +109,8 @@ def test_gshard_second_expert_statistics():
     freq = d[:, 1].mean()
     assert abs(freq - 0.75) < 4 * math.sqrt(0.75 * 0.25 / n)
     w = np.asarray(r.weight).reshape(n, 2)
-    np.testing.assert_allclose(w[d[:, 1]], np.tile([0.5 / 0.8, 0.3 / 0.8], (d[:, 1].sum(), 1)), rtol=1e-5)
+    np.testing.assert_allclose(w[d[:, 1]], np.tile([0.5 / 0.8, 0.3 / 0.8], (d[:, 1].sum(), 1)),
+                               rtol=1e-5)
     np.testing.assert_allclose(w[~d[:, 1], 0], 1.0, rtol=1e-6)
     assert float(second_expert_keep_probability(0.4, 0.4)) == 1.0
 
@@ -148,7 +149,8 @@ def test_ec_cap_fills_capacity_that_truncation_leaves_empty(logits):
 
     cap, cf = 2, 2.0
     c = ref.capacity(T, E, 1, cf)
-    capped = as_dict(route("expert_choice", logits, eval_capacity_factor=cf, max_experts_per_token=cap))
+    capped = as_dict(route("expert_choice", logits, eval_capacity_factor=cf,
+                           max_experts_per_token=cap))
     truncated = ref.expert_choice(ref.softmax(logits), np.ones((G, T), bool), c, cap)
     per_token = collections.Counter((g, t) for (g, t, e) in capped)
     assert max(per_token.values()) <= cap
@@ -179,7 +181,8 @@ def test_top_p_keeps_smallest_set_reaching_threshold(logits, mask, threshold):
     probs = ref.softmax(logits)
     want = ref.claim_places(ref.top_p_choices(probs, threshold), mask, T)
     got = as_dict(r)
-    if threshold == 1.0:  # float32 cumsum may stop one expert earlier or later: check the set property
+    # float32 cumsum may stop one expert earlier or later: check the set property
+    if threshold == 1.0:
         for g in range(G):
             for t in range(T):
                 mine = [e for (gg, tt, e) in got if (gg, tt) == (g, t)]
@@ -188,12 +191,14 @@ def test_top_p_keeps_smallest_set_reaching_threshold(logits, mask, threshold):
     assert_same(got, want)
     for g in range(G):
         for t in np.nonzero(mask[g])[0]:
-            kept = sorted((probs[g, t, e] for (gg, tt, e) in got if (gg, tt) == (g, t)), reverse=True)
+            kept = sorted((probs[g, t, e] for (gg, tt, e) in got if (gg, tt) == (g, t)),
+                          reverse=True)
             assert sum(kept) >= threshold - 1e-6 and sum(kept[:-1]) < threshold
 
 
 def test_top_p_cap_and_capacity(logits, mask):
-    r = route("top_p", logits, mask, threshold=0.9, max_experts_per_token=2, eval_capacity_factor=1.0)
+    r = route("top_p", logits, mask, threshold=0.9, max_experts_per_token=2,
+              eval_capacity_factor=1.0)
     assert r.capacity == compute_capacity(T, E, 2, 1.0)
     probs = ref.softmax(logits)
     choices = [[row[:2] for row in group] for group in ref.top_p_choices(probs, 0.9)]
@@ -313,7 +318,8 @@ def test_vmoe_aux_losses_are_importance_and_load(logits):
     noisy = logits + 0.3 * np.random.default_rng(5).normal(size=logits.shape).astype(np.float32)
     imp, load = ref.vmoe_losses(logits, noisy, 2, 0.3)
     full = jnp.ones((G, T), bool)
-    assert float(importance_loss(jax.nn.softmax(jnp.asarray(logits)), full)) == pytest.approx(imp, rel=1e-4)
+    got = float(importance_loss(jax.nn.softmax(jnp.asarray(logits)), full))
+    assert got == pytest.approx(imp, rel=1e-4)
     assert float(load_loss(jnp.asarray(logits), jnp.asarray(noisy), full, 2, 0.3)) == \
         pytest.approx(load, rel=1e-4)
     r = route("vmoe", logits, k=2, train=True, load_balance_weight=0.1, z_loss_weight=0.0)
@@ -372,10 +378,12 @@ def test_padding_is_never_routed_and_not_counted(logits, mask):
         for (g, t, e) in as_dict(r):
             assert mask[g, t], (name, g, t)
         # Statistics are unchanged by what the padded positions hold.
-        noisy = np.where(mask[..., None], logits, 40 * np.random.default_rng(1).normal(size=logits.shape))
+        junk = 40 * np.random.default_rng(1).normal(size=logits.shape)
+        noisy = np.where(mask[..., None], logits, junk)
         r2 = route(name, noisy.astype(np.float32), mask, **kw)
         for key in r.metrics:
-            np.testing.assert_allclose(r.metrics[key], r2.metrics[key], rtol=1e-5, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(r.metrics[key], r2.metrics[key], rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
 
 
 def test_dropped_fraction_metric(logits):
@@ -425,12 +433,14 @@ def test_bad_shapes_are_clear_value_errors(logits):
     cfg = RouterConfig(name="top_k", num_experts=E)
     with pytest.raises(ValueError, match=r"mask shape \(3, 5\) must equal logits.shape\[:2\]"):
         routing.route(cfg, jnp.asarray(logits), mask=jnp.ones((3, 5), bool))
-    with pytest.raises(ValueError, match="logits have 6 experts on the last axis but num_experts=8"):
+    with pytest.raises(ValueError,
+                       match="logits have 6 experts on the last axis but num_experts=8"):
         routing.route(RouterConfig(name="top_k", num_experts=8), jnp.asarray(logits))
     with pytest.raises(ValueError, match=r"logits must be \[groups, tokens, experts\]"):
         routing.route(cfg, jnp.asarray(logits[0]))
     with pytest.raises(ValueError, match="router 'gshard_top2' samples in training and needs rng"):
-        routing.route(RouterConfig(name="gshard_top2", num_experts=E), jnp.asarray(logits), train=True)
+        routing.route(RouterConfig(name="gshard_top2", num_experts=E), jnp.asarray(logits),
+                      train=True)
 
 
 def test_a_new_router_is_one_kernel_and_one_registration():
@@ -445,8 +455,8 @@ def test_a_new_router_is_one_kernel_and_one_registration():
         inputs = token_choice_inputs(logits, mask, cfg, train)
         expert = jnp.zeros(logits.shape[:2] + (1,), jnp.int32)
         losses = {"load_balance_loss": load_balance_loss(inputs.probs, expert, inputs.mask)}
-        return token_choice_result(inputs, expert, jnp.ones(expert.shape), jnp.ones(expert.shape, bool),
-                                   losses, cfg)
+        ones = jnp.ones(expert.shape)
+        return token_choice_result(inputs, expert, ones, ones.astype(bool), losses, cfg)
 
     register_router("always_zero", lowest_index_route)
     try:
@@ -462,3 +472,73 @@ def test_a_new_router_is_one_kernel_and_one_registration():
             register_router("always_zero", lowest_index_route)
     finally:
         ROUTERS.pop("always_zero")
+
+
+@pytest.mark.parametrize("score_fn,groups,topk_groups,k,scaling,with_bias", [
+    ("sigmoid", 1, None, 2, 1.0, False), ("sigmoid", 3, 1, 2, 2.5, False),
+    ("sigmoid", 3, 2, 3, 1.0, True), ("softmax", 2, 1, 2, 1.0, True),
+    ("sigmoid", 6, 2, 2, 1.0, True)])
+def test_deepseek_routing_matches_reference(logits, mask, score_fn, groups, topk_groups, k,
+                                            scaling, with_bias):
+    bias = np.linspace(-0.3, 0.4, E).astype(np.float32) if with_bias else None
+    cfg = RouterConfig("top_k", num_experts=E, k=k, score_fn=score_fn, expert_groups=groups,
+                       topk_groups=topk_groups, routed_scaling=scaling, eval_capacity_factor=1.0)
+    r = routing.route(cfg, jnp.asarray(logits), mask=jnp.asarray(mask),
+                      bias=None if bias is None else jnp.asarray(bias))
+    choices = ref.deepseek_choices(logits, k, score_fn, bias, groups, topk_groups, scaling)
+    assert_same(as_dict(r), ref.claim_places(choices, mask, ref.capacity(T, E, k, 1.0)))
+    if score_fn == "sigmoid":
+        # The balance loss's P_e are the normalised sigmoid scores (DeepSeek-V3).
+        s = ref.sigmoid(logits)
+        picked = [[[e for e, _ in row] for row in group] for group in choices]
+        want = ref.load_balancing_loss(s / s.sum(-1, keepdims=True), picked, mask)
+        assert float(r.metrics["load_balance_loss"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_selection_bias_moves_choices_not_weights(logits):
+    bias = jnp.zeros(E).at[3].set(100.0)
+    cfg = RouterConfig("top_k", num_experts=E, k=2, score_fn="sigmoid", capacity_factor=None,
+                       eval_capacity_factor=None)
+    plain = as_dict(routing.route(cfg, jnp.asarray(logits)))
+    biased = as_dict(routing.route(cfg, jnp.asarray(logits), bias=bias))
+    every_token = {(g, t) for g in range(G) for t in range(T)}
+    assert {(g, t) for (g, t, e) in biased if e == 3} == every_token
+    s = ref.sigmoid(logits)
+    for (g, t, e), (_, w) in biased.items():
+        other = next(o for (gg, tt, o) in biased if (gg, tt) == (g, t) and o != e)
+        assert w == pytest.approx(s[g, t, e] / (s[g, t, e] + s[g, t, other]), rel=1e-5)
+    assert plain != biased
+    with pytest.raises(ValueError, match="router 'gshard_top2' takes no selection bias"):
+        routing.route(RouterConfig("gshard_top2", num_experts=E), jnp.asarray(logits), bias=bias)
+
+
+def test_balance_diagnostics_hand_computed():
+    # Every token prefers expert 0: one busy expert, E - 1 dead ones.
+    onehot = np.full((2, 8, 4), -5.0, np.float32)
+    onehot[..., 0] = 5.0
+    cfg = RouterConfig("top_k", num_experts=4, k=1, eval_capacity_factor=None)
+    m = routing.route(cfg, jnp.asarray(onehot)).metrics
+    assert float(m["max_violation"]) == pytest.approx(3.0)
+    assert float(m["dead_experts"]) == pytest.approx(0.75)
+    # Token t prefers expert t % 4: perfectly balanced.
+    cyclic = np.full((2, 8, 4), -5.0, np.float32)
+    cyclic[:, np.arange(8), np.arange(8) % 4] = 5.0
+    m = routing.route(cfg, jnp.asarray(cyclic)).metrics
+    assert float(m["max_violation"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(m["dead_experts"]) == 0.0
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(score_fn="tanh"), r"score_fn must be one of \('softmax', 'sigmoid'\), got 'tanh'"),
+    (dict(expert_groups=4), "expert_groups must be >= 1 and divide num_experts=6, got 4"),
+    (dict(expert_groups=3, topk_groups=4), r"topk_groups must be in \[1, expert_groups=3\], got 4"),
+    (dict(expert_groups=3, topk_groups=1, k=3),
+     "k=3 exceeds the 2 experts that topk_groups=1 of expert_groups=3 hold"),
+    (dict(routed_scaling=0.0), "routed_scaling must be > 0, got 0.0"),
+    (dict(name="gshard_top2", score_fn="sigmoid"),
+     "router 'gshard_top2' does not read score_fn='sigmoid'; routers that do: frozen, switch, "
+     "top_k, xmoe"),
+])
+def test_deepseek_options_bad_input(kw, message):
+    with pytest.raises(ValueError, match=message):
+        RouterConfig(**{"name": "top_k", "num_experts": 6, **kw})

@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 
 from moejax.dispatch import MODES, moe_ffn
 from moejax.ffn import check_activations, input_kernel_names
+from moejax.layers.ffn import MlpBlock
 from moejax.layers.scorers import get_scorer
 from moejax.routing import RouterConfig, RoutingResult, route
 
@@ -42,6 +43,12 @@ class MoeLayer(nn.Module):
     Needs a 'router' rng in training for routers that sample or jitter, and
     a 'dropout' rng when `dropout_rate` > 0 (dropout on the experts' hidden
     activations in training: Switch's "expert dropout").
+    `num_shared_experts` > 0 adds always-active experts (DeepSeekMoE) of
+    `shared_d_ff` hidden units each (None: d_ff) to the routed output. They
+    are one dense FFN `shared_experts` of num_shared_experts * shared_d_ff
+    hidden units (the sum of the separate experts, as DeepSeek builds
+    them); under expert parallelism it is replicated over the expert axis
+    and its hidden units sharded like a dense FFN's ('mlp' over 'model').
     """
 
     router: RouterConfig
@@ -57,6 +64,8 @@ class MoeLayer(nn.Module):
     mesh: Mesh | None = None
     expert_axis: str | None = None
     dropout_rate: float = 0.0
+    num_shared_experts: int = 0
+    shared_d_ff: int | None = None
 
     def router_logits(self, x, token_ids, rng, train):
         """Router logits [G, T, E] float32 from the scorer the router's
@@ -69,8 +78,8 @@ class MoeLayer(nn.Module):
         shapes = {name: ((e, d, self.d_ff), ("expert", "embed", "mlp"))
                   for name in input_kernel_names(self.activations)}
         shapes["wo"] = ((e, self.d_ff, d), ("expert", "mlp", "embed"))
-        return {name: jnp.asarray(self.param(name, nn.with_logical_partitioning(self.kernel_init, axes),
-                                             shape, self.param_dtype), self.dtype)
+        init = functools.partial(nn.with_logical_partitioning, self.kernel_init)
+        return {name: jnp.asarray(self.param(name, init(axes), shape, self.param_dtype), self.dtype)
                 for name, (shape, axes) in shapes.items()}
 
     @nn.compact
@@ -101,9 +110,15 @@ class MoeLayer(nn.Module):
         if train and self.dropout_rate > 0:
             hidden_dropout = functools.partial(expert_dropout, self.make_rng("dropout"),
                                                1.0 - self.dropout_rate)
-        y = moe_ffn(xg, result, self._expert_params(d), activations=activations, mode=self.dispatch,
-                    grouped_matmul=self.grouped_matmul, mesh=self.mesh, expert_axis=self.expert_axis,
-                    hidden_dropout=hidden_dropout)
+        y = moe_ffn(xg, result, self._expert_params(d), activations=activations,
+                    mode=self.dispatch, grouped_matmul=self.grouped_matmul, mesh=self.mesh,
+                    expert_axis=self.expert_axis, hidden_dropout=hidden_dropout)
+        y = y.reshape(b, l, d)
+        if self.num_shared_experts:
+            with jax.named_scope("shared_experts"):
+                width = self.num_shared_experts * (self.shared_d_ff or self.d_ff)
+                y = y + MlpBlock(width, activations, dtype=self.dtype, param_dtype=self.param_dtype,
+                                 name="shared_experts")(x)
         self.sow(MOE_COLLECTION, "aux_loss", result.aux_loss)
         self.sow(MOE_COLLECTION, "metrics", result.metrics)
-        return nn.with_logical_constraint(y.reshape(b, l, d), ("batch", "length", "embed"))
+        return nn.with_logical_constraint(y, ("batch", "length", "embed"))

@@ -29,6 +29,9 @@ class MoeConfig:
     dispatch: see moejax.dispatch.MODES.
     expert_dropout: dropout on the experts' hidden activations in training
       (Switch fine-tuning uses 0.4 with 0.1 elsewhere).
+    num_shared_experts / shared_d_ff: always-active experts (DeepSeekMoE)
+      of shared_d_ff hidden units each (None: d_ff), added to the routed
+      output; 0 = none.
     """
 
     interval: int = 0
@@ -38,8 +41,14 @@ class MoeConfig:
     group_size: int | None = None
     dispatch: str = "auto"
     expert_dropout: float = 0.0
+    num_shared_experts: int = 0
+    shared_d_ff: int | None = None
 
     def __post_init__(self):
+        if self.num_shared_experts < 0:
+            raise ValueError(f"num_shared_experts must be >= 0, got {self.num_shared_experts}")
+        if self.shared_d_ff is not None and self.shared_d_ff < 1:
+            raise ValueError(f"shared_d_ff must be >= 1 or None, got {self.shared_d_ff}")
         if not 0 <= self.expert_dropout < 1:
             raise ValueError(f"expert_dropout must be in [0, 1), got {self.expert_dropout}")
         if self.interval < 0:

@@ -61,7 +61,8 @@ class FeedForward(nn.Module):
                          dispatch="dropless" if decode else self.moe.dispatch,
                          dtype=cfg.compute_dtype, mesh=None if decode else self.mesh,
                          expert_axis=self.expert_axis, dropout_rate=self.moe.expert_dropout,
-                         name="mlp")(
+                         num_shared_experts=self.moe.num_shared_experts,
+                         shared_d_ff=self.moe.shared_d_ff, name="mlp")(
                 y, mask=mask, token_ids=token_ids, deterministic=deterministic)
         return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
 
@@ -148,7 +149,8 @@ class Encoder(_Stack):
         pos = jnp.arange(tokens.shape[1])[None] if positions is None else positions
         bias = self.relpos(True)(pos, pos) + attention_bias(mask, mask, segment_ids, segment_ids)
         for i in range(cfg.num_encoder_layers):
-            x = EncoderLayer(**self.layer_args(i))(x, bias, mask, tokens, deterministic=deterministic)
+            x = EncoderLayer(**self.layer_args(i))(x, bias, mask, tokens,
+                                                   deterministic=deterministic)
         return self.final(x, "encoder_norm", deterministic)
 
 

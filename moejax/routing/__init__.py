@@ -19,17 +19,18 @@ from moejax.routing.registry import ROUTERS, RouterSpec, get_router, register_ro
 from moejax.routing.top_k import top_k_route, vmoe_route
 from moejax.routing.top_p import top_p_route
 
-register_router("switch", top_k_route, default_k=1, fixed_k=True)
-register_router("top_k", top_k_route, default_k=2)
+register_router("switch", top_k_route, default_k=1, fixed_k=True, score_options=True)
+register_router("top_k", top_k_route, default_k=2, score_options=True)
 register_router("gshard_top2", gshard_top2_route, default_k=2, fixed_k=True)
 # Batch-prioritised: a token's place depends on later tokens' probabilities.
 register_router("vmoe", vmoe_route, default_k=2, causal=False, validate=top_k.validate_vmoe)
 register_router("expert_choice", expert_choice_route, default_k=1, fixed_k=True, causal=False,
                 validate=expert_choice.validate)
-register_router("xmoe", top_k_route, scorer="cosine", default_k=1, validate=top_k.validate_xmoe)
+register_router("xmoe", top_k_route, scorer="cosine", default_k=1, validate=top_k.validate_xmoe,
+                score_options=True)
 register_router("moesart", moesart_route, default_k=2, validate=moesart.validate)
 register_router("top_p", top_p_route, default_k=2, validate=top_p.validate)
-register_router("frozen", top_k_route, trainable=False, default_k=1)
+register_router("frozen", top_k_route, trainable=False, default_k=1, score_options=True)
 register_router("hash", top_k_route, scorer="hash", default_k=1, fixed_k=True)
 
 __all__ = [

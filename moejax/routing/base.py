@@ -31,7 +31,9 @@ class RoutingResult:
     aux_loss: float32 []   weighted sum of the router's auxiliary losses; add
              it to the training loss.
     metrics: dict of float32 arrays: `dropped_fraction` [], `expert_load`
-             [E] (fraction of active assignments per expert),
+             [E] (fraction of active assignments per expert), `max_violation`
+             [] (E * max expert_load - 1), `dead_experts` [] (fraction of
+             experts with no assignment),
              `experts_per_token` [], `experts_per_token_hist` [E + 1] (fraction
              of tokens given exactly 0, 1, ..., E experts), `router_entropy` [],
              and the unweighted
@@ -72,7 +74,8 @@ def masked_mean(x: Array, mask: Array, axis: Any = None) -> Array:
 
 def entropy(probs: Array) -> Array:
     """-sum p log p over the last axis, with 0 log 0 = 0."""
-    return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), -1)
+    positive = probs > 0
+    return -jnp.sum(jnp.where(positive, probs * jnp.log(jnp.where(positive, probs, 1.0)), 0.0), -1)
 
 
 def load_balance_loss(probs: Array, expert: Array, mask: Array,
@@ -113,24 +116,36 @@ def balance_losses(logits: Array, probs: Array, mask: Array, expert: Array,
 class TokenChoiceInputs:
     """What every token-choice router starts from (see `token_choice_inputs`).
 
-    mask: bool [G, T]; logits / probs: float32 [G, T, E] (softmax over
-    experts); capacity: static int, places per expert and group for cfg.k
-    experts per token."""
+    mask: bool [G, T]; logits / probs: float32 [G, T, E]; probs is a
+    distribution over experts (softmax, or the sigmoid scores normalised to
+    sum to 1: DeepSeek-V3's affinities for its balance loss); scores: float32
+    [G, T, E], what experts are selected by and weighted with (the softmax
+    itself, or the sigmoid scores); capacity: static int, places per expert
+    and group for cfg.k experts per token."""
 
     mask: Array
     logits: Array
     probs: Array
+    scores: Array
     capacity: int = flax.struct.field(pytree_node=False)
+
+
+SCORE_FNS = ("softmax", "sigmoid")
 
 
 def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool) -> TokenChoiceInputs:
     """The shared prologue of token-choice routers: checks the inputs, casts
-    to float32, softmax, and the capacity C = ceil(cf * T * k / E) of the
-    train or eval capacity factor."""
+    to float32, scores with cfg.score_fn, and the capacity
+    C = ceil(cf * T * k / E) of the train or eval capacity factor."""
     mask = check_logits(logits, mask, cfg.num_experts)
     logits = logits.astype(jnp.float32)
     t, e = logits.shape[1:]
-    return TokenChoiceInputs(mask, logits, jax.nn.softmax(logits, axis=-1),
+    if cfg.score_fn == "sigmoid":
+        scores = jax.nn.sigmoid(logits)
+        probs = scores / jnp.maximum(jnp.sum(scores, axis=-1, keepdims=True), 1e-9)
+    else:
+        scores = probs = jax.nn.softmax(logits, axis=-1)
+    return TokenChoiceInputs(mask, logits, probs, scores,
                              compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train)))
 
 
@@ -176,9 +191,15 @@ def routing_metrics(probs: Array, mask: Array, token: Array, expert: Array,
     per_token = experts_per_token(token, valid, t)
     load = jnp.zeros((e,), jnp.float32).at[expert.reshape(-1)].add(
         valid.reshape(-1).astype(jnp.float32))
+    share = load / jnp.maximum(jnp.sum(load), 1.0)
     metrics = {
         "dropped_fraction": masked_mean((per_token == 0).astype(jnp.float32), mask),
-        "expert_load": load / jnp.maximum(jnp.sum(load), 1.0),
+        "expert_load": share,
+        # Over every group of the call (the global batch under jit): the
+        # busiest expert's load over the mean load, minus 1 (0 = balanced),
+        # and the fraction of experts given no token.
+        "max_violation": jnp.max(share) * e - 1.0,
+        "dead_experts": jnp.mean((load == 0).astype(jnp.float32)),
         "experts_per_token": masked_mean(per_token, mask),
         "experts_per_token_hist": jnp.zeros((e + 1,), jnp.float32).at[
             per_token.astype(jnp.int32).reshape(-1)].add(mask.reshape(-1).astype(jnp.float32))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from moejax.routing.registry import get_router
+from moejax.routing.base import SCORE_FNS
+from moejax.routing.registry import ROUTERS, get_router
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,15 @@ class RouterConfig:
     sampling / sample_weighting: MOESART choices, see moejax/routing/moesart.py.
     xmoe_dim / xmoe_temperature: X-MoE hypersphere dimension and initial
       temperature (1.0: routing starts near uniform; the temperature is learned).
+    score_fn: 'softmax' (over experts) or 'sigmoid' (per expert; the combine
+      weights are then the chosen scores normalised to sum to 1, DeepSeek-V3).
+    routed_scaling: factor on the combine weights (DeepSeek-V2/V3's
+      routed_scaling_factor; 1.0 = none).
+    expert_groups / topk_groups: group-limited routing (DeepSeek-V2/V3):
+      E experts in `expert_groups` equal groups, each token choosing among
+      the experts of its `topk_groups` best groups (None: all groups).
+    score_fn, routed_scaling and expert groups are read by the routers
+    registered with `score_options=True` (top_k, switch, frozen, xmoe).
 
     Fields that only one router reads are checked by that router's
     `validate` (see `moejax.routing.register_router`).
@@ -61,22 +71,32 @@ class RouterConfig:
     sample_weighting: str = "small_random"
     xmoe_dim: int = 16
     xmoe_temperature: float = 1.0
+    score_fn: str = "softmax"
+    routed_scaling: float = 1.0
+    expert_groups: int = 1
+    topk_groups: int | None = None
 
     def __post_init__(self):
         spec = get_router(self.name)
         if self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
+        self._check_scoring(spec)
         k = spec.default_k if self.k is None else self.k
         if spec.fixed_k and k != spec.default_k:
             raise ValueError(f"router {self.name!r} uses k={spec.default_k}, got k={k}; "
                              "use router 'top_k' for other values")
         if not 1 <= k <= self.num_experts:
             raise ValueError(f"k must be in [1, num_experts={self.num_experts}], got k={k}")
+        reachable = self.kept_groups * (self.num_experts // self.expert_groups)
+        if k > reachable:
+            raise ValueError(f"k={k} exceeds the {reachable} experts that topk_groups="
+                             f"{self.kept_groups} of expert_groups={self.expert_groups} hold")
         object.__setattr__(self, "k", k)
         for field in ("capacity_factor", "eval_capacity_factor"):
             value = getattr(self, field)
             if value is not None and not value > 0:
-                raise ValueError(f"{field} must be > 0 (or None for no capacity limit), got {value}")
+                raise ValueError(f"{field} must be > 0 (or None for no capacity limit), "
+                                 f"got {value}")
         if not 0 <= self.jitter_eps < 1:
             raise ValueError(f"jitter_eps must be in [0, 1), got {self.jitter_eps}")
         for field in ("load_balance_weight", "z_loss_weight", "entropy_weight",
@@ -85,10 +105,36 @@ class RouterConfig:
                 raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
         cap = self.max_experts_per_token
         if cap is not None and not 1 <= cap <= self.num_experts:
-            raise ValueError(f"max_experts_per_token must be in [1, num_experts={self.num_experts}] "
-                             f"or None, got {cap}")
+            raise ValueError(f"max_experts_per_token must be in [1, num_experts="
+                             f"{self.num_experts}] or None, got {cap}")
         if spec.validate is not None:
             spec.validate(self)
+
+    def _check_scoring(self, spec) -> None:
+        """score_fn, routed_scaling, expert_groups / topk_groups."""
+        if self.score_fn not in SCORE_FNS:
+            raise ValueError(f"score_fn must be one of {SCORE_FNS}, got {self.score_fn!r}")
+        if not self.routed_scaling > 0:
+            raise ValueError(f"routed_scaling must be > 0, got {self.routed_scaling}")
+        groups = self.expert_groups
+        if groups < 1 or self.num_experts % groups:
+            raise ValueError(f"expert_groups must be >= 1 and divide num_experts="
+                             f"{self.num_experts}, got {groups}")
+        top = groups if self.topk_groups is None else self.topk_groups
+        if not 1 <= top <= groups:
+            raise ValueError(f"topk_groups must be in [1, expert_groups={groups}], got {top}")
+        used = [f"{name}={getattr(self, name)!r}" for name, default in
+                (("score_fn", "softmax"), ("routed_scaling", 1.0), ("expert_groups", 1))
+                if getattr(self, name) != default]
+        if used and not spec.score_options:
+            takers = ", ".join(sorted(n for n, r in ROUTERS.items() if r.score_options))
+            raise ValueError(f"router {self.name!r} does not read {', '.join(used)}; "
+                             f"routers that do: {takers}")
+
+    @property
+    def kept_groups(self) -> int:
+        """Expert groups a token chooses from (topk_groups; None = all)."""
+        return self.expert_groups if self.topk_groups is None else self.topk_groups
 
     @property
     def spec(self):

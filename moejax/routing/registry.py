@@ -24,6 +24,8 @@ class RouterSpec:
       not: which tokens an expert takes depends on later tokens.
     validate: checks the RouterConfig fields only this router reads (raises
       ValueError naming the field); called when a RouterConfig is built.
+    score_options: the kernel reads RouterConfig.score_fn, routed_scaling
+      and expert_groups / topk_groups (see `moejax.routing.top_k`).
     """
 
     kernel: Callable[..., RoutingResult]
@@ -33,6 +35,7 @@ class RouterSpec:
     fixed_k: bool = False
     causal: bool = True
     validate: Callable[[Any], None] | None = None
+    score_options: bool = False
 
 
 ROUTERS: dict[str, RouterSpec] = {}
@@ -40,11 +43,13 @@ ROUTERS: dict[str, RouterSpec] = {}
 
 def register_router(name: str, kernel: Callable[..., RoutingResult], *, scorer: str = "linear",
                     trainable: bool = True, default_k: int = 1, fixed_k: bool = False,
-                    causal: bool = True, validate: Callable[[Any], None] | None = None) -> None:
+                    causal: bool = True, validate: Callable[[Any], None] | None = None,
+                    score_options: bool = False) -> None:
     """Makes `name` usable as `RouterConfig(name=...)` and in config files."""
     if name in ROUTERS:
         raise ValueError(f"router name {name!r} is already registered")
-    ROUTERS[name] = RouterSpec(kernel, scorer, trainable, default_k, fixed_k, causal, validate)
+    ROUTERS[name] = RouterSpec(kernel, scorer, trainable, default_k, fixed_k, causal, validate,
+                               score_options)
 
 
 def get_router(name: str) -> RouterSpec:
@@ -55,8 +60,14 @@ def get_router(name: str) -> RouterSpec:
             f"unknown router name {name!r}; known routers: {', '.join(sorted(ROUTERS))}") from None
 
 
-def route(cfg, logits, *, mask=None, rng=None, train: bool = False) -> RoutingResult:
+def route(cfg, logits, *, mask=None, rng=None, train: bool = False,
+          bias=None) -> RoutingResult:
     """Routes `logits` float [G, T, E] with the router `cfg` (a RouterConfig)
     names. mask: bool [G, T] (None: every token is real); rng: a PRNG key
-    for routers that sample in training."""
-    return cfg.spec.kernel(logits, mask=mask, rng=rng, cfg=cfg, train=train)
+    for routers that sample in training; bias: float [E] added to the
+    scores for selection only (routers with score_options; None: none)."""
+    if bias is None:
+        return cfg.spec.kernel(logits, mask=mask, rng=rng, cfg=cfg, train=train)
+    if not cfg.spec.score_options:
+        raise ValueError(f"router {cfg.name!r} takes no selection bias")
+    return cfg.spec.kernel(logits, mask=mask, rng=rng, cfg=cfg, train=train, bias=bias)

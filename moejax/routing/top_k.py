@@ -8,28 +8,63 @@ from moejax.routing.base import (RoutingResult, balance_losses, masked_mean, req
                                  token_choice_inputs, token_choice_result, z_loss)
 
 
-def top_k_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
-    """Each token takes its k most probable experts (Switch when k = 1).
+def top_k_route(logits, *, mask, rng, cfg, train, bias=None) -> RoutingResult:
+    """Each token takes its k best-scored experts (Switch when k = 1).
 
-    logits: float [G, T, E]; mask: bool [G, T] (False = padding).
-    Weights are the chosen probabilities (renormalised over the k if
-    cfg.normalize_weights). Places at an expert go to first choices before
+    logits: float [G, T, E]; mask: bool [G, T] (False = padding); bias:
+    float [E] or None, added to the scores for selection only (auxiliary-
+    loss-free balancing, Wang et al. 2024), never to the weights.
+    Scores are softmax probabilities or, with cfg.score_fn = 'sigmoid',
+    per-expert sigmoids (DeepSeek-V3). With cfg.expert_groups > 1 a token
+    picks among the experts of its cfg.topk_groups best groups only
+    (`limit_to_groups`). Weights are the chosen scores, renormalised over
+    the k when cfg.normalize_weights (always for sigmoid scores), times
+    cfg.routed_scaling. Places at an expert go to first choices before
     second ones, by position or, with cfg.batch_prioritized, by descending
     max probability. Aux losses: load balance over every chosen expert
-    (flaxformer's `_load_balancing_loss`) and the router z-loss. `rng` is
-    unused (Switch jitter acts on the router's inputs, in the scorer).
+    (flaxformer's `_load_balancing_loss`; with sigmoid scores P_e is the
+    mean normalised score, as DeepSeek-V3's balance loss has it) and the
+    router z-loss. `rng` is unused (Switch jitter acts on the router's
+    inputs, in the scorer).
     """
     inputs = token_choice_inputs(logits, mask, cfg, train)
-    weight, expert = jax.lax.top_k(inputs.probs, cfg.k)
+    expert = select_experts(inputs.scores, cfg, bias)
+    weight = jnp.take_along_axis(inputs.scores, expert, axis=-1)
     losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert)
     return token_choice_result(inputs, expert, normalize(weight, cfg),
                                jnp.ones(expert.shape, bool), losses, cfg)
 
 
+def select_experts(scores, cfg, bias=None):
+    """int32 [G, T, k]: each token's k best experts by scores [G, T, E]
+    (+ bias [E]), in descending order, within its best expert groups when
+    cfg.expert_groups > 1."""
+    choice = scores if bias is None else scores + jax.lax.stop_gradient(bias)
+    if cfg.expert_groups > 1:
+        choice = limit_to_groups(choice, cfg.expert_groups, cfg.kept_groups)
+    return jax.lax.top_k(choice, cfg.k)[1]
+
+
+def limit_to_groups(choice, num_groups: int, keep: int):
+    """Group-limited routing (DeepSeek-V2/V3): the E experts form
+    `num_groups` consecutive groups (an expert-parallel device each, say);
+    every token keeps the `keep` groups with the highest sum of their two
+    best scores (the best one in groups of one expert) and sees -inf for
+    every expert outside them. choice: [G, T, E] -> [G, T, E]."""
+    g, t, e = choice.shape
+    grouped = choice.reshape(g, t, num_groups, e // num_groups)
+    group_score = jnp.sum(jax.lax.top_k(grouped, min(2, e // num_groups))[0], axis=-1)
+    kept = jnp.any(jax.nn.one_hot(jax.lax.top_k(group_score, keep)[1], num_groups, dtype=bool),
+                   axis=-2)
+    return jnp.where(jnp.repeat(kept, e // num_groups, axis=-1), choice, -jnp.inf)
+
+
 def normalize(weight, cfg):
-    """Weights [G, T, K] renormalised to sum to 1 per token when
-    cfg.normalize_weights."""
-    return weight / jnp.sum(weight, axis=-1, keepdims=True) if cfg.normalize_weights else weight
+    """Combine weights [G, T, K]: renormalised to sum to 1 per token when
+    cfg.normalize_weights or with sigmoid scores, times cfg.routed_scaling."""
+    if cfg.normalize_weights or cfg.score_fn == "sigmoid":
+        weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
+    return weight * cfg.routed_scaling if cfg.routed_scaling != 1.0 else weight
 
 
 def cv_squared(x, axis=-1):
