@@ -81,7 +81,8 @@ def test_testbed_arms_differ_only_in_their_ffns_at_equal_active_flops():
     for stack in (moe.model.encoder_moe, moe.model.decoder_moe):
         assert stack.interval == 1 and stack.router == knowledge_router()
         assert stack.d_ff * stack.router.k == dense.model.d_ff  # active hidden units per token
-    assert knowledge_router().capacity_factor is None and knowledge_router().load_balance_weight == 0
+    router = knowledge_router()
+    assert router.capacity_factor is None and router.load_balance_weight == 0
     assert dataclasses.replace(moe, model=dense.model) == dense
 
 
@@ -154,6 +155,19 @@ def test_leaderboard_ranks_a_user_router_from_its_own_module(tmp_path):
     assert "| my_top2 |" in (out_dir / "table.md").read_text()
     again = _run_module(args, tmp_path)
     assert "reusing stored results of 3 arms" in again.stdout
+
+
+def test_leaderboard_fingerprint_ignores_fields_at_their_defaults():
+    """Stored arms stay valid when a config field is added at its default,
+    and become stale when any field changes."""
+    from experiments.leaderboard.__main__ import arm_config, fingerprint, non_default
+
+    cfg = arm_config("smoke", 0, "top_k")
+    router = non_default(cfg)["model"]["encoder_moe"]["router"]
+    assert router == {"name": "top_k", "num_experts": 16, "k": 2}  # the rest at defaults
+    moe = dataclasses.replace(cfg.model.encoder_moe, num_shared_experts=1)
+    changed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_moe=moe))
+    assert fingerprint(changed) != fingerprint(cfg) == fingerprint(arm_config("smoke", 0, "top_k"))
 
 
 @pytest.mark.parametrize("name", ["learning_to_route", "expert_choice", "moesart",

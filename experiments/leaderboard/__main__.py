@@ -79,8 +79,28 @@ def arm_config(size: str, seed: int, name: str):
     return dataclasses.replace(cfg, freeze_router=frozen)
 
 
+def non_default(obj):
+    """A config as nested dicts of only the fields that differ from their
+    defaults, so that a field added later (at its default) leaves stored
+    fingerprints valid."""
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if value != default:
+            out[f.name] = non_default(value)
+    return out
+
+
 def fingerprint(cfg) -> str:
-    return hashlib.sha1(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(json.dumps(non_default(cfg), sort_keys=True, default=str)
                         .encode()).hexdigest()[:16]
 
 
