@@ -2,6 +2,11 @@
 32 experts sharded over an 'expert' axis of 8 (all-to-all dispatch),
 4-way tensor parallelism over 'model', the rest data parallel; batch 1024
 of 512/114 tokens. Launch with scripts/launch_tpu_pod.sh.
+
+Hardware: a TPU v4-256 pod slice (or any 256 devices; the mesh sizes are
+config fields). Runtime and result: not measured here (no pod); the
+command, sharding and multi-host set-up are tested on 8 fake CPU devices
+and two localhost processes, not at this scale.
 """
 from moejax.models import presets
 from moejax.structured import config_dict

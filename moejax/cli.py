@@ -7,6 +7,7 @@ out-of-memory) are not input errors and keep their traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -111,6 +112,19 @@ def parse_flags(argv: list[str]) -> list[str]:
         if debug() or isinstance(e, (SystemExit, KeyboardInterrupt)):
             raise
         fail(explain_flag_error(e, argv))
+
+
+@contextlib.contextmanager
+def input_errors(*types: type[BaseException], explain: Callable[[BaseException], str] = str):
+    """Exceptions of `types` raised inside are bad input: `fail` with
+    explain(exception), one line and exit status 2 (MOEJAX_DEBUG=1 re-raises,
+    traceback and all). Other exceptions pass untouched: they are bugs."""
+    try:
+        yield
+    except types as e:
+        if debug():
+            raise
+        fail(explain(e))
 
 
 def run(main: Callable[[list[str]], None]) -> None:

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from moejax.ffn import input_kernel_names
 from moejax.models.config import MoeConfig, T5Config
 from moejax.models.t5 import abstract_params
 from moejax.routing import RouterConfig
@@ -42,12 +43,16 @@ def _hf_sparse_layers(num_layers: int, num_sparse: int) -> set[int]:
     return {i for i in range(num_layers) if i % step == 1 or step == 1}
 
 
-def _interval_for(sparse: set[int], num_layers: int, where: str) -> int:
+def _layout_for(sparse: set[int], num_layers: int, where: str) -> dict[str, int | None]:
+    """MoeConfig interval and offset that make exactly `sparse` MoE layers
+    (offset None, the default, whenever it fits)."""
     for interval in range(num_layers + 1):
-        if {i for i in range(num_layers) if MoeConfig(interval=interval).is_moe_layer(i)} == sparse:
-            return interval
+        for offset in (None, *range(interval)):
+            moe = MoeConfig(interval=interval, offset=offset)
+            if {i for i in range(num_layers) if moe.is_moe_layer(i)} == sparse:
+                return {"interval": interval, "offset": offset}
     raise ValueError(f"{where}: HF sparse layers {sorted(sparse)} do not follow moejax's layout "
-                     "(layer i is MoE iff i % interval == interval - 1)")
+                     "(layer i is MoE iff i % interval == offset)")
 
 
 def _activations(act: str, gated: bool) -> tuple[str, ...]:
@@ -56,13 +61,20 @@ def _activations(act: str, gated: bool) -> tuple[str, ...]:
     return (HF_ACT[act], "linear") if gated else (HF_ACT[act],)
 
 
+def _model_type(hf_config, source: str = "checkpoint") -> str:
+    """The HF config's model_type, or a ValueError naming what it is when
+    moejax cannot read it."""
+    model_type = getattr(hf_config, "model_type", type(hf_config).__name__)
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"{source} is a {model_type!r} model; moejax.convert reads "
+                         f"{' and '.join(ARCHITECTURES)}")
+    return model_type
+
+
 def config_from_hf(hf_config, sparse_layers=None, **router_overrides) -> T5Config:
     """T5Config for an HF T5Config / SwitchTransformersConfig. For Switch,
     `sparse_layers` = (encoder set, decoder set) as the HF model built them."""
-    model_type = getattr(hf_config, "model_type", type(hf_config).__name__)
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"checkpoint is a {model_type!r} model; moejax.convert reads "
-                         f"{' and '.join(ARCHITECTURES)}")
+    model_type = _model_type(hf_config)
     common = dict(vocab_size=hf_config.vocab_size, d_model=hf_config.d_model,
                   num_heads=hf_config.num_heads, head_dim=hf_config.d_kv, d_ff=hf_config.d_ff,
                   num_encoder_layers=hf_config.num_layers,
@@ -76,24 +88,24 @@ def config_from_hf(hf_config, sparse_layers=None, **router_overrides) -> T5Confi
     if hf_config.router_bias:
         raise ValueError("HF Switch router_bias=True is not supported "
                          "(moejax routers have no bias)")
+    # No capacity limit unless asked for: HF's expert_capacity is a token
+    # count per expert that moejax's capacity factors cannot express, and
+    # where HF drops nothing the converted model must not either.
     router = dict(name="switch", num_experts=hf_config.num_experts,
                   jitter_eps=hf_config.router_jitter_noise,
                   load_balance_weight=hf_config.router_aux_loss_coef,
-                  z_loss_weight=hf_config.router_z_loss_coef)
+                  z_loss_weight=hf_config.router_z_loss_coef, capacity_factor=None,
+                  eval_capacity_factor=None)
     router.update(router_overrides)
     enc_sparse, dec_sparse = sparse_layers or (
         _hf_sparse_layers(hf_config.num_layers, hf_config.num_sparse_encoder_layers),
         _hf_sparse_layers(hf_config.num_decoder_layers, hf_config.num_sparse_decoder_layers))
-    moe = lambda sparse, n, where: MoeConfig(interval=_interval_for(sparse, n, where),
+    moe = lambda sparse, n, where: MoeConfig(**_layout_for(sparse, n, where),
                                              router=RouterConfig(**router))
     return T5Config(**common, tie_embeddings=hf_config.tie_word_embeddings,
                     activations=_activations(hf_config.dense_act_fn, False),
                     encoder_moe=moe(enc_sparse, hf_config.num_layers, "encoder"),
                     decoder_moe=moe(dec_sparse, hf_config.num_decoder_layers, "decoder"))
-
-
-def _ffn_names(activations) -> list[str]:
-    return ["wi"] if len(activations) == 1 else [f"wi_{i}" for i in range(len(activations))]
 
 
 def _mapping(cfg: T5Config, switch: bool) -> list[tuple[str, str, str]]:
@@ -106,13 +118,13 @@ def _mapping(cfg: T5Config, switch: bool) -> list[tuple[str, str, str]]:
 
     def ffn(hf, mj, moe: MoeConfig, i):
         if moe.is_moe_layer(i):
-            names = _ffn_names(moe.activations or cfg.activations)
+            names = input_kernel_names(moe.activations or cfg.activations)
             return ([(f"{hf}.mlp.router.classifier.weight", f"{mj}/router_kernel", "T")] +
                     [(f"{hf}.mlp.experts.expert_{{e}}.{n}.weight", f"{mj}/{n}", "experts")
                      for n in names + ["wo"]])
         sub = "mlp" if switch else "DenseReluDense"
         return [(f"{hf}.{sub}.{n}.weight", f"{mj}/{n}", "T")
-                for n in _ffn_names(cfg.activations) + ["wo"]]
+                for n in input_kernel_names(cfg.activations) + ["wo"]]
 
     for stack, n, moe in (("encoder", cfg.num_encoder_layers, cfg.encoder_moe),
                           ("decoder", cfg.num_decoder_layers, cfg.decoder_moe)):
@@ -134,8 +146,8 @@ def _mapping(cfg: T5Config, switch: bool) -> list[tuple[str, str, str]]:
                 rows.append((f"{hf}.1.layer_norm.weight",
                              f"{mj}/pre_cross_attention_layer_norm/scale", "copy"))
                 ff = 2
-            rows += ffn(f"{hf}.{ff}", f"{mj}/mlp/mlp", moe, i)
-            rows.append((f"{hf}.{ff}.layer_norm.weight", f"{mj}/mlp/pre_mlp_layer_norm/scale",
+            rows += ffn(f"{hf}.{ff}", f"{mj}/mlp", moe, i)
+            rows.append((f"{hf}.{ff}.layer_norm.weight", f"{mj}/pre_mlp_layer_norm/scale",
                          "copy"))
         rows.append((f"{stack}.final_layer_norm.weight", f"{stack}/{stack}_norm/scale", "copy"))
     if not cfg.tie_embeddings:
@@ -182,10 +194,7 @@ def _load_hf(model_or_path):
     import transformers
     if isinstance(model_or_path, (str, os.PathLike)):
         hf_config = transformers.AutoConfig.from_pretrained(model_or_path)
-        model_type = hf_config.model_type
-        if model_type not in ARCHITECTURES:
-            raise ValueError(f"checkpoint {str(model_or_path)!r} is a {model_type!r} model; "
-                             f"moejax.convert reads {' and '.join(ARCHITECTURES)}")
+        model_type = _model_type(hf_config, f"checkpoint {str(model_or_path)!r}")
         cls = (transformers.T5ForConditionalGeneration if model_type == "t5"
                else transformers.SwitchTransformersForConditionalGeneration)
         return cls.from_pretrained(model_or_path)
@@ -194,11 +203,13 @@ def _load_hf(model_or_path):
 
 def from_hf(model_or_path, **router_overrides) -> tuple[T5Config, dict]:
     """(T5Config, params) from an HF T5/Switch model, local directory or hub
-    name. `router_overrides` set RouterConfig fields (e.g. capacity factors)
-    of a Switch model's routers."""
+    name. A Switch model's routers get no capacity limit (nothing dropped,
+    so logits match HF wherever HF's expert_capacity drops nothing);
+    `router_overrides` set RouterConfig fields of them, e.g.
+    capacity_factor=1.25, eval_capacity_factor=2.0 for Switch's recipe."""
     model = _load_hf(model_or_path)
     hf_config = model.config
-    switch = getattr(hf_config, "model_type", "") == "switch_transformers"
+    switch = _model_type(hf_config) == "switch_transformers"
     sparse = None
     if switch:
         sparse = tuple({i for i, block in enumerate(stack.block) if block.is_sparse}
@@ -212,7 +223,10 @@ def from_hf(model_or_path, **router_overrides) -> tuple[T5Config, dict]:
 
 def hf_config_from(cfg: T5Config):
     """The HF config (T5 or Switch) that represents `cfg`, or a ValueError
-    saying what HF cannot represent."""
+    saying what HF cannot represent. Capacity does not carry over: HF
+    Switch's expert_capacity is a fixed token count per expert, not a
+    factor, so the export keeps HF's default (64); set it on the exported
+    config.json if your inputs need another."""
     import transformers
     common = dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.kv_dim,
                   d_ff=cfg.d_ff, num_layers=cfg.num_encoder_layers,

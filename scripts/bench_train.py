@@ -27,7 +27,6 @@ from moejax.structured import from_mapping, load_config_file
 from moejax.train.checkpoint import Checkpoints
 from moejax.train.config import TrainConfig
 from moejax.train.metrics import read_metrics
-from moejax.train.partitioning import sharding_context
 from moejax.train.trainer import compile_steps, global_batch, setup, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +58,7 @@ def bench(name: str, cfg: TrainConfig, steps: int) -> dict:
                                                    cfg.batch_size // s.num_shards, s.shards,
                                                    s.num_shards))))
         times = []
-        with sharding_context(s.mesh, s.rules):  # the context the trainer's loop runs in
+        with s.layout.context():  # the context the trainer's loop runs in
             for _ in range(max(10, steps // 3)):
                 start = time.perf_counter()
                 state, metrics = compiled.train_step(state, batch)

@@ -16,7 +16,7 @@ import os
 
 import orbax.checkpoint as ocp
 
-from moejax import convert
+from moejax import cli, convert
 from moejax.models import T5Config
 from moejax.structured import from_mapping, to_mapping
 
@@ -43,13 +43,15 @@ def main():
     parser.add_argument("direction", choices=("import", "export"))
     parser.add_argument("source", help="import: HF hub name or directory; export: moejax directory")
     parser.add_argument("target", help="import: moejax directory; export: HF directory")
-    parser.add_argument("--eval_capacity_factor", type=float, default=None,
-                        help="import of Switch: eval capacity factor (default: no drops)")
+    for name, when in (("capacity_factor", "training"), ("eval_capacity_factor", "evaluation")):
+        parser.add_argument(f"--{name}", type=float, default=None,
+                            help=f"import of Switch: the routers' {when} capacity factor "
+                            "(default: no capacity limit, nothing dropped)")
     args = parser.parse_args()
     if args.direction == "import":
-        overrides = {}
-        if args.eval_capacity_factor is not None:
-            overrides["eval_capacity_factor"] = args.eval_capacity_factor
+        overrides = {name: getattr(args, name) for name in ("capacity_factor",
+                                                            "eval_capacity_factor")
+                     if getattr(args, name) is not None}
         cfg, params = convert.from_hf(args.source, **overrides)
         save(cfg, params, args.target)
     else:
@@ -59,4 +61,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with cli.input_errors(ValueError, OSError):
+        main()

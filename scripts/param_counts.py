@@ -14,6 +14,7 @@ import os
 
 from flax import traverse_util
 
+from moejax import cli
 from moejax.models import T5Config, abstract_params
 from moejax.structured import from_mapping, load_config_file
 
@@ -57,4 +58,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with cli.input_errors(ValueError, OSError):
+        main()

@@ -29,6 +29,12 @@ CASES = [
      "is not a SentencePiece model"),
     ("moejax.train", [DEFAULT, "--config.tokenizer.path={tmp}/none.model"], "does not exist"),
     ("moejax.train", [DEFAULT, "stray"], "unexpected arguments: ['stray']"),
+    ("moejax.train", [DEFAULT, "--config.data.source=tfds", "--config.data.tfds_name=c4/en:3.1.0",
+                      "--config.data.tfds_data_dir={tmp}/tfds"],
+     "tfds dataset 'c4/en:3.1.0' (split 'train') is not prepared in"),
+    ("moejax.finetune", ["--config=configs/finetune/default.py", "--config.data.task=glue_rte",
+                         "--config.data.tfds_data_dir={tmp}/tfds"],
+     "Prepare it once with `tfds build glue/rte --data_dir=DIR`"),
     ("moejax.finetune", ["--config=configs/finetune/switch_base.py:nosuchtask"],
      "unknown task or mixture 'nosuchtask'"),
     ("moejax.finetune", ["--config=configs/finetune/default.py", "--init_checkpoint={tmp}/none"],
@@ -74,3 +80,22 @@ def test_moejax_debug_shows_the_traceback(files, tmp_path):
     out = _run("moejax.train", [DEFAULT, "--config.model.num_expertz=4",
                                 f"--workdir={tmp_path / 'run'}"], {"MOEJAX_DEBUG": "1"})
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+SCRIPT_CASES = [
+    (["scripts/param_counts.py", "configs/models/nosuch.py"],
+     "config file 'configs/models/nosuch.py' does not exist"),
+    (["scripts/convert_hf.py", "export", "{tmp}/nosuch", "{tmp}/out"], "nosuch"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", SCRIPT_CASES, ids=[a[0] for a, _ in SCRIPT_CASES])
+def test_scripts_fail_in_one_line(args, fragment, files):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, *[a.format(**files) for a in args]], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and fragment in last, out.stderr[-2000:]
+    assert not os.path.exists(files["tmp"] + "/out")

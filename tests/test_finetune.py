@@ -18,7 +18,6 @@ from moejax.train import optim, trainer
 from moejax.train.checkpoint import CheckpointError, Checkpoints
 from moejax.train.config import DataConfig, OptimizerConfig, TokenizerConfig
 from moejax.train.init import load_params, tokenizer_of
-from moejax.train.partitioning import sharding_context
 from moejax.train.trainer import compile_steps, evaluate_only, setup, train
 from train_config import small
 
@@ -65,7 +64,7 @@ def test_init_checkpoint_loads_params_without_random_init_and_names_mismatches(t
     pretrain = str(tmp_path / "pretrain")
     s = setup(cfg, pretrain)
     steps = compile_steps(s)
-    with sharding_context(s.mesh, s.rules):
+    with s.layout.context():
         state = steps.init(jax.random.key(1))
     checkpoints = Checkpoints(os.path.join(pretrain, "checkpoints"), cfg.checkpoint)
     checkpoints.save(0, state, [])
@@ -79,7 +78,7 @@ def test_init_checkpoint_loads_params_without_random_init_and_names_mismatches(t
     with pytest.raises(CheckpointError) as err:
         load_params(os.path.join(pretrain, "checkpoints", "0"), abstract_params(other))
     message = str(err.value)
-    assert "encoder/layers_0/mlp/mlp/wi_0: checkpoint (64, 128) vs model (64, 96)" in message
+    assert "encoder/layers_0/mlp/wi_0: checkpoint (64, 128) vs model (64, 96)" in message
     assert "missing from the checkpoint: decoder/layers_2/" in message
     with pytest.raises(FileNotFoundError, match="neither a moejax workdir"):
         load_params(str(tmp_path), abstract_params(cfg.model))
@@ -93,7 +92,7 @@ def test_init_checkpoint_loads_params_without_random_init_and_names_mismatches(t
         raise AssertionError("a fine-tuning run drew random params")
 
     checkpoints = trainer._checkpoints(tuned, s.workdir)
-    with sharding_context(s.mesh, s.rules):
+    with s.layout.context():
         start, position = trainer._initial_state(
             s, dataclasses.replace(steps, init=random_init), checkpoints)
     checkpoints.close()

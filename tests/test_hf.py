@@ -47,6 +47,8 @@ MODELS = {
     "t5_untied_gated_gelu": lambda: t5(False, "gated-gelu"),
     "t5_tied_relu": lambda: t5(True, "relu"),
     "switch_4_experts_step_2": lambda: switch(4, 4, 2),
+    # Sparse step 3: HF puts experts at layers 1 and 4 (i % 3 == 1): offset 1.
+    "switch_4_experts_step_3": lambda: switch(4, 6, 2),
     "switch_8_experts_every_layer_untied": lambda: switch(8, 2, 2, tied=False),
 }
 
@@ -57,9 +59,9 @@ def hf_model(name):
 
 
 def convert_model(hf):
-    is_switch = isinstance(hf, transformers.SwitchTransformersForConditionalGeneration)
-    # HF gives every sequence `expert_capacity` (64) places: no drops at these lengths.
-    return convert.from_hf(hf, **({"eval_capacity_factor": None} if is_switch else {}))
+    # HF gives every sequence `expert_capacity` (64) places: no drops at these
+    # lengths, and an import's default is no capacity limit.
+    return convert.from_hf(hf)
 
 
 def inputs():
@@ -123,14 +125,15 @@ def test_greedy_decoding_matches_hf_generate(name):
     np.testing.assert_array_equal(ours, expected)
 
 
-@pytest.mark.parametrize("name", ["t5_untied_gated_gelu", "t5_tied_relu", "switch_4_experts_step_2",
-                                  "switch_8_experts_every_layer_untied"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_export_round_trip_is_exact(name, tmp_path):
     cfg, _ = convert_model(hf_model(name))
+    if name == "switch_4_experts_step_3":
+        assert (cfg.encoder_moe.interval, cfg.encoder_moe.offset) == (3, 1)
+        assert [cfg.decoder_moe.is_moe_layer(i) for i in range(6)] == [0, 1, 0, 0, 1, 0]
     _, params = init(cfg, seed=3)
     out = convert.to_hf(cfg, params, str(tmp_path / "export"))
-    again_cfg, again = convert.from_hf(out, **({"eval_capacity_factor": None}
-                                               if cfg.encoder_moe.interval else {}))
+    again_cfg, again = convert.from_hf(out)
     assert again_cfg == cfg
     flat, flat_again = (traverse_util.flatten_dict(p, sep="/") for p in (params, again))
     assert flat.keys() == flat_again.keys()

@@ -21,9 +21,9 @@ def test_shapes_and_param_layout():
     logits = run(model, params, enc, dec)
     assert logits.shape == (2, 5, 40) and logits.dtype == jnp.float32
     enc_layers = params["encoder"]
-    assert [("router_kernel" in enc_layers[f"layers_{i}"]["mlp"]["mlp"]) for i in range(4)] == [
+    assert [("router_kernel" in enc_layers[f"layers_{i}"]["mlp"]) for i in range(4)] == [
         False, True, False, True]
-    assert enc_layers["layers_1"]["mlp"]["mlp"]["wi_0"].shape == (4, 16, 32)
+    assert enc_layers["layers_1"]["mlp"]["wi_0"].shape == (4, 16, 32)
     assert "logits_dense" not in params["decoder"]  # tied
 
 

@@ -2,11 +2,12 @@
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from model_util import init, tiny_config, tokens
 from moejax.models import Transformer, abstract_params
 from moejax.routing import ROUTERS, get_router
-from moejax.train.partitioning import logical_rules, make_mesh, sharding_context, shardings
+from moejax.train.partitioning import Layout, logical_rules, make_mesh, sharding_context, shardings
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_sharded_logits_and_grads_equal_single_device(setup, shape):
     mesh, rules = make_mesh(shape), logical_rules()
     model = Transformer(cfg, mesh=mesh)
     sharded = jax.device_put(params, shardings(boxed, mesh, rules))
-    experts = sharded["encoder"]["layers_1"]["mlp"]["mlp"]["wi_0"]
+    experts = sharded["encoder"]["layers_1"]["mlp"]["wi_0"]
     assert len({str(s.index) for s in experts.addressable_shards}) == shape[1] * shape[2]
     with sharding_context(mesh, rules):
         out = jax.jit(jax.value_and_grad(loss(model)))(sharded, enc, dec)
@@ -58,3 +59,20 @@ def test_every_router_maps_onto_the_mesh(router):
     mesh = make_mesh((2, 2, 2))
     placed = shardings(abstract_params(cfg, boxed=True), mesh, logical_rules())
     assert all(s.mesh == mesh for s in jax.tree.leaves(placed))
+
+
+def test_layout_owns_the_batch_layout():
+    """The batch spans data x expert (T5X MoE), or data alone when experts
+    are sharded over data; a batch that does not split says why."""
+    layout = Layout.create(data=2, expert=4)
+    assert layout.batch_axes == ("data", "expert") and layout.data_parallel == 8
+    assert layout.batch_sharding.spec == P(("data", "expert"), None)
+    over_data = Layout.create(data=4, model=2, expert_axis="data")
+    assert over_data.data_parallel == 4 and over_data.batch_sharding.spec == P("data", None)
+    layout.check_rows(16, "batch_size=16")
+    with pytest.raises(ValueError, match=r"batch_size=12 = 12 rows is not divisible by the "
+                       r"data-parallel size 8: the batch spans mesh axes "
+                       r"data \(2\) x expert \(4\)"):
+        layout.check_rows(12, "batch_size=12")
+    with pytest.raises(ValueError, match="expert_axis must be 'expert' or 'data', got 'model'"):
+        Layout.create(data=8, expert_axis="model")

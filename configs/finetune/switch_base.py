@@ -8,6 +8,11 @@ decoding with the official metrics every 1000 steps.
 
 The argument is a task or mixture name ('glue_mixture', 'super_glue_mixture',
 'glue_cola', ..., see moejax.tasks.known_names()); an unknown name lists them.
+Hardware: an accelerator host (e.g. a TPU v3-8 or 8 GPUs of 40 GB; the
+mesh is data-parallel, with the experts sharded over the data axis).
+Runtime and result: not measured here (no accelerator); compare with
+Switch-Base's fine-tuning results in Table 5 of Fedus et al. (2021). On CPU
+it runs, but far too slowly to finish.
 Needs the tfds datasets prepared (`tfds build glue/sst2`, or
 data.tfds_data_dir pointing at prepared data) and, for an hf: init, the
 model's spiece.model, which is fetched with it.

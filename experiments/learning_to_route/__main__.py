@@ -23,7 +23,7 @@ expert its tokens choose, per encoder layer.
 
 Precondition, per part: the learned MoE beats dense by >= 3 paired SE.
 
-    python -m experiments.learning_to_route --quick   # 3 seeds, ~15 minutes on 2 CPU cores
+    python -m experiments.learning_to_route --quick   # 3 seeds, ~22 minutes on 2 CPU cores
     python -m experiments.learning_to_route --full    # 5 seeds, 5000 T5 steps, ~1 hour
 """
 from __future__ import annotations

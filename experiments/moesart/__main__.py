@@ -26,7 +26,7 @@ validation split, each run early-stopped at its lowest validation loss;
 the test loss of that choice is reported. Preconditions (per task): tuned
 top-k beats tuned dense by >= 3 paired SE.
 
-    python -m experiments.moesart --quick   # 10 seeds, ~10 minutes on 2 CPU cores
+    python -m experiments.moesart --quick   # 10 seeds, ~6 minutes on 2 CPU cores
     python -m experiments.moesart --full    # 20 seeds, 3x the steps
 """
 from __future__ import annotations

@@ -24,6 +24,34 @@ BUILTIN_SOURCES = ("embedded", "knowledge", "tfds", "text", "tfrecord")
 EVAL_SEED_OFFSET = 1_000_003
 
 
+class DatasetNotPrepared(FileNotFoundError):
+    """A tfds dataset whose files are not in the data dir; the message says
+    how to prepare it."""
+
+
+def not_prepared(name: str, split: str, data_dir: str | None, reason: str) -> DatasetNotPrepared:
+    where = data_dir or "the default data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    return DatasetNotPrepared(
+        f"tfds dataset {name!r} (split {split!r}) is not prepared in {where}: {reason} "
+        f"Prepare it once with `tfds build {name.split(':')[0]} --data_dir=DIR` on a machine "
+        "with network access (or put manually downloaded files in DIR/downloads/manual "
+        "first), then set data.tfds_data_dir=DIR.")
+
+
+def check_tfds_prepared(name: str, split: str, data_dir: str | None) -> None:
+    """Raises DatasetNotPrepared unless `name` ('c4/en:3.1.0', 'glue/rte')
+    has a prepared version under `data_dir`: its dataset_info.json, looked
+    up without importing the dataset's builder code."""
+    import tensorflow_datasets as tfds
+    from etils import epath
+
+    root = epath.Path(data_dir or tfds.core.constants.DATA_DIR)
+    base, _, version = name.partition(":")
+    pattern = f"{base}/{version}/dataset_info.json" if version else f"{base}/**/dataset_info.json"
+    if not any(root.glob(pattern)):
+        raise not_prepared(name, split, data_dir, f"there is no {pattern} under {root}.")
+
+
 class RegisteredSource(NamedTuple):
     make: Callable  # (DataConfig, split, shard, num_shards) -> a source with iterate()
     validate: Callable | None  # (DataConfig) -> None, raises ValueError naming the field
@@ -96,11 +124,16 @@ def _split_files(cfg, split: str) -> list[str]:
 
 
 def check_paths(cfg, splits=("train", "eval")) -> None:
-    """Fails early when a local source's files or a task's tfds data are
-    missing (FileNotFoundError)."""
+    """Fails early when a local source's files, a tfds dataset or a task's
+    tfds data are missing (FileNotFoundError, DatasetNotPrepared)."""
     for split in splits:
         if cfg.source in ("text", "tfrecord"):
             _split_files(cfg, split)
+        elif cfg.source == "tfds":
+            if not cfg.tfds_name:
+                raise ValueError("data.source='tfds' needs data.tfds_name (e.g. 'c4/en:3.1.0')")
+            check_tfds_prepared(cfg.tfds_name, cfg.train_split if split == "train"
+                                else cfg.eval_split, cfg.tfds_data_dir)
         elif cfg.source == "task":
             make_source(cfg, split, 0, 1)  # reads (and caches) the task's examples
 

@@ -17,9 +17,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class MoeConfig:
     """Where and how one stack (encoder or decoder) uses experts.
 
-    interval: layer i has an MoE FFN iff i % interval == interval - 1
-      (2 = every other layer starting at the second, as in Switch; 1 = every
-      layer; 0 = a dense stack).
+    interval / offset: layer i has an MoE FFN iff i % interval == offset
+      (offset None: interval - 1, so 2 = every other layer starting at the
+      second, as in Switch; 1 = every layer; interval 0 = a dense stack).
+      HF Switch with a sparse step s >= 3 puts them at i % s == 1: interval
+      s, offset 1.
     router: the router of every MoE layer of the stack. T5Config's defaults:
       expert choice (capacity factor 2) in the encoder, token-choice top-2
       in the decoder.
@@ -35,6 +37,7 @@ class MoeConfig:
     """
 
     interval: int = 0
+    offset: int | None = None
     router: RouterConfig = RouterConfig("top_k", k=2)
     d_ff: int | None = None
     activations: tuple[str, ...] | None = None
@@ -53,6 +56,9 @@ class MoeConfig:
             raise ValueError(f"expert_dropout must be in [0, 1), got {self.expert_dropout}")
         if self.interval < 0:
             raise ValueError(f"interval must be >= 0 (0 = no MoE layers), got {self.interval}")
+        if self.offset is not None and not 0 <= self.offset < max(self.interval, 1):
+            raise ValueError(f"offset must be in [0, interval={self.interval}) or None, got "
+                             f"{self.offset}")
         if self.d_ff is not None and self.d_ff < 1:
             raise ValueError(f"d_ff must be >= 1 or None, got {self.d_ff}")
         if self.activations is not None:
@@ -63,7 +69,8 @@ class MoeConfig:
             raise ValueError(f"dispatch must be one of {MODES}, got {self.dispatch!r}")
 
     def is_moe_layer(self, i: int) -> bool:
-        return self.interval > 0 and i % self.interval == self.interval - 1
+        offset = self.interval - 1 if self.offset is None else self.offset
+        return self.interval > 0 and i % self.interval == offset
 
 
 @dataclasses.dataclass(frozen=True)

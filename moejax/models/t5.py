@@ -38,35 +38,6 @@ def _norm(cfg: T5Config, name: str):
                       name=name)
 
 
-class FeedForward(nn.Module):
-    """Pre-norm FFN sublayer with residual: dense MlpBlock or MoeLayer."""
-
-    config: T5Config
-    moe: MoeConfig | None
-    mesh: Mesh | None = None
-    expert_axis: str | None = None
-
-    @nn.compact
-    def __call__(self, x, mask, token_ids, *, deterministic, decode=False):
-        cfg = self.config
-        y = _norm(cfg, "pre_mlp_layer_norm")(x)
-        if self.moe is None:
-            y = MlpBlock(cfg.d_ff, cfg.activations, dtype=cfg.compute_dtype, name="mlp")(y)
-        else:
-            y = MoeLayer(self.moe.router, d_ff=self.moe.d_ff or cfg.d_ff,
-                         activations=self.moe.activations or cfg.activations,
-                         # One decode step is one token per sequence: route it alone.
-                         group_size=None if decode else self.moe.group_size,
-                         # Capacity buffers would hold E slots per decoded token.
-                         dispatch="dropless" if decode else self.moe.dispatch,
-                         dtype=cfg.compute_dtype, mesh=None if decode else self.mesh,
-                         expert_axis=self.expert_axis, dropout_rate=self.moe.expert_dropout,
-                         num_shared_experts=self.moe.num_shared_experts,
-                         shared_d_ff=self.moe.shared_d_ff, name="mlp")(
-                y, mask=mask, token_ids=token_ids, deterministic=deterministic)
-        return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-
-
 def _attention(cfg: T5Config, name: str):
     return MultiHeadAttention(cfg.num_heads, cfg.kv_dim, cfg.dropout_rate, cfg.compute_dtype,
                               name=name)
@@ -78,9 +49,28 @@ class _Layer(nn.Module):
     mesh: Mesh | None = None
     expert_axis: str | None = None
 
-    def feed_forward(self, moe: MoeConfig):
-        return FeedForward(self.config, moe if moe.is_moe_layer(self.index) else None, self.mesh,
-                           self.expert_axis, name="mlp")
+    def feed_forward(self, stack: MoeConfig, x, mask, token_ids, *, deterministic,
+                     decode=False):
+        """Pre-norm FFN sublayer with residual: `pre_mlp_layer_norm`, then
+        `mlp`, a dense MlpBlock or, where `stack` puts one, a MoeLayer
+        (both directly under layers_i, as in T5X)."""
+        cfg = self.config
+        y = _norm(cfg, "pre_mlp_layer_norm")(x)
+        if not stack.is_moe_layer(self.index):
+            y = MlpBlock(cfg.d_ff, cfg.activations, dtype=cfg.compute_dtype, name="mlp")(y)
+        else:
+            y = MoeLayer(stack.router, d_ff=stack.d_ff or cfg.d_ff,
+                         activations=stack.activations or cfg.activations,
+                         # One decode step is one token per sequence: route it alone.
+                         group_size=None if decode else stack.group_size,
+                         # Capacity buffers would hold E slots per decoded token.
+                         dispatch="dropless" if decode else stack.dispatch,
+                         dtype=cfg.compute_dtype, mesh=None if decode else self.mesh,
+                         expert_axis=self.expert_axis, dropout_rate=stack.expert_dropout,
+                         num_shared_experts=stack.num_shared_experts,
+                         shared_d_ff=stack.shared_d_ff, name="mlp")(
+                y, mask=mask, token_ids=token_ids, deterministic=deterministic)
+        return x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
 
 
 class EncoderLayer(_Layer):
@@ -90,7 +80,7 @@ class EncoderLayer(_Layer):
         y = _norm(cfg, "pre_attention_layer_norm")(x)
         y = _attention(cfg, "attention")(y, y, bias, deterministic=deterministic)
         x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-        return self.feed_forward(cfg.encoder_moe)(x, mask, token_ids, deterministic=deterministic)
+        return self.feed_forward(cfg.encoder_moe, x, mask, token_ids, deterministic=deterministic)
 
 
 class DecoderLayer(_Layer):
@@ -107,8 +97,8 @@ class DecoderLayer(_Layer):
         y = _attention(cfg, "encoder_decoder_attention")(
             y, encoded, cross_bias, deterministic=deterministic, decode="cross" if decode else None)
         x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-        return self.feed_forward(cfg.decoder_moe)(x, mask, token_ids, deterministic=deterministic,
-                                                  decode=decode)
+        return self.feed_forward(cfg.decoder_moe, x, mask, token_ids, deterministic=deterministic,
+                                 decode=decode)
 
 
 class _Stack(nn.Module):
@@ -261,7 +251,7 @@ def moe_outputs(moe_collection) -> tuple[jax.Array, dict[str, jax.Array]]:
     metrics = {}
     for key, values in flat.items():
         layer, kind = key.rsplit("/", 1)
-        prefix = layer.removesuffix("/mlp/mlp")
+        prefix = layer.removesuffix("/mlp")
         for value in values:  # sow appends one entry per call
             if kind == "aux_loss":
                 aux = aux + value

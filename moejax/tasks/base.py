@@ -13,13 +13,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from moejax.data.sources import not_prepared
 from moejax.tasks.metrics import METRICS
 
 BENCHMARKS = ("glue", "super_glue", "embedded")
-
-
-class DatasetNotPrepared(FileNotFoundError):
-    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,12 +176,7 @@ def tfds_loader(name: str) -> Callable[[str, str], list[dict]]:
             ds = tfds.load(name, split=split, data_dir=data_dir or None, download=False,
                            shuffle_files=False)
         except (AssertionError, tfds.core.registered.DatasetNotFoundError, FileNotFoundError) as e:
-            where = data_dir or "the default data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-            raise DatasetNotPrepared(
-                f"tfds dataset {name!r} (split {split!r}) is not prepared in {where}: "
-                f"{str(e).splitlines()[0]} Prepare it once with `tfds build {name} "
-                f"--data_dir=DIR` on a machine with network access (or put manually downloaded "
-                f"files in DIR/downloads/manual first), then set data.tfds_data_dir=DIR.") from None
+            raise not_prepared(name, split, data_dir, str(e).splitlines()[0]) from None
         return [_python(ex) for ex in tfds.as_numpy(ds)]
 
     return load

@@ -39,15 +39,13 @@ def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("moejax").setLevel(logging.INFO)
-    try:
+    # ml_collections reports a config file that failed to load (OSError) on
+    # first use of the value, not while parsing.
+    explain = lambda e: cli.config_load_error(sys.argv) if isinstance(e, OSError) \
+        else f"config: {e}"
+    with cli.input_errors(ValueError, TypeError, OSError, explain=explain):
         cfg = from_mapping(TrainConfig, _CONFIG.value)
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    except (ValueError, TypeError, OSError) as e:
-        if cli.debug():
-            raise
-        # ml_collections reports a config file that failed to load (OSError)
-        # on first use of the value, not while parsing.
-        cli.fail(cli.config_load_error(sys.argv) if isinstance(e, OSError) else f"config: {e}")
     import jax  # after flag parsing, so --help stays fast
 
     if _MULTIHOST.value:
@@ -57,13 +55,9 @@ def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
     from moejax.train.checkpoint import CheckpointError
     from moejax.train.trainer import NonFiniteLoss
 
-    try:
+    with cli.input_errors(ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                          PermissionError, CheckpointError, NonFiniteLoss):
         job(cfg, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-            CheckpointError, NonFiniteLoss) as e:
-        if cli.debug():
-            raise
-        cli.fail(str(e))
 
 
 def main(argv):

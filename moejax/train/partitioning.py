@@ -14,13 +14,15 @@ and the 'expert' mesh axis should have size 1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "model", "expert")
 
@@ -77,3 +79,70 @@ def sharding_context(mesh: Mesh, rules):
     the model become sharding constraints when traced under jit."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The one owner of where arrays live, as t5x/contrib/moe/partitioning.py
+    is for T5X MoE: the mesh, the logical rules, the batch's sharding and
+    the data-parallel size the batch must divide by.
+
+    With expert_axis='expert' the batch spans ('data', 'expert'): the
+    devices that hold different experts also split the data, so expert
+    parallelism costs no data parallelism. With expert_axis='data' experts
+    are sharded over 'data' and the batch spans 'data' alone.
+    """
+
+    mesh: Mesh
+    expert_axis: str = "expert"
+
+    def __post_init__(self):
+        logical_rules(self.expert_axis)  # validates expert_axis
+
+    @classmethod
+    def create(cls, data: int = 1, model: int = 1, expert: int = 1, expert_axis: str = "expert",
+               devices=None) -> "Layout":
+        """The layout of a ('data', 'model', 'expert') mesh of these sizes
+        (one may be -1: the devices left over)."""
+        return cls(make_mesh({"data": data, "model": model, "expert": expert}, devices),
+                   expert_axis)
+
+    @property
+    def rules(self) -> tuple[tuple[str, object], ...]:
+        return logical_rules(self.expert_axis)
+
+    @property
+    def batch_axes(self) -> tuple[str, ...]:
+        """Mesh axes the batch dimension is split over."""
+        return ("data", "expert") if self.expert_axis == "expert" else ("data",)
+
+    @property
+    def data_parallel(self) -> int:
+        """Ways the batch is split: the product of the batch axes' sizes."""
+        return math.prod(self.mesh.shape[a] for a in self.batch_axes)
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        """[batch, ...] arrays: rows over the batch axes, the rest replicated."""
+        return NamedSharding(self.mesh, nn.logical_to_mesh_axes(("batch", None), self.rules))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def param_shardings(self, boxed_tree):
+        """NamedShardings of a tree of `nn.Partitioned` params (see `shardings`)."""
+        return shardings(boxed_tree, self.mesh, self.rules)
+
+    def check_rows(self, rows: int, what: str) -> None:
+        """Raises a ValueError explaining the layout unless `rows` (described
+        by `what`) splits evenly over the data-parallel devices."""
+        if rows % self.data_parallel:
+            axes = " x ".join(f"{a} ({self.mesh.shape[a]})" for a in self.batch_axes)
+            raise ValueError(f"{what} = {rows} rows is not divisible by the data-parallel size "
+                             f"{self.data_parallel}: the batch spans mesh axes {axes} of mesh "
+                             f"{dict(self.mesh.shape)}")
+
+    def context(self):
+        """`sharding_context` of this mesh and rules."""
+        return sharding_context(self.mesh, self.rules)

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from moejax.data import tokenizer as tok
@@ -41,7 +40,7 @@ from moejax.train.checkpoint import BEST_METRIC, Checkpoints
 from moejax.train.config import TrainConfig
 from moejax.train.init import load_params, tokenizer_of
 from moejax.train.metrics import MetricWriter, flatten
-from moejax.train.partitioning import logical_rules, make_mesh, sharding_context
+from moejax.train.partitioning import Layout
 from moejax.train.step import make_eval_step, make_train_step
 
 log = logging.getLogger("moejax.train")
@@ -57,19 +56,12 @@ class Setup:
 
     cfg: TrainConfig
     workdir: str
-    mesh: jax.sharding.Mesh
-    rules: tuple
+    layout: Layout
     vocab: tok.Vocabulary
     objective: Objective
     model: Transformer
-    batch_sharding: NamedSharding
     shards: list[int]
     num_shards: int
-
-
-def _data_parallel(cfg: TrainConfig, mesh) -> int:
-    size = mesh.shape["data"]
-    return size * mesh.shape["expert"] if cfg.mesh.expert_axis == "expert" else size
 
 
 def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabulary:
@@ -99,15 +91,10 @@ def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabula
 def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
     """Validates the config against the devices and data; no compute yet.
     for_training=False (--eval_only) checks just the splits evaluation decodes."""
-    mesh = make_mesh({"data": cfg.mesh.data, "model": cfg.mesh.model, "expert": cfg.mesh.expert})
-    rules = logical_rules(cfg.mesh.expert_axis)
-    dp = _data_parallel(cfg, mesh)
-    micro = cfg.batch_size // cfg.grad_accum_steps
-    if micro % dp:
-        raise ValueError(f"batch_size={cfg.batch_size} / grad_accum_steps={cfg.grad_accum_steps} "
-                         f"= {micro} rows is not divisible by the data-parallel size {dp} "
-                         f"(mesh {dict(mesh.shape)}, batch over data"
-                         f"{' x expert' if cfg.mesh.expert_axis == 'expert' else ''})")
+    m = cfg.mesh
+    layout = Layout.create(m.data, m.model, m.expert, m.expert_axis)
+    layout.check_rows(cfg.batch_size // cfg.grad_accum_steps,
+                      f"batch_size={cfg.batch_size} / grad_accum_steps={cfg.grad_accum_steps}")
     processes = jax.process_count()
     num_shards = cfg.data.num_shards or processes
     if num_shards % processes or cfg.batch_size % num_shards:
@@ -133,9 +120,8 @@ def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
             raise ValueError(f"router {moe.router.name!r} keeps its weights outside 'params', "
                              "which the trainer does not carry; use router 'switch' (or any "
                              "trainable router) with freeze_router=True instead")
-    model = Transformer(cfg.model, mesh=mesh, expert_axis=cfg.mesh.expert_axis)
-    batch_sharding = NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", None), rules))
-    return Setup(cfg, workdir, mesh, rules, vocab, objective, model, batch_sharding, shards,
+    model = Transformer(cfg.model, mesh=layout.mesh, expert_axis=cfg.mesh.expert_axis)
+    return Setup(cfg, workdir, layout, vocab, objective, model, shards,
                  num_shards)
 
 
@@ -156,10 +142,9 @@ def _init_fns(s: Setup, optimizer) -> tuple[Callable, Callable]:
         return state_from(nn.unbox(plain.init({"params": rng, "router": rng}, tokens, tokens))
                           ["params"])
 
-    param_shardings = nn.logical_to_mesh_sharding(
-        nn.get_partition_spec(abstract_params(s.cfg.model, boxed=True)), s.mesh, s.rules)
+    param_shardings = s.layout.param_shardings(abstract_params(s.cfg.model, boxed=True))
     # The optimizer state's shardings follow from the params' by propagation.
-    out = {"step": NamedSharding(s.mesh, P()), "params": param_shardings, "opt_state": None}
+    out = {"step": s.layout.replicated, "params": param_shardings, "opt_state": None}
     return (jax.jit(init, out_shardings=out),
             jax.jit(state_from, in_shardings=(param_shardings,), out_shardings=out,
                     donate_argnums=0))
@@ -190,7 +175,7 @@ class Prefetch:
 
 
 def global_batch(s: Setup, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(s.batch_sharding, v)
+    return {k: jax.make_array_from_process_local_data(s.layout.batch_sharding, v)
             for k, v in local.items()}
 
 
@@ -229,17 +214,18 @@ def compile_steps(s: Setup) -> Steps:
     optimizer = optim.optimizer(cfg.optimizer, cfg.steps, cfg.freeze_router, cfg.freeze_experts)
     lr_schedule = optim.schedule(cfg.optimizer, cfg.steps)
     init, state_from = _init_fns(s, optimizer)
-    with sharding_context(s.mesh, s.rules):
+    with s.layout.context():
         state_shardings = init.lower(jax.random.key(0)).compile().output_shardings
         abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                                 jax.eval_shape(init, jax.random.key(0)), state_shardings)
         train_step = jax.jit(
             make_train_step(s.model, optimizer, lr_schedule, cfg.seed, cfg.z_loss,
                             cfg.grad_accum_steps),
-            in_shardings=(state_shardings, s.batch_sharding), out_shardings=(state_shardings, None),
+            in_shardings=(state_shardings, s.layout.batch_sharding),
+            out_shardings=(state_shardings, None),
             donate_argnums=0)
         eval_step = jax.jit(make_eval_step(s.model, cfg.z_loss),
-                            in_shardings=(state_shardings["params"], s.batch_sharding))
+                            in_shardings=(state_shardings["params"], s.layout.batch_sharding))
     return Steps(init, state_from, train_step, eval_step, abstract)
 
 
@@ -299,7 +285,7 @@ def evaluate_only(cfg: TrainConfig, workdir: str) -> dict[str, float]:
         if checkpoints.latest_step() is None and not cfg.init_checkpoint:
             raise ValueError(f"--eval_only found no checkpoint in {workdir}/checkpoints and no "
                              "init_checkpoint to evaluate")
-        with sharding_context(s.mesh, s.rules):
+        with s.layout.context():
             state, _ = _initial_state(s, steps, checkpoints)
             return task_scores(s, state["params"], int(state["step"]))
     finally:
@@ -335,7 +321,7 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 json.dump(to_mapping(cfg), f, indent=2)
         steps = compile_steps(s)
-        with sharding_context(s.mesh, s.rules):
+        with s.layout.context():
             return _loop(s, steps, stop)
     finally:
         signal.signal(signal.SIGTERM, previous)
