@@ -193,3 +193,46 @@ def test_experiments_readme_summary_matches_the_committed_results():
     from experiments import summary
 
     assert summary.main(["--check"]) == 0
+
+
+def test_workers_die_with_their_parent(tmp_path):
+    """A killed experiment leaves no worker training on (experiments.worker)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from experiments import worker\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = multiprocessing.get_context('spawn')\n"
+        f"    with ProcessPoolExecutor(1, mp_context=ctx, initializer=worker.init,\n"
+        f"                             initargs=({str(tmp_path / 'logs')!r},)) as pool:\n"
+        "        pool.submit(time.sleep, 120)\n"
+        "        time.sleep(2)\n"
+        "        print([p.pid for p in multiprocessing.active_children()], flush=True)\n"
+        "        time.sleep(120)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=root, env={**os.environ, "PYTHONPATH": root})
+    children = eval(parent.stdout.readline())
+    assert children
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_running(pid) for pid in children):
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in children)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read()
+    except FileNotFoundError:
+        return False
