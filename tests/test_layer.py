@@ -1,4 +1,6 @@
 """MoeLayer: trainability of routers, gradients, dtypes, axis names, errors."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,8 @@ import optax
 import pytest
 
 import reference as ref
-from moejax.layers import FROZEN_COLLECTION, MOE_COLLECTION, ROUTER_PARAMS, MlpBlock, MoeLayer
+from moejax.layers import (FROZEN_COLLECTION, MOE_COLLECTION, ROUTER_PARAMS, ROUTER_STATE,
+                           MlpBlock, MoeLayer)
 from moejax.routing import ROUTERS, RouterConfig
 
 B, L, D, F, E = 2, 8, 16, 32, 4
@@ -189,3 +192,34 @@ def test_shared_experts_add_an_always_active_ffn():
     ffn = ref.gated_gelu_expert(p)
     want = np.asarray(y_routed) + np.stack([[ffn(0, v) for v in row] for row in np.asarray(x)])
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-5)
+
+
+def test_selection_bias_is_state_that_moves_toward_balance():
+    """bias_update_rate: the bias lives in 'router_state' (not 'params'),
+    moves by rate * sign(mean load - load) per training call, stays put in
+    evaluation, and repeated updates balance a skewed router."""
+    cfg = RouterConfig("top_k", num_experts=E, k=1, score_fn="sigmoid", bias_update_rate=0.02,
+                       capacity_factor=None, eval_capacity_factor=None)
+    layer = MoeLayer(cfg, d_ff=F)
+    x = jax.random.normal(jax.random.PRNGKey(0), (B, L, D)) + 1.0
+    variables = nn.unbox(layer.init(jax.random.PRNGKey(2), x))
+    variables.pop(MOE_COLLECTION)
+    assert "selection_bias" not in variables["params"]
+    np.testing.assert_array_equal(variables[ROUTER_STATE]["selection_bias"], np.zeros(E))
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def step(variables, train):
+        _, state = layer.apply(variables, x, deterministic=not train,
+                               mutable=[MOE_COLLECTION, ROUTER_STATE])
+        return state[ROUTER_STATE], state[MOE_COLLECTION]["metrics"][0]
+
+    new, metrics = step(variables, True)
+    load = np.asarray(metrics["expert_load"])
+    np.testing.assert_allclose(new["selection_bias"], 0.02 * np.sign(load.mean() - load))
+    frozen, _ = step(variables, False)
+    np.testing.assert_array_equal(frozen["selection_bias"], np.zeros(E))
+    first = float(metrics["max_violation"])
+    for _ in range(300):
+        variables = {**variables, ROUTER_STATE: new}
+        new, metrics = step(variables, True)
+    assert first > 1.0 and float(metrics["max_violation"]) < first / 2

@@ -535,6 +535,9 @@ def test_balance_diagnostics_hand_computed():
     (dict(expert_groups=3, topk_groups=1, k=3),
      "k=3 exceeds the 2 experts that topk_groups=1 of expert_groups=3 hold"),
     (dict(routed_scaling=0.0), "routed_scaling must be > 0, got 0.0"),
+    (dict(bias_update_rate=-1e-3), r"bias_update_rate must be >= 0 \(0 = off\), got -0.001"),
+    (dict(name="expert_choice", bias_update_rate=1e-3),
+     "router 'expert_choice' does not read bias_update_rate=0.001"),
     (dict(name="gshard_top2", score_fn="sigmoid"),
      "router 'gshard_top2' does not read score_fn='sigmoid'; routers that do: frozen, switch, "
      "top_k, xmoe"),

@@ -1,5 +1,8 @@
 """The model sharded over (data, model, expert) meshes of 8 CPU devices equals one device."""
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -76,3 +79,36 @@ def test_layout_owns_the_batch_layout():
         layout.check_rows(12, "batch_size=12")
     with pytest.raises(ValueError, match="expert_axis must be 'expert' or 'data', got 'model'"):
         Layout.create(data=8, expert_axis="model")
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2)])
+def test_selection_bias_update_counts_the_global_batch(setup, shape):
+    """The bias moves by the load over the whole batch: sharded over 8
+    devices (data, and data x expert with experts sharded) it moves exactly
+    as on one device."""
+    from moejax.layers import ROUTER_STATE
+    from moejax.routing import RouterConfig
+
+    cfg, enc, dec, params, boxed, _, _ = setup
+    router = RouterConfig("top_k", num_experts=4, score_fn="sigmoid", bias_update_rate=0.1)
+    cfg = dataclasses.replace(cfg, decoder_moe=dataclasses.replace(cfg.decoder_moe,
+                                                                   router=router))
+    state = {"decoder": {"layers_1": {"mlp": {"selection_bias": jnp.linspace(-0.1, 0.1, 4)}}}}
+
+    def update(model, params):
+        _, out = model.apply({"params": params, ROUTER_STATE: state}, enc, dec,
+                             enable_dropout=True, rngs={"router": jax.random.PRNGKey(0),
+                                                        "dropout": jax.random.PRNGKey(1)},
+                             mutable=[ROUTER_STATE, "moe"])
+        return out[ROUTER_STATE]
+
+    want = jax.jit(lambda p: update(Transformer(cfg), p))(params)
+    mesh, rules = make_mesh(shape), logical_rules()
+    sharded = jax.device_put(params, shardings(boxed, mesh, rules))
+    with sharding_context(mesh, rules):
+        got = jax.jit(lambda p: update(Transformer(cfg, mesh=mesh), p))(sharded)
+    moved = want["decoder"]["layers_1"]["mlp"]["selection_bias"] - \
+        state["decoder"]["layers_1"]["mlp"]["selection_bias"]
+    assert np.allclose(np.abs(moved), 0.1) or np.any(moved == 0)
+    np.testing.assert_array_equal(got["decoder"]["layers_1"]["mlp"]["selection_bias"],
+                                  want["decoder"]["layers_1"]["mlp"]["selection_bias"])

@@ -41,7 +41,8 @@ def final_params(workdir):
     restored = manager.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
     manager.close()
-    return step, jax.tree.leaves(restored["state"]["params"])
+    state = restored["state"]
+    return step, jax.tree.leaves({k: state[k] for k in ("params", "router_state") if k in state})
 
 
 def test_loss_falls_and_metrics_are_logged(tmp_path):
@@ -66,9 +67,16 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "30"]
 
 
-def test_resume_after_kill_9_is_exact(tmp_path):
+BIAS = ("--config.model.decoder_moe.router.score_fn=sigmoid",
+        "--config.model.decoder_moe.router.bias_update_rate=0.01")
+
+
+@pytest.mark.parametrize("extra", [(), BIAS], ids=["plain", "selection_bias"])
+def test_resume_after_kill_9_is_exact(tmp_path, extra):
+    """Params (and a selection bias, which is checkpointed state) after a
+    kill -9 and resume equal those of an uninterrupted run, bit for bit."""
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    args = ("--config.steps=20", "--config.eval_every_steps=0")
+    args = ("--config.steps=20", "--config.eval_every_steps=0", *extra)
     reference = launch(straight, *args)  # runs alongside the run that gets killed
     proc = launch(killed, *args)
     deadline = time.time() + 300
@@ -83,9 +91,36 @@ def test_resume_after_kill_9_is_exact(tmp_path):
     assert [a[s]["loss"] for s in range(1, 21)] == [b[s]["loss"] for s in range(1, 21)]
     step_a, params_a = final_params(straight)
     step_b, params_b = final_params(killed)
-    assert step_a == step_b == 20
+    assert step_a == step_b == 20 and len(params_a) == len(params_b)
     for x, y in zip(params_a, params_b):
         np.testing.assert_array_equal(x, y)
+
+
+def test_selection_bias_is_trained_state_not_a_parameter(tmp_path):
+    """bias_update_rate through the trainer: the bias is in the state's
+    'router_state', outside params and the optimizer state, it moves during
+    training, and evaluation runs with it."""
+    from moejax.routing import RouterConfig
+
+    router = RouterConfig("top_k", num_experts=8, k=2, score_fn="sigmoid",
+                          bias_update_rate=0.01)
+    cfg = small(steps=10, eval_every_steps=10)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, decoder_moe=MoeConfig(interval=2, router=router)))
+    last = train(cfg, str(tmp_path))
+    assert np.isfinite(last["eval_loss"])
+    manager = Checkpoints(os.path.join(str(tmp_path), "checkpoints"), cfg.checkpoint)
+    state = manager.manager.restore(10, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))["state"]
+    manager.close()
+    bias = state["router_state"]["decoder"]["layers_1"]["mlp"]["selection_bias"]
+    assert bias.shape == (8,) and np.any(bias != 0)
+    # Each step moves every expert's bias by +-0.01 (or 0 at exactly mean load).
+    assert np.all(np.abs(bias) <= 10 * 0.01 + 1e-6)
+    leaves = lambda tree: [jax.tree_util.keystr(k) for k, _ in
+                           jax.tree_util.tree_flatten_with_path(tree)[0]]
+    assert not any("selection_bias" in k for k in leaves(state["params"]))
+    assert not any("selection_bias" in k for k in leaves(state["opt_state"]))
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):

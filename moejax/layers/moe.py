@@ -13,10 +13,13 @@ from moejax.dispatch import MODES, moe_ffn
 from moejax.ffn import check_activations, input_kernel_names
 from moejax.layers.ffn import MlpBlock
 from moejax.layers.scorers import get_scorer
-from moejax.routing import RouterConfig, RoutingResult, route
+from moejax.routing import RouterConfig, RoutingResult, route, update_selection_bias
 
 # Collection the layer sows its aux loss and routing metrics into.
 MOE_COLLECTION = "moe"
+# Collection of routing state that is not a parameter: the selection bias of
+# auxiliary-loss-free balancing (RouterConfig.bias_update_rate).
+ROUTER_STATE = "router_state"
 expert_kernel_init = nn.initializers.variance_scaling(
     1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,))
 # Switch Transformers: a reduced router init scale keeps early routing stable.
@@ -39,7 +42,10 @@ class MoeLayer(nn.Module):
     so capacity and expert choice act per group. `mask` [batch, length]
     marks real tokens (padding is never routed); `token_ids` [batch,
     length] are needed by the hash router.
-    Sows `aux_loss` and `metrics` into the 'moe' collection.
+    Sows `aux_loss` and `metrics` into the 'moe' collection. With
+    router.bias_update_rate > 0 it keeps its selection bias [E] in the
+    'router_state' collection and, in training when that collection is
+    mutable, moves it by `update_selection_bias` after routing.
     Needs a 'router' rng in training for routers that sample or jitter, and
     a 'dropout' rng when `dropout_rate` > 0 (dropout on the experts' hidden
     activations in training: Switch's "expert dropout").
@@ -102,10 +108,18 @@ class MoeLayer(nn.Module):
         train = not deterministic
         rng = self.make_rng("router") if train and self.has_rng("router") else None
         jitter_rng, route_rng = jax.random.split(rng) if rng is not None else (None, None)
+        bias = None
+        if self.router.bias_update_rate > 0:
+            bias = self.variable(ROUTER_STATE, "selection_bias", jnp.zeros,
+                                 (self.router.num_experts,), jnp.float32)
         with jax.named_scope("route"):
             logits = self.router_logits(xg, ids, jitter_rng, train)
             result: RoutingResult = route(self.router, logits, mask=maskg, rng=route_rng,
-                                          train=train)
+                                          train=train, bias=None if bias is None else bias.value)
+        if (bias is not None and train and self.is_mutable_collection(ROUTER_STATE)
+                and not self.is_initializing()):
+            bias.value = update_selection_bias(bias.value, result.metrics["expert_load"],
+                                               self.router.bias_update_rate)
         hidden_dropout = None
         if train and self.dropout_rate > 0:
             hidden_dropout = functools.partial(expert_dropout, self.make_rng("dropout"),

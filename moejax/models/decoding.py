@@ -13,6 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from moejax.models.t5 import as_variables
+
 METHODS = ("greedy", "sample", "beam")
 NEG = -1e9
 
@@ -24,7 +26,7 @@ class Decoded(NamedTuple):
 
 def _stepper(model, params, encoded, encoder_tokens, max_length):
     def step(token, position, cache):
-        variables = {"params": params, **({"cache": cache} if cache else {})}
+        variables = {**as_variables(params), **({"cache": cache} if cache else {})}
         logits, state = model.apply(
             variables, encoded, encoder_tokens, token[:, None], decode=True,
             decode_position=position, max_length=max_length, mutable=["cache"],
@@ -36,7 +38,7 @@ def _stepper(model, params, encoded, encoder_tokens, max_length):
 @functools.partial(jax.jit, static_argnames=("model", "max_length", "method", "top_k"))
 def _sample(model, params, encoder_tokens, rng, temperature, *, max_length, method, eos_id, top_k):
     b = encoder_tokens.shape[0]
-    encoded = model.apply({"params": params}, encoder_tokens, method=model.encode)
+    encoded = model.apply(as_variables(params), encoder_tokens, method=model.encode)
     step = _stepper(model, params, encoded, encoder_tokens, max_length)
 
     def pick(logp, key):
@@ -78,7 +80,7 @@ def length_penalty(length, alpha):
 def _beam(model, params, encoder_tokens, alpha, *, max_length, num_beams, eos_id):
     b, k = encoder_tokens.shape[0], num_beams
     tokens = jnp.repeat(encoder_tokens, k, axis=0)
-    encoded = model.apply({"params": params}, tokens, method=model.encode)
+    encoded = model.apply(as_variables(params), tokens, method=model.encode)
     step = _stepper(model, params, encoded, tokens, max_length)
 
     def expand(t, seq, logp_alive, fin_seq, fin_score, cache):
@@ -132,6 +134,8 @@ def generate(model, params, encoder_input_tokens, *, max_length: int, method: st
              eos_id: int = 1, temperature: float = 1.0, top_k: int | None = None,
              num_beams: int = 4, alpha: float = 0.6, rng=None) -> Decoded:
     """Decodes up to `max_length` tokens for encoder_input_tokens [B, L].
+    `params`: the model's params, or its variables ({'params', 'router_state'})
+    when a router keeps a selection bias.
 
     method: 'greedy'; 'sample' (softmax(logits / temperature), optionally
     restricted to the `top_k` most likely tokens; needs `rng`); 'beam'

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from moejax.layers import MOE_COLLECTION, MlpBlock, MoeLayer
+from moejax.layers import MOE_COLLECTION, ROUTER_STATE, MlpBlock, MoeLayer
 from moejax.layers.attention import NEG_INF, MultiHeadAttention, RelativePositionBias
 from moejax.matmul import matmul
 from moejax.models.config import MoeConfig, T5Config
@@ -243,6 +243,16 @@ def abstract_params(cfg: T5Config, mesh: Mesh | None = None, boxed: bool = False
     return variables["params"] if boxed else nn.unbox(variables)["params"]
 
 
+def as_variables(params_or_variables) -> dict:
+    """The variables to apply the model with: `params_or_variables` itself
+    when it already has a 'params' entry (with 'router_state' when a router
+    keeps a selection bias), else {'params': it}. Evaluation and decoding
+    take either."""
+    if "params" in params_or_variables:
+        return dict(params_or_variables)
+    return {"params": params_or_variables}
+
+
 def moe_outputs(moe_collection) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(sum of every MoE layer's weighted aux loss, per-layer routing metrics
     keyed 'encoder/layers_1/expert_load', ...) from the sown 'moe' collection."""
@@ -260,5 +270,6 @@ def moe_outputs(moe_collection) -> tuple[jax.Array, dict[str, jax.Array]]:
     return aux, metrics
 
 
-__all__ = ["Decoder", "Encoder", "MOE_COLLECTION", "Transformer", "abstract_params",
+__all__ = ["Decoder", "Encoder", "MOE_COLLECTION", "ROUTER_STATE", "Transformer",
+           "abstract_params", "as_variables",
            "attention_bias", "moe_outputs"]

@@ -16,7 +16,7 @@ from moejax.routing.expert_choice import expert_choice_route
 from moejax.routing.gshard import gshard_top2_route
 from moejax.routing.moesart import moesart_route
 from moejax.routing.registry import ROUTERS, RouterSpec, get_router, register_router, route
-from moejax.routing.top_k import top_k_route, vmoe_route
+from moejax.routing.top_k import top_k_route, update_selection_bias, vmoe_route
 from moejax.routing.top_p import top_p_route
 
 register_router("switch", top_k_route, default_k=1, fixed_k=True, score_options=True)
@@ -36,5 +36,6 @@ register_router("hash", top_k_route, scorer="hash", default_k=1, fixed_k=True)
 __all__ = [
     "ROUTERS", "RouterConfig", "RouterSpec", "RoutingResult", "compute_capacity",
     "expert_choice_route", "get_router", "gshard_top2_route", "moesart_route",
-    "register_router", "route", "top_k_route", "top_p_route", "vmoe_route",
+    "register_router", "route", "top_k_route", "top_p_route", "update_selection_bias",
+    "vmoe_route",
 ]

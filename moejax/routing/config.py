@@ -45,8 +45,14 @@ class RouterConfig:
     expert_groups / topk_groups: group-limited routing (DeepSeek-V2/V3):
       E experts in `expert_groups` equal groups, each token choosing among
       the experts of its `topk_groups` best groups (None: all groups).
-    score_fn, routed_scaling and expert groups are read by the routers
-    registered with `score_options=True` (top_k, switch, frozen, xmoe).
+    bias_update_rate: auxiliary-loss-free balancing (Wang et al. 2024;
+      DeepSeek-V3); 0 = off. A per-expert bias, added to the scores for
+      selection only, moves by bias_update_rate * sign(mean load - load_e)
+      after every training step (MoeLayer keeps it in the 'router_state'
+      collection, outside the optimizer's reach; evaluation uses it frozen).
+    score_fn, routed_scaling, expert groups and bias_update_rate are read by
+    the routers registered with `score_options=True` (top_k, switch, frozen,
+    xmoe).
 
     Fields that only one router reads are checked by that router's
     `validate` (see `moejax.routing.register_router`).
@@ -75,6 +81,7 @@ class RouterConfig:
     routed_scaling: float = 1.0
     expert_groups: int = 1
     topk_groups: int | None = None
+    bias_update_rate: float = 0.0
 
     def __post_init__(self):
         spec = get_router(self.name)
@@ -114,6 +121,9 @@ class RouterConfig:
         """score_fn, routed_scaling, expert_groups / topk_groups."""
         if self.score_fn not in SCORE_FNS:
             raise ValueError(f"score_fn must be one of {SCORE_FNS}, got {self.score_fn!r}")
+        if self.bias_update_rate < 0:
+            raise ValueError(f"bias_update_rate must be >= 0 (0 = off), got "
+                             f"{self.bias_update_rate}")
         if not self.routed_scaling > 0:
             raise ValueError(f"routed_scaling must be > 0, got {self.routed_scaling}")
         groups = self.expert_groups
@@ -124,7 +134,8 @@ class RouterConfig:
         if not 1 <= top <= groups:
             raise ValueError(f"topk_groups must be in [1, expert_groups={groups}], got {top}")
         used = [f"{name}={getattr(self, name)!r}" for name, default in
-                (("score_fn", "softmax"), ("routed_scaling", 1.0), ("expert_groups", 1))
+                (("score_fn", "softmax"), ("routed_scaling", 1.0), ("expert_groups", 1),
+                 ("bias_update_rate", 0.0))
                 if getattr(self, name) != default]
         if used and not spec.score_options:
             takers = ", ".join(sorted(n for n, r in ROUTERS.items() if r.score_options))

@@ -45,6 +45,16 @@ def select_experts(scores, cfg, bias=None):
     return jax.lax.top_k(choice, cfg.k)[1]
 
 
+def update_selection_bias(bias, expert_load, rate: float):
+    """Auxiliary-loss-free balancing (Wang et al. 2024, DeepSeek-V3): the
+    bias [E] of every expert busier than the mean falls by `rate`, of every
+    idler one rises by `rate`. expert_load: [E] shares of the step's
+    assignments over the whole batch (RoutingResult.metrics['expert_load'];
+    with a capacity limit, after drops)."""
+    load = jax.lax.stop_gradient(expert_load)
+    return bias + rate * jnp.sign(jnp.mean(load) - load)
+
+
 def limit_to_groups(choice, num_groups: int, keep: int):
     """Group-limited routing (DeepSeek-V2/V3): the E experts form
     `num_groups` consecutive groups (an expert-parallel device each, say);

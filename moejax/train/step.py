@@ -1,7 +1,10 @@
 """The jitted train and eval steps: pure functions of (state, batch).
 
-state = {'step', 'params', 'opt_state'}. Randomness (dropout, router noise)
-is folded from (seed, step), so a resumed run draws the same numbers.
+state = {'step', 'params', 'opt_state'}, plus 'router_state' when a router
+keeps a selection bias (RouterConfig.bias_update_rate): updated by the
+forward pass, never by the optimizer, saved with the rest. Randomness
+(dropout, router noise) is folded from (seed, step), so a resumed run draws
+the same numbers.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import optax
 
 from moejax.data.pipeline import FEATURES
 from moejax.layers import MOE_COLLECTION
-from moejax.models import Transformer, moe_outputs
+from moejax.models import ROUTER_STATE, Transformer, moe_outputs
 
 
 def target_tokens(batch):
@@ -29,14 +32,25 @@ def token_losses(logits, targets):
     return log_z - target_logit, jnp.square(log_z)
 
 
-def _sums(model: Transformer, params, batch, rng, train: bool, z_loss_weight: float,
+def model_variables(state) -> dict:
+    """What the model is applied with: {'params'} and, when the state has
+    it, {'router_state'}."""
+    return {"params": state["params"],
+            **({ROUTER_STATE: state[ROUTER_STATE]} if ROUTER_STATE in state else {})}
+
+
+def _sums(model: Transformer, params, others, batch, rng, train: bool, z_loss_weight: float,
           denominator):
     """Loss of one (micro-)batch scaled by `denominator` target tokens, and
-    metric sums. Returns (loss, metrics)."""
+    metric sums; `others` are the non-param variables (router_state).
+    Returns (loss, (metrics, others after the step: the updated
+    router_state in training))."""
     dropout_rng, router_rng = jax.random.split(rng)
+    mutable = [MOE_COLLECTION, *([ROUTER_STATE] if train and ROUTER_STATE in others else [])]
     logits, state = model.apply(
-        {"params": params}, **{k: batch[k] for k in FEATURES}, enable_dropout=train,
-        rngs={"dropout": dropout_rng, "router": router_rng}, mutable=[MOE_COLLECTION])
+        {"params": params, **others}, **{k: batch[k] for k in FEATURES}, enable_dropout=train,
+        rngs={"dropout": dropout_rng, "router": router_rng}, mutable=mutable)
+    others = {**others, **({ROUTER_STATE: state[ROUTER_STATE]} if ROUTER_STATE in state else {})}
     aux, moe_metrics = moe_outputs(state.get(MOE_COLLECTION))
     targets = batch["decoder_target_tokens"]
     weights = (targets > 0).astype(jnp.float32)
@@ -46,7 +60,7 @@ def _sums(model: Transformer, params, batch, rng, train: bool, z_loss_weight: fl
     correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
     metrics = {"cross_entropy": ce_sum / denominator, "z_loss": z_sum / denominator,
                "accuracy": correct / denominator, "aux_loss": aux, **moe_metrics}
-    return loss, metrics
+    return loss, (metrics, others)
 
 
 # Metrics that are sums over tokens (already divided by the batch's tokens);
@@ -60,7 +74,9 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
     """train_step(state, batch) -> (state, metrics). With grad_accum_steps
     = n the batch is split into n micro-batches (consecutive rows) whose
     gradients are summed before one update; token losses are normalised by
-    the whole batch's target tokens, as one big batch would be."""
+    the whole batch's target tokens, as one big batch would be. A selection
+    bias (router_state) moves after every micro-batch, each seeing the last
+    one's bias."""
     loss_fn = functools.partial(_sums, model)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -68,25 +84,33 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
         step = state["step"]
         rng = jax.random.fold_in(jax.random.key(seed), step)
         tokens = target_tokens(batch)
+        others = {k: v for k, v in model_variables(state).items() if k != "params"}
 
-        def micro(i, micro_batch):
-            (_, metrics), grads = grad_fn(state["params"], micro_batch, jax.random.fold_in(rng, i),
-                                          True, z_loss_weight, tokens)
+        def micro(i, micro_batch, others):
+            (_, (metrics, others)), grads = grad_fn(
+                state["params"], others, micro_batch, jax.random.fold_in(rng, i), True,
+                z_loss_weight, tokens)
             metrics = {k: v if k in TOKEN_SUMS else v / grad_accum_steps
                        for k, v in metrics.items()}
-            return grads, metrics
+            return grads, metrics, others
 
         if grad_accum_steps == 1:
-            grads, metrics = micro(0, batch)
+            grads, metrics, others = micro(0, batch, others)
         else:
             micro_batches = jax.tree.map(
                 lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
             first = jax.tree.map(lambda x: x[0], micro_batches)
             zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                 jax.eval_shape(micro, 0, first))
-            (grads, metrics), _ = jax.lax.scan(
-                lambda carry, xs: (jax.tree.map(jnp.add, carry, micro(*xs)), None),
-                zeros, (jnp.arange(grad_accum_steps), micro_batches))
+                                 jax.eval_shape(micro, 0, first, others)[:2])
+
+            def accumulate(carry, xs):
+                grads, metrics, others = carry
+                more_grads, more_metrics, others = micro(*xs, others)
+                return (jax.tree.map(jnp.add, grads, more_grads),
+                        jax.tree.map(jnp.add, metrics, more_metrics), others), None
+
+            (grads, metrics, others), _ = jax.lax.scan(
+                accumulate, (*zeros, others), (jnp.arange(grad_accum_steps), micro_batches))
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics["loss"] = (metrics["cross_entropy"] + z_loss_weight * metrics["z_loss"]
@@ -96,17 +120,19 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
         # The trainer saves only states whose loss and params are all finite.
         metrics["finite"] = jnp.isfinite(metrics["loss"]) & jnp.all(jnp.asarray(
             [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-        return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+        return {"step": step + 1, "params": params, "opt_state": opt_state, **others}, metrics
 
     return train_step
 
 
 def make_eval_step(model: Transformer, z_loss_weight: float):
-    """eval_step(params, batch) -> metrics (no dropout, eval capacity factors)."""
+    """eval_step(variables, batch) -> metrics (no dropout, eval capacity
+    factors, any selection bias frozen); variables: `model_variables(state)`."""
 
-    def eval_step(params, batch):
-        loss, metrics = _sums(model, params, batch, jax.random.key(0), False, z_loss_weight,
-                              target_tokens(batch))
+    def eval_step(variables, batch):
+        others = {k: v for k, v in variables.items() if k != "params"}
+        loss, (metrics, _) = _sums(model, variables["params"], others, batch, jax.random.key(0),
+                                   False, z_loss_weight, target_tokens(batch))
         return {"loss": loss, **metrics}
 
     return eval_step

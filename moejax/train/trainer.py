@@ -31,7 +31,7 @@ from moejax.data import tokenizer as tok
 from moejax.data.objectives import Objective
 from moejax.data.pipeline import Pipeline
 from moejax.data.sources import check_paths, make_source
-from moejax.models import Transformer, abstract_params
+from moejax.models import ROUTER_STATE, Transformer, abstract_params
 from moejax.models.decoding import generate
 from moejax.structured import to_mapping
 from moejax.train import optim
@@ -41,7 +41,7 @@ from moejax.train.config import TrainConfig
 from moejax.train.init import load_params, tokenizer_of
 from moejax.train.metrics import MetricWriter, flatten
 from moejax.train.partitioning import Layout
-from moejax.train.step import make_eval_step, make_train_step
+from moejax.train.step import make_eval_step, make_train_step, model_variables
 
 log = logging.getLogger("moejax.train")
 
@@ -133,18 +133,25 @@ def _init_fns(s: Setup, optimizer) -> tuple[Callable, Callable]:
     # the one-token init out of the expert-parallel path (it needs groups).
     plain = Transformer(s.cfg.model)
     tokens = jnp.ones((1, 1), jnp.int32)
+    make = lambda rng: plain.init({"params": rng, "router": rng}, tokens, tokens)
+    # A selection bias (router_state) starts at 0, fine-tuning included.
+    router_state = nn.unbox(jax.eval_shape(make, jax.random.key(0))).get(ROUTER_STATE)
 
     def state_from(params):
-        return {"step": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": optimizer.init(params)}
+        state = {"step": jnp.zeros((), jnp.int32), "params": params,
+                 "opt_state": optimizer.init(params)}
+        if router_state:
+            state[ROUTER_STATE] = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                               router_state)
+        return state
 
     def init(rng):
-        return state_from(nn.unbox(plain.init({"params": rng, "router": rng}, tokens, tokens))
-                          ["params"])
+        return state_from(nn.unbox(make(rng))["params"])
 
     param_shardings = s.layout.param_shardings(abstract_params(s.cfg.model, boxed=True))
     # The optimizer state's shardings follow from the params' by propagation.
-    out = {"step": s.layout.replicated, "params": param_shardings, "opt_state": None}
+    out = {"step": s.layout.replicated, "params": param_shardings, "opt_state": None,
+           **({ROUTER_STATE: s.layout.replicated} if router_state else {})}
     return (jax.jit(init, out_shardings=out),
             jax.jit(state_from, in_shardings=(param_shardings,), out_shardings=out,
                     donate_argnums=0))
@@ -190,11 +197,11 @@ def eval_batches(s: Setup) -> list[dict[str, jax.Array]]:
     return batches
 
 
-def evaluate(eval_step, params, batches) -> dict[str, float]:
-    """Mean metrics over `batches`."""
+def evaluate(eval_step, variables, batches) -> dict[str, float]:
+    """Mean metrics over `batches`; variables: `model_variables(state)`."""
     totals = {}
     for batch in batches:
-        for k, v in jax.device_get(eval_step(params, batch)).items():
+        for k, v in jax.device_get(eval_step(variables, batch)).items():
             totals[k] = totals.get(k, 0.0) + np.asarray(v)
     return {k: v / len(batches) for k, v in totals.items()}
 
@@ -204,7 +211,7 @@ class Steps:
     init: Callable  # rng -> state, placed on the mesh
     state_from: Callable  # params -> state (step 0, fresh optimizer state); donates params
     train_step: Callable  # (state, batch) -> (state, metrics); donates state
-    eval_step: Callable  # (params, batch) -> metrics
+    eval_step: Callable  # (model_variables(state), batch) -> metrics
     abstract_state: Any  # ShapeDtypeStructs with the state's shardings
 
 
@@ -225,11 +232,12 @@ def compile_steps(s: Setup) -> Steps:
             out_shardings=(state_shardings, None),
             donate_argnums=0)
         eval_step = jax.jit(make_eval_step(s.model, cfg.z_loss),
-                            in_shardings=(state_shardings["params"], s.layout.batch_sharding))
+                            in_shardings=(model_variables(state_shardings),
+                                          s.layout.batch_sharding))
     return Steps(init, state_from, train_step, eval_step, abstract)
 
 
-def make_predict(s: Setup, params) -> Callable[[np.ndarray], np.ndarray]:
+def make_predict(s: Setup, variables) -> Callable[[np.ndarray], np.ndarray]:
     """Greedy decoding of this host's share of a global batch of encoder
     tokens [batch_size, inputs_length] (every host passes the whole batch);
     returns all hosts' output tokens [batch_size, targets_length]."""
@@ -238,19 +246,21 @@ def make_predict(s: Setup, params) -> Callable[[np.ndarray], np.ndarray]:
 
     def predict(tokens: np.ndarray) -> np.ndarray:
         inputs = global_batch(s, {"tokens": tokens[mine]})["tokens"]
-        out = generate(s.model, params, inputs, max_length=s.cfg.data.targets_length).tokens
+        out = generate(s.model, variables, inputs, max_length=s.cfg.data.targets_length).tokens
         return np.asarray(multihost_utils.process_allgather(out, tiled=True))
 
     return predict
 
 
-def task_scores(s: Setup, params, step: int) -> dict[str, float]:
-    """Decodes the task source's evaluation sets on data.eval_split; writes
+def task_scores(s: Setup, variables, step: int) -> dict[str, float]:
+    """Decodes the task source's evaluation sets on data.eval_split with
+    `variables` (model_variables(state)); writes
     scores, tables and leaderboard files to <workdir>/eval/<split>_step_<step>/."""
     d = s.cfg.data
     out_dir = os.path.join(s.workdir, "eval", f"{d.eval_split}_step_{step}")
-    return evaluate_tasks(d.task, d.eval_split, d.tfds_data_dir, s.vocab, make_predict(s, params),
-                          d.inputs_length, s.cfg.batch_size, s.cfg.eval_examples, out_dir)
+    return evaluate_tasks(d.task, d.eval_split, d.tfds_data_dir, s.vocab,
+                          make_predict(s, variables), d.inputs_length, s.cfg.batch_size,
+                          s.cfg.eval_examples, out_dir)
 
 
 def _checkpoints(cfg: TrainConfig, workdir: str) -> Checkpoints:
@@ -287,7 +297,7 @@ def evaluate_only(cfg: TrainConfig, workdir: str) -> dict[str, float]:
                              "init_checkpoint to evaluate")
         with s.layout.context():
             state, _ = _initial_state(s, steps, checkpoints)
-            return task_scores(s, state["params"], int(state["step"]))
+            return task_scores(s, model_variables(state), int(state["step"]))
     finally:
         checkpoints.close()
 
@@ -366,9 +376,11 @@ def _loop(s: Setup, steps: Steps, stop: threading.Event) -> dict[str, float]:
             eval_metrics = None
             if cfg.eval_every_steps and (done % cfg.eval_every_steps == 0 or done == cfg.steps):
                 held_out = held_out or eval_batches(s)
-                eval_metrics = flatten(evaluate(eval_step, state["params"], held_out), "eval_")
+                eval_metrics = flatten(evaluate(eval_step, model_variables(state), held_out),
+                                       "eval_")
                 if cfg.data.source == "task":
-                    eval_metrics.update(flatten(task_scores(s, state["params"], done), "eval_"))
+                    eval_metrics.update(flatten(task_scores(s, model_variables(state), done),
+                                                "eval_"))
                 writer.write(done, eval_metrics)
                 last.update(eval_metrics)
             bar.update(1)
