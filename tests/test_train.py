@@ -97,14 +97,14 @@ def test_resume_after_kill_9_is_exact(tmp_path, extra):
 
 
 def test_selection_bias_is_trained_state_not_a_parameter(tmp_path):
-    """bias_update_rate through the trainer: the bias is in the state's
-    'router_state', outside params and the optimizer state, it moves during
-    training, and evaluation runs with it."""
+    """bias_update_rate through the trainer (with 2 micro-batches per step):
+    the bias is in the state's 'router_state', outside params and the
+    optimizer state, it moves during training, and evaluation runs with it."""
     from moejax.routing import RouterConfig
 
     router = RouterConfig("top_k", num_experts=8, k=2, score_fn="sigmoid",
                           bias_update_rate=0.01)
-    cfg = small(steps=10, eval_every_steps=10)
+    cfg = small(steps=10, eval_every_steps=10, grad_accum_steps=2)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, decoder_moe=MoeConfig(interval=2, router=router)))
     last = train(cfg, str(tmp_path))
@@ -115,8 +115,8 @@ def test_selection_bias_is_trained_state_not_a_parameter(tmp_path):
     manager.close()
     bias = state["router_state"]["decoder"]["layers_1"]["mlp"]["selection_bias"]
     assert bias.shape == (8,) and np.any(bias != 0)
-    # Each step moves every expert's bias by +-0.01 (or 0 at exactly mean load).
-    assert np.all(np.abs(bias) <= 10 * 0.01 + 1e-6)
+    # Each micro-batch moves every expert's bias by +-0.01 (0 at exactly the mean load).
+    assert np.all(np.abs(bias) <= 10 * 2 * 0.01 + 1e-6)
     leaves = lambda tree: [jax.tree_util.keystr(k) for k, _ in
                            jax.tree_util.tree_flatten_with_path(tree)[0]]
     assert not any("selection_bias" in k for k in leaves(state["params"]))
