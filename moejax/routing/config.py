@@ -130,7 +130,7 @@ class RouterConfig:
         if groups < 1 or self.num_experts % groups:
             raise ValueError(f"expert_groups must be >= 1 and divide num_experts="
                              f"{self.num_experts}, got {groups}")
-        top = groups if self.topk_groups is None else self.topk_groups
+        top = self.kept_groups
         if not 1 <= top <= groups:
             raise ValueError(f"topk_groups must be in [1, expert_groups={groups}], got {top}")
         used = [f"{name}={getattr(self, name)!r}" for name, default in
