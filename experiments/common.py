@@ -29,10 +29,12 @@ import numpy as np
 import optax
 from sklearn.metrics import normalized_mutual_info_score
 
+from moejax import cli
 from moejax.layers import MOE_COLLECTION, MoeLayer
 from moejax.models import moe_outputs
 from moejax.routing import RouterConfig, route
 from moejax.routing.base import experts_per_token
+from moejax.train import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,8 +62,13 @@ def parse_args(name: str, doc: str, default_seeds: dict[str, int] | None = None
     args.size = args.size or "quick"
     args.seeds = args.seeds or (default_seeds or {"quick": 3, "full": 5, "smoke": 2})[args.size]
     if args.seeds < 3 and args.size != "smoke":
-        parser.error(f"--seeds must be >= 3 to report a spread, got {args.seeds}")
-    os.makedirs(args.out, exist_ok=True)
+        cli.fail(f"--seeds must be >= 3 to report a spread, got {args.seeds}")
+    if args.jobs < 1:
+        cli.fail(f"--jobs must be >= 1, got {args.jobs}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        cli.fail(f"--out {args.out!r} is a file; give a directory for the results")
+    with cli.input_errors(OSError, explain=lambda e: f"--out {args.out!r} cannot be created ({e})"):
+        os.makedirs(args.out, exist_ok=True)
     # Seeds of one arm run the same programs: compile each once (a persistent
     # cache keyed by program, jax version and flags, so it cannot change a result).
     # (The environment variable carries it into the worker processes.)
@@ -217,13 +224,14 @@ def train_synthetic(task: ClusterTask, router: RouterConfig, *, steps: int, seed
     xt, ct, yt = task.sample(4096, seed=10_000_019)
     idt = np.random.RandomState(99).randint(vocab, size=4096)
     xt, idt = jnp.asarray(_groups(xt, group)), jnp.asarray(_groups(idt, group))
-    variables = model.init(jax.random.key(seed), xt[:1], idt[:1])
-    params, frozen = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-    opt = optax.adam(lr)
+    boxed = model.init(jax.random.key(seed), xt[:1], idt[:1])
+    variables = nn.unbox(boxed)
+    params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    opt = optim.freeze(optax.adam(lr), optim.frozen_labels(boxed["params"]))  # router 'frozen'
     opt_state = opt.init(params)
 
     def loss_fn(p, xb, idb, yb, rng):
-        pred, state = model.apply({"params": p, **frozen}, xb, idb, deterministic=False,
+        pred, state = model.apply({"params": p, **rest}, xb, idb, deterministic=False,
                                   rngs={"router": rng}, mutable=[MOE_COLLECTION])
         aux, _ = moe_outputs(state[MOE_COLLECTION])
         return jnp.mean(jnp.square(pred - yb)) + aux
@@ -236,7 +244,7 @@ def train_synthetic(task: ClusterTask, router: RouterConfig, *, steps: int, seed
 
     @jax.jit
     def evaluate(p):
-        pred, state = model.apply({"params": p, **frozen}, xt, idt, mutable=[MOE_COLLECTION],
+        pred, state = model.apply({"params": p, **rest}, xt, idt, mutable=[MOE_COLLECTION],
                                   capture_intermediates=lambda m, name: name == "router_logits")
         _, metrics = moe_outputs(state[MOE_COLLECTION])
         logits = [state["intermediates"][f"moe_{i}"]["router_logits"][0] for i in range(layers)]
@@ -318,7 +326,11 @@ def knowledge_config(size: str, seed: int, steps: int | None = None, evals: int 
     from moejax.train.config import DataConfig, OptimizerConfig
 
     steps = steps or TESTBED_STEPS[size]
-    cfg = t5_config(size, seed, steps=steps, evals=evals, batch_size=32, eval_batches=8)
+    cfg = t5_config(size, seed, steps=steps, evals=evals, batch_size=32,
+                    eval_batches=8 if size != "smoke" else 2)
+    if size == "smoke":  # plumbing only: one layer per stack halves the compile time
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, num_encoder_layers=1, num_decoder_layers=1))
     cfg = dataclasses.replace(
         cfg, data=DataConfig(source="knowledge", knowledge_entities=TESTBED_ENTITIES,
                              embedded_documents=40000 if size != "smoke" else 1000,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +31,7 @@ from experiments.common import ClusterMoE, ClusterTask
 from moejax.layers import MOE_COLLECTION
 from moejax.models import moe_outputs
 from moejax.routing import RouterConfig
+from moejax.train import optim
 
 GROUP = 64  # tokens (examples) routed together
 
@@ -95,14 +97,18 @@ def _groups(a: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _programs(router: RouterConfig, d_ff: int, out_dim: int, loss_kind: str):
+def _programs(router: RouterConfig, d_ff: int, in_dim: int, out_dim: int, loss_kind: str):
     """(init, step, evaluate), jitted and vmapped over seeds; cached so that
     every learning rate of a grid reuses one compilation."""
     model = ClusterMoE(router, d_ff=d_ff, layers=1, out_dim=out_dim)
-    opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    ids = jnp.zeros((1, GROUP), jnp.int32)
+    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, GROUP, in_dim)), ids)
+    labels = optim.frozen_labels(boxed["params"])  # a router that never trains stays put
+    opt = optax.inject_hyperparams(
+        lambda learning_rate: optim.freeze(optax.adam(learning_rate), labels))(learning_rate=1e-3)
 
     def init(key, x, lr):
-        variables = model.init(key, x[:1], jnp.zeros(x[:1].shape[:2], jnp.int32))
+        variables = nn.unbox(model.init(key, x[:1], ids))
         params = variables["params"]
         state = opt.init(params)
         state.hyperparams["learning_rate"] = lr
@@ -156,7 +162,8 @@ def train_fixed(task: str, seeds: int, router: RouterConfig, *, lr: float, steps
     xs, ys = stack(lambda d: d.train.x), stack(lambda d: d.train.y)
     xv, yv = stack(lambda d: d.val.x), stack(lambda d: d.val.y)
     xt, yt = stack(lambda d: d.test.x), stack(lambda d: d.test.y)
-    init, chunk, evaluate = _programs(router, d_ff, data[0].out_dim, data[0].loss)
+    init, chunk, evaluate = _programs(router, d_ff, xs.shape[-1], data[0].out_dim,
+                                      data[0].loss)
     keys = jax.vmap(jax.random.key)(jnp.arange(seeds))
     params, frozen, state = init(keys, xs[:, :1], jnp.full((seeds,), lr, jnp.float32))
     n_groups = xs.shape[1]

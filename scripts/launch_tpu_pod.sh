@@ -4,14 +4,14 @@
 #   scripts/launch_tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]
 #
 # e.g. scripts/launch_tpu_pod.sh my-v4-256 us-central2-b configs/st_moe_l_c4_pod.py \
-#        /mnt/my-bucket/runs/st_moe_l
+#        gs://my-bucket/runs/st_moe_l
 #
 # Each worker checks out this commit of MOEJAX_REPO (a git URL; default: the
 # origin of this checkout), installs it with the tpu extra and runs one
 # training process. jax.distributed finds the
-# coordinator on Cloud TPU by itself (--multihost). WORKDIR must be a path
-# every host mounts (e.g. a gcsfuse-mounted bucket) so all hosts see the same
-# checkpoints; gs:// workdirs are not supported yet.
+# coordinator on Cloud TPU by itself (--multihost). WORKDIR must be a place
+# every host sees (a gs:// bucket, or a path all hosts mount) so all hosts
+# share the checkpoints.
 set -euo pipefail
 if [[ $# -lt 4 ]]; then
   sed -n '2,14p' "$0"; exit 2

@@ -29,6 +29,11 @@ CASES = [
      "is not a SentencePiece model"),
     ("moejax.train", [DEFAULT, "--config.tokenizer.path={tmp}/none.model"], "does not exist"),
     ("moejax.train", [DEFAULT, "stray"], "unexpected arguments: ['stray']"),
+    ("moejax.train", [DEFAULT, "--upcycle"], "upcycle=True needs init_checkpoint"),
+    ("moejax.train", [DEFAULT, "--config.model.decoder_moe.router.balance_scope=global"],
+     "balance_scope must be one of ('group', 'sequence', 'batch'), got 'global'"),
+    ("moejax.train", [DEFAULT, "--config.model.encoder_moe.router.balance_scope=batch"],
+     "router 'expert_choice' has no Switch load-balance loss to scope"),
     ("moejax.train", [DEFAULT, "--config.data.source=tfds", "--config.data.tfds_name=c4/en:3.1.0",
                       "--config.data.tfds_data_dir={tmp}/tfds"],
      "tfds dataset 'c4/en:3.1.0' (split 'train') is not prepared in"),
@@ -69,11 +74,15 @@ def test_bad_input_prints_one_line_and_writes_nothing(module, args, fragment, fi
     assert not workdir.exists()
 
 
-def test_a_workdir_that_is_a_file_is_refused(files):
+def test_a_workdir_that_is_a_file_or_cannot_be_written_is_refused(files):
     out = _run("moejax.train", [DEFAULT, f"--workdir={files['file']}"])
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"workdir {files['file']!r} is a file" in out.stderr
     assert open(files["file"]).read() == "x"
+    inside = os.path.join(files["file"], "run")
+    out = _run("moejax.train", [DEFAULT, f"--workdir={inside}"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"error: workdir {inside!r} cannot be written" in out.stderr
 
 
 def test_moejax_debug_shows_the_traceback(files, tmp_path):
@@ -99,3 +108,29 @@ def test_scripts_fail_in_one_line(args, fragment, files):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and fragment in last, out.stderr[-2000:]
     assert not os.path.exists(files["tmp"] + "/out")
+
+
+EXPERIMENT_CASES = [
+    (["experiments.testbed", "--seeds", "2"], "--seeds must be >= 3 to report a spread, got 2"),
+    (["experiments.moesart", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["experiments.expert_choice", "--out", "{file}"], "is a file; give a directory"),
+    (["experiments.learning_to_route", "--out", "{file}/sub"], "cannot be created"),
+    (["experiments.leaderboard", "--router", "nomodule"], "must be module:router_name"),
+    (["experiments.leaderboard", "--router", "nosuchmodule:r"], "cannot import 'nosuchmodule'"),
+    (["experiments.leaderboard", "--only", "nosuch"], "--only names unknown routers ['nosuch']"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", EXPERIMENT_CASES,
+                         ids=[" ".join(a)[-40:] for a, _ in EXPERIMENT_CASES])
+def test_experiments_fail_in_one_line_before_writing(args, fragment, files, tmp_path):
+    out_dir = tmp_path / "results"
+    argv = [a.format(**files) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(out_dir)]
+    out = _run(argv[0], argv[1:])
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and fragment.format(**files) in last, out.stderr[-2000:]
+    assert not out_dir.exists()

@@ -99,8 +99,9 @@ def test_init_checkpoint_loads_params_without_random_init_and_names_mismatches(t
     assert int(start["step"]) == 0 and position is None
     for a, b in zip(jax.tree.leaves(start["params"]), jax.tree.leaves(state["params"])):
         np.testing.assert_array_equal(a, b)
-    fresh = optim.optimizer(tuned.optimizer, tuned.steps, tuned.freeze_router,
-                            tuned.freeze_experts).init(state["params"])
+    labels = optim.frozen_labels(abstract_params(tuned.model, boxed=True), tuned.freeze_router,
+                                 tuned.freeze_experts)
+    fresh = optim.optimizer(tuned.optimizer, tuned.steps, labels).init(state["params"])
     for a, b in zip(jax.tree.leaves(start["opt_state"]), jax.tree.leaves(fresh)):
         np.testing.assert_array_equal(a, b)
     # placed as the train step expects, so the first step does not reshard
@@ -113,8 +114,9 @@ def test_frozen_params_do_not_move(router, experts):
     params = abstract_params(small().model)
     params = jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype), params)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    labels = optim.frozen_labels(abstract_params(small().model, boxed=True), router, experts)
     opt = optim.optimizer(OptimizerConfig(name="adamw", learning_rate=0.1, schedule="constant",
-                                          warmup_steps=0), 10, router, experts)
+                                          warmup_steps=0), 10, labels)
     state, moved = opt.init(params), params
     for _ in range(2):  # the schedule's warmup gives step 0 a zero learning rate
         updates, state = opt.update(grads, state, moved)
@@ -147,3 +149,77 @@ def test_expert_dropout_only_in_training():
         variables, x, deterministic=False, rngs={**rngs, "dropout": key})))
     mean = np.mean(sample(jax.random.split(jax.random.key(10), 300)), axis=0)
     np.testing.assert_allclose(mean, train_plain, atol=0.15 * float(np.abs(train_plain).max()))
+
+
+def _upcycling_configs():
+    """(dense model, MoE model of it): top-2 with weights renormalised to sum
+    to 1 and no capacity limit in the second layer of each stack."""
+    from moejax.models import MoeConfig
+
+    dense = dataclasses.replace(small().model, encoder_moe=MoeConfig(interval=0),
+                                decoder_moe=MoeConfig(interval=0))
+    router = RouterConfig("top_k", num_experts=4, k=2, normalize_weights=True,
+                          capacity_factor=None, eval_capacity_factor=None)
+    moe = dataclasses.replace(dense, encoder_moe=MoeConfig(interval=2, router=router),
+                              decoder_moe=MoeConfig(interval=2, router=router))
+    return dense, moe
+
+
+def _save_params(directory, params):
+    checkpoints = Checkpoints(os.path.join(directory, "checkpoints"), small().checkpoint)
+    checkpoints.save(0, {"params": params}, [])
+    checkpoints.wait()
+    checkpoints.close()
+
+
+def test_upcycled_model_starts_with_the_dense_models_logits(tmp_path):
+    """Sparse upcycling: every expert a copy of the dense FFN and combine
+    weights that sum to 1 give the dense model's function exactly; routers
+    are fresh; noise makes the experts differ; a dense FFN of another width
+    is named in the error."""
+    from model_util import init, tokens
+    from moejax.models import Transformer
+    from moejax.train.init import upcycled_params
+
+    dense_cfg, moe_cfg = _upcycling_configs()
+    dense_model, dense = init(dense_cfg)
+    _save_params(str(tmp_path / "dense"), dense)
+    params = upcycled_params(str(tmp_path / "dense"), moe_cfg, abstract_params(moe_cfg))
+    mlp = params["encoder"]["layers_1"]["mlp"]
+    for name in ("wi_0", "wi_1", "wo"):
+        for e in range(4):
+            np.testing.assert_array_equal(mlp[name][e], dense["encoder"]["layers_1"]["mlp"][name])
+    assert mlp["router_kernel"].shape == (64, 4) and np.std(mlp["router_kernel"]) > 0
+    enc, dec = tokens(0, (2, 12), 512), tokens(1, (2, 6), 512)
+    want = dense_model.apply({"params": dense}, enc, dec)
+    got = Transformer(moe_cfg).apply({"params": params}, enc, dec)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+    noisy = upcycled_params(str(tmp_path / "dense"), moe_cfg, abstract_params(moe_cfg), 0.01)
+    wo = noisy["decoder"]["layers_1"]["mlp"]["wo"]
+    assert not np.allclose(wo[0], wo[1])
+    ratio = wo / dense["decoder"]["layers_1"]["mlp"]["wo"]
+    assert 0.005 < float(np.std(ratio)) < 0.02
+
+    wide = dataclasses.replace(moe_cfg, encoder_moe=dataclasses.replace(moe_cfg.encoder_moe,
+                                                                        d_ff=96))
+    with pytest.raises(CheckpointError, match=r"encoder/layers_1/mlp/wi_0: checkpoint "
+                       r"\(64, 128\) vs model \(64, 96\)"):
+        upcycled_params(str(tmp_path / "dense"), wide, abstract_params(wide))
+
+
+def test_upcycle_switch_trains_an_moe_from_a_dense_workdir(tmp_path):
+    """moejax.train --upcycle: the run starts from the dense checkpoint's
+    params and trains the MoE model."""
+    from model_util import init
+
+    dense_cfg, moe_cfg = _upcycling_configs()
+    _, dense = init(dense_cfg)
+    dense_dir = str(tmp_path / "dense")
+    _save_params(dense_dir, dense)
+    cfg = small(model=moe_cfg, steps=2, eval_every_steps=0, init_checkpoint=dense_dir,
+                upcycle=True)
+    last = train(cfg, str(tmp_path / "moe"))
+    assert np.isfinite(last["loss"])
+    with pytest.raises(ValueError, match="upcycle=True needs init_checkpoint"):
+        small(upcycle=True)

@@ -9,9 +9,10 @@ import optax
 import pytest
 
 import reference as ref
-from moejax.layers import (FROZEN_COLLECTION, MOE_COLLECTION, ROUTER_PARAMS, ROUTER_STATE,
+from moejax.layers import (FIXED_ROUTER_AXIS, MOE_COLLECTION, ROUTER_AXES, ROUTER_STATE,
                            MlpBlock, MoeLayer)
 from moejax.routing import ROUTERS, RouterConfig
+from moejax.train import optim
 
 B, L, D, F, E = 2, 8, 16, 32, 4
 
@@ -29,8 +30,9 @@ def make(name, dtype=jnp.float32, **kw):
 def train(name, steps=5):
     layer, variables, x, ids = make(name)
     target = jax.random.normal(jax.random.PRNGKey(4), x.shape)
+    boxed = layer.init(jax.random.PRNGKey(2), x, token_ids=ids)["params"]
     # AdamW with weight decay would shrink any parameter it is given.
-    opt = optax.adamw(1e-2, weight_decay=0.1)
+    opt = optim.freeze(optax.adamw(1e-2, weight_decay=0.1), optim.frozen_labels(boxed))
     params = variables["params"]
     state = opt.init(params)
 
@@ -53,8 +55,7 @@ def train(name, steps=5):
 
 def test_frozen_router_weights_never_move_but_experts_do():
     variables, new = train("frozen")
-    assert "router_kernel" not in new
-    assert FROZEN_COLLECTION in variables  # held outside the optimiser's reach
+    np.testing.assert_array_equal(new["router_kernel"], variables["params"]["router_kernel"])
     for name in ("wi_0", "wi_1", "wo"):
         assert not np.allclose(new[name], variables["params"][name])
 
@@ -67,8 +68,7 @@ def test_learned_router_weights_change():
 def test_frozen_router_routes_like_switch_with_the_same_weights():
     frozen, fv, x, ids = make("frozen")
     switch, sv, _, _ = make("switch")
-    sv["params"]["router_kernel"] = fv[FROZEN_COLLECTION]["router_kernel"]
-    sv["params"].update({k: v for k, v in fv["params"].items()})
+    sv["params"].update(fv["params"])
     np.testing.assert_allclose(frozen.apply(fv, x), switch.apply(sv, x), rtol=1e-6)
 
 
@@ -88,7 +88,7 @@ def test_every_router_has_finite_gradients_under_jit(name, dtype):
         assert np.all(np.isfinite(np.asarray(leaf, np.float32)))
     assert float(jnp.sum(jnp.abs(grads[1].astype(jnp.float32)))) > 0
     router_grads = [v for k, v in grads[0].items() if k.startswith("router")]
-    if ROUTERS[name].scorer != "hash" and ROUTERS[name].trainable:
+    if ROUTERS[name].scorer != "hash":  # a frozen router's are dropped by the optimizer
         assert router_grads and any(float(jnp.sum(jnp.abs(g))) > 0 for g in router_grads)
     else:
         assert not router_grads
@@ -101,14 +101,20 @@ def test_router_maths_is_float32_for_bf16_inputs():
         assert v.dtype == jnp.float32
 
 
-def test_router_params_are_the_ones_the_optimizer_freezes():
-    """Every param a MoE layer holds is an expert kernel or in ROUTER_PARAMS,
-    whatever the scorer (so freeze_router reaches all of a router)."""
-    experts = {"wi_0", "wi_1", "wi", "wo"}
+def test_every_moe_param_carries_a_router_or_expert_axis():
+    """Whatever the scorer, each param of a MoE layer is an expert kernel
+    (axis 'expert') or a router param (a ROUTER_AXES axis, FIXED_ROUTER_AXIS
+    exactly when the router never trains), so freezing by axis reaches all
+    of a router and none of its experts."""
     for name in ROUTERS:
-        _, variables, _, _ = make(name)
-        names = set(variables.get("params", {}))
-        assert names - experts <= set(ROUTER_PARAMS), (name, names)
+        layer, _, x, ids = make(name)
+        boxed = layer.init(jax.random.PRNGKey(2), x, token_ids=ids)["params"]
+        for key, leaf in boxed.items():
+            names = set(leaf.names)
+            is_router = bool(names & set(ROUTER_AXES))
+            assert is_router != ("expert" in names), (name, key, leaf.names)
+            assert is_router == key.startswith("router_"), (name, key)
+            assert (FIXED_ROUTER_AXIS in names) == (is_router and not ROUTERS[name].trainable)
 
 
 def test_every_parameter_has_logical_axis_names():

@@ -312,6 +312,32 @@ def test_load_balance_loss_counts_every_selected_expert(logits, mask):
         ref.load_balancing_loss(probs, choices, mask), rel=1e-5)
 
 
+@pytest.mark.parametrize("scope", ["group", "sequence", "batch"])
+def test_balance_scope_regroups_the_load_balance_loss(logits, mask, scope):
+    """The reference loss over each group (T tokens), each sequence
+    (sequence_length consecutive tokens of the flattened [G * T]) or all
+    G * T tokens at once, padding excluded, for every scoped kernel."""
+    seq = T // 2
+    segment = {"group": T, "sequence": seq, "batch": G * T}[scope]
+    regroup = lambda a: np.asarray(a).reshape(G * T // segment, segment, *np.shape(a)[2:])
+    probs = ref.softmax(logits)
+    for name, kw in (("top_k", dict(k=2)), ("gshard_top2", {}), ("top_p", dict(threshold=0.6))):
+        cfg = RouterConfig(name=name, num_experts=E, balance_scope=scope, **kw)
+        r = routing.route(cfg, jnp.asarray(logits), mask=jnp.asarray(mask), sequence_length=seq,
+                          rng=jax.random.PRNGKey(0))
+        rows = (ref.top_p_choices(probs, 0.6) if name == "top_p" else
+                ref.top_k_choices(probs, 2, False))
+        choices = np.array([[[e for e, _ in row] + [-1] * (E - len(row)) for row in group]
+                            for group in rows])
+        got = [[[e for e in row if e >= 0] for row in group] for group in regroup(choices)]
+        want = ref.load_balancing_loss(regroup(probs), got, regroup(mask))
+        assert float(r.metrics["load_balance_loss"]) == pytest.approx(want, rel=1e-5), name
+    with pytest.raises(ValueError, match="has no Switch load-balance loss to scope"):
+        RouterConfig("expert_choice", balance_scope="batch")
+    with pytest.raises(ValueError, match="balance_scope must be one of"):
+        RouterConfig("top_k", balance_scope="global")
+
+
 def test_vmoe_aux_losses_are_importance_and_load(logits):
     from moejax.routing.top_k import importance_loss, load_loss
 

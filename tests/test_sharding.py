@@ -112,3 +112,46 @@ def test_selection_bias_update_counts_the_global_batch(setup, shape):
     assert np.allclose(np.abs(moved), 0.1) or np.any(moved == 0)
     np.testing.assert_array_equal(got["decoder"]["layers_1"]["mlp"]["selection_bias"],
                                   want["decoder"]["layers_1"]["mlp"]["selection_bias"])
+
+
+def test_batch_balance_loss_spans_the_global_batch():
+    """balance_scope='batch': one load-balance loss over every token of the
+    batch (numpy reference from the router's own logits), the same on one
+    device and sharded over (8,1,1) and (2,2,2) meshes; 'group' differs."""
+    import reference as ref
+    from moejax.routing import RouterConfig
+
+    base = tiny_config(encoder_router="top_k", decoder_router="top_k", num_heads=4,
+                       vocab_size=48)
+    enc, dec = tokens(0, (8, 12), 48), tokens(1, (8, 6), 48)
+    _, params = init(base)
+    boxed = abstract_params(base, boxed=True)
+
+    def with_scope(scope):
+        router = RouterConfig("top_k", num_experts=4, k=2, balance_scope=scope,
+                              eval_capacity_factor=None)
+        return dataclasses.replace(base, decoder_moe=dataclasses.replace(base.decoder_moe,
+                                                                         router=router))
+
+    def losses(model, p):
+        _, state = model.apply({"params": p}, enc, dec, mutable=["moe", "intermediates"],
+                               capture_intermediates=lambda m, name: name == "router_logits")
+        mlp = lambda tree: tree["decoder"]["layers_1"]["mlp"]
+        return (mlp(state["moe"])["metrics"][0]["load_balance_loss"],
+                mlp(state["intermediates"])["router_logits"][0])
+
+    cfg = with_scope("batch")
+    got, logits = jax.jit(lambda p: losses(Transformer(cfg), p))(params)
+    probs = ref.softmax(np.asarray(logits)).reshape(1, 48, 4)  # 8 sequences of 6: one segment
+    choices = [[[e for e, _ in row] for row in group]
+               for group in ref.top_k_choices(probs, 2, False)]
+    want = ref.load_balancing_loss(probs, choices, np.ones((1, 48), bool))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    group, _ = jax.jit(lambda p: losses(Transformer(with_scope("group")), p))(params)
+    assert abs(float(group) - want) > 1e-3
+    for shape in [(8, 1, 1), (2, 2, 2)]:
+        mesh, rules = make_mesh(shape), logical_rules()
+        sharded = jax.device_put(params, shardings(boxed, mesh, rules))
+        with sharding_context(mesh, rules):
+            value, _ = jax.jit(lambda p: losses(Transformer(cfg, mesh=mesh), p))(sharded)
+        assert float(value) == pytest.approx(want, rel=1e-5), shape

@@ -52,6 +52,7 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     assert sorted(rows) == list(range(1, 31)) and sorted(evals) == [10, 20, 30]
     assert rows[30]["loss"] < rows[1]["loss"] - 1.0
     assert evals[30]["eval_loss"] < evals[10]["eval_loss"]
+    assert np.isfinite(evals[30]["eval_dropless_loss"])
     for key in ("loss", "cross_entropy", "accuracy", "learning_rate", "aux_loss", "z_loss",
                 "moe/dropped_fraction", "moe/experts_per_token", "step_time_s", "tokens_per_s"):
         assert np.isfinite(rows[30][key]), key
@@ -65,6 +66,14 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     assert len(events.Scalars("encoder/layers_1/expert_load/7")) == 30
     assert json.load(open(os.path.join(workdir, "config.json")))["steps"] == 30
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "30"]
+    assert 0 <= rows[30]["encoder/layers_1/dead_experts"] <= 1
+    assert rows[30]["encoder/layers_1/max_violation"] > -1e-6  # expert choice: balanced
+    plots = subprocess.run([sys.executable, "scripts/plot_metrics.py", workdir], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert plots.returncode == 0, plots.stderr[-2000:]
+    assert sorted(os.listdir(os.path.join(workdir, "plots"))) == [
+        "balance.png", "expert_load.png", "load_heatmap.png", "loss.png", "routing.png",
+        "throughput.png"]
 
 
 BIAS = ("--config.model.decoder_moe.router.score_fn=sigmoid",
@@ -96,22 +105,27 @@ def test_resume_after_kill_9_is_exact(tmp_path, extra):
         np.testing.assert_array_equal(x, y)
 
 
-def test_selection_bias_is_trained_state_not_a_parameter(tmp_path):
+def test_selection_bias_and_a_fixed_router_through_the_trainer(tmp_path):
     """bias_update_rate through the trainer (with 2 micro-batches per step):
     the bias is in the state's 'router_state', outside params and the
-    optimizer state, it moves during training, and evaluation runs with it."""
+    optimizer state, it moves during training, and evaluation runs with it.
+    And router 'frozen' in the encoder: its kernel (a param the optimizer
+    leaves, by its axis) stays put while that layer's experts train."""
     from moejax.routing import RouterConfig
 
     router = RouterConfig("top_k", num_experts=8, k=2, score_fn="sigmoid",
                           bias_update_rate=0.01)
-    cfg = small(steps=10, eval_every_steps=10, grad_accum_steps=2)
+    cfg = small(steps=10, eval_every_steps=10, grad_accum_steps=2,
+                checkpoint=dataclasses.replace(small().checkpoint, every_steps=5))
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-        cfg.model, decoder_moe=MoeConfig(interval=2, router=router)))
+        cfg.model, decoder_moe=MoeConfig(interval=2, router=router),
+        encoder_moe=MoeConfig(interval=2, router=RouterConfig("frozen", num_experts=8))))
     last = train(cfg, str(tmp_path))
     assert np.isfinite(last["eval_loss"])
     manager = Checkpoints(os.path.join(str(tmp_path), "checkpoints"), cfg.checkpoint)
-    state = manager.manager.restore(10, args=ocp.args.Composite(
+    restore = lambda step: manager.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))["state"]
+    state, before = restore(10), restore(5)
     manager.close()
     bias = state["router_state"]["decoder"]["layers_1"]["mlp"]["selection_bias"]
     assert bias.shape == (8,) and np.any(bias != 0)
@@ -121,6 +135,12 @@ def test_selection_bias_is_trained_state_not_a_parameter(tmp_path):
                            jax.tree_util.tree_flatten_with_path(tree)[0]]
     assert not any("selection_bias" in k for k in leaves(state["params"]))
     assert not any("selection_bias" in k for k in leaves(state["opt_state"]))
+    fixed, moving = (p["encoder"]["layers_1"]["mlp"] for p in (state["params"], before["params"]))
+    np.testing.assert_array_equal(fixed["router_kernel"], moving["router_kernel"])
+    assert not np.allclose(fixed["wo"], moving["wo"])
+    decoder = [p["decoder"]["layers_1"]["mlp"]["router_kernel"]
+               for p in (state["params"], before["params"])]
+    assert not np.allclose(*decoder)
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
@@ -161,10 +181,6 @@ def test_bad_inputs_fail_before_compute(tmp_path):
               str(tmp_path / "e"))
     with pytest.raises(ValueError, match="model.vocab_size=300"):
         train(small(model=dataclasses.replace(small().model, vocab_size=300)), str(tmp_path / "c"))
-    with pytest.raises(ValueError, match="remote workdirs are not supported yet"):
-        train(small(), "gs://bucket/run")
-    with pytest.raises(ValueError, match="remote checkpoints are not supported yet"):
-        train(small(init_checkpoint="gs://bucket/run"), str(tmp_path / "f"))
     with pytest.raises(ValueError, match="needs 3 devices, but 8 are available"):
         train(small(mesh=dataclasses.replace(small().mesh, data=3)), str(tmp_path / "d"))
     for workdir in (tmp_path / "a", tmp_path / "c", tmp_path / "d"):
@@ -228,3 +244,41 @@ def test_two_processes_match_one(tmp_path):
     a, b = read_metrics(single)[0], read_metrics(multi)[0]
     assert sorted(a) == sorted(b) == list(range(1, 7))
     np.testing.assert_allclose([b[s]["loss"] for s in b], [a[s]["loss"] for s in a], rtol=2e-5)
+
+
+def test_eval_reports_the_dropless_loss_beside_the_clipped_one():
+    """eval_dropless_loss is the loss of the same params with no evaluation
+    capacity limit: it equals a model built with eval_capacity_factor=None,
+    differs from the clipped loss when capacity drops tokens, and is the
+    loss itself where nothing is limited (expert choice keeps its capacity)."""
+    from model_util import init, tiny_config, tokens
+    from moejax.models import Transformer
+    from moejax.routing import RouterConfig
+    from moejax.train.step import make_eval_step
+
+    def batch(seed):
+        enc, dec = tokens(seed, (4, 12), 40), tokens(seed + 1, (4, 6), 40)
+        ones = lambda t: np.ones(t.shape, np.int32)
+        pos = lambda t: np.broadcast_to(np.arange(t.shape[1]), t.shape).astype(np.int32)
+        return {"encoder_input_tokens": enc, "encoder_segment_ids": ones(enc),
+                "encoder_positions": pos(enc), "decoder_input_tokens": dec,
+                "decoder_target_tokens": dec, "decoder_segment_ids": ones(dec),
+                "decoder_positions": pos(dec)}
+
+    def with_decoder(cfg, router):
+        return dataclasses.replace(cfg, decoder_moe=dataclasses.replace(cfg.decoder_moe,
+                                                                        router=router))
+
+    cfg = with_decoder(tiny_config(), RouterConfig("top_k", num_experts=4, k=2,
+                                                   eval_capacity_factor=0.25))
+    _, params = init(cfg)
+    data = batch(0)
+    clipped = jax.jit(make_eval_step(Transformer(cfg), 1e-4))({"params": params}, data)
+    assert float(clipped["decoder/layers_1/dropped_fraction"]) > 0.1
+    free = with_decoder(cfg, dataclasses.replace(cfg.decoder_moe.router, eval_capacity_factor=None))
+    unclipped = jax.jit(make_eval_step(Transformer(free), 1e-4))({"params": params}, data)
+    assert float(unclipped["decoder/layers_1/dropped_fraction"]) == 0.0
+    np.testing.assert_allclose(clipped["dropless_loss"], unclipped["loss"], rtol=1e-6)
+    assert abs(float(clipped["loss"]) - float(clipped["dropless_loss"])) > 1e-4
+    assert float(unclipped["dropless_loss"]) == float(unclipped["loss"])
+    assert free.dropless() == free and cfg.dropless() == free  # expert choice encoder kept

@@ -17,7 +17,7 @@ final eval loss. Fair by construction:
   tokens in groups of 512;
 - each router with its registered defaults otherwise (capacity factors,
   aux-loss weights), so the table ranks routers as shipped; 'frozen' is
-  top-k with the router kept at its init (freeze_router).
+  top-k with the encoder router kept at its init (the decoder's trains).
 Columns: eval loss (95% CI), the paired difference to top-k (95% CI), the
 busiest expert's load x E, the fraction of encoder tokens with no expert
 and experts per token (eval, encoder layers). results.json keeps each
@@ -49,6 +49,7 @@ from experiments import stats
 from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, knowledge_config,
                                 knowledge_moe, knowledge_router, parse_args, run_arms, run_t5,
                                 slug, with_moe, write_results)
+from moejax import cli
 from moejax.routing import ROUTERS, RouterConfig
 
 NAME = "leaderboard"
@@ -56,27 +57,23 @@ GROUP = 512
 BASELINE = "top_k"
 
 
-def router_config(name: str) -> tuple[RouterConfig, bool]:
-    """(the router an arm trains, freeze_router) at the router's defaults."""
-    spec = ROUTERS[name]
-    if not spec.trainable:  # 'frozen': the same thing through the trainer
-        return RouterConfig("top_k", num_experts=TESTBED_EXPERTS, k=spec.default_k), True
+def router_config(name: str) -> RouterConfig:
+    """The router an arm trains in the encoder, at the router's defaults."""
     if name == "expert_choice":
         return RouterConfig(name, num_experts=TESTBED_EXPERTS, capacity_factor=2.0,
-                            eval_capacity_factor=2.0), False
-    return RouterConfig(name, num_experts=TESTBED_EXPERTS), False
+                            eval_capacity_factor=2.0)
+    return RouterConfig(name, num_experts=TESTBED_EXPERTS)
 
 
 def arm_config(size: str, seed: int, name: str):
     cfg = knowledge_config(size, seed, evals=5)
     if name == "dense":
         return cfg
-    router, frozen = router_config(name)
+    router = router_config(name)
     active = 2 if name in ("expert_choice", "top_p") else router.k
     cfg = knowledge_moe(cfg, knowledge_router(), d_ff=cfg.model.d_ff // 2)
-    cfg = with_moe(cfg, encoder=dict(router=router, d_ff=cfg.model.d_ff // active,
-                                     group_size=GROUP))
-    return dataclasses.replace(cfg, freeze_router=frozen)
+    return with_moe(cfg, encoder=dict(router=router, d_ff=cfg.model.d_ff // active,
+                                      group_size=GROUP))
 
 
 def non_default(obj):
@@ -119,15 +116,15 @@ def user_routers(specs: list[str]) -> tuple[tuple[str, ...], list[str]]:
     for spec in specs:
         module, sep, name = spec.partition(":")
         if not sep or not module or not name:
-            raise SystemExit(f"error: --router {spec!r} must be module:router_name, e.g. "
-                             "my_routers:sticky_top2")
+            cli.fail(f"--router {spec!r} must be module:router_name, e.g. "
+                     "my_routers:sticky_top2")
         try:
             importlib.import_module(module)
         except ImportError as e:
-            raise SystemExit(f"error: --router {spec!r}: cannot import {module!r} ({e})") from None
+            cli.fail(f"--router {spec!r}: cannot import {module!r} ({e})")
         if name not in ROUTERS:
-            raise SystemExit(f"error: --router {spec!r}: importing {module!r} registered no "
-                             f"router {name!r}; registered: {', '.join(sorted(ROUTERS))}")
+            cli.fail(f"--router {spec!r}: importing {module!r} registered no "
+                     f"router {name!r}; registered: {', '.join(sorted(ROUTERS))}")
         modules.append(module)
         names.append(name)
     return tuple(modules), names
@@ -154,20 +151,21 @@ def main():
     extra.add_argument("--only", default="")
     known, rest = extra.parse_known_args()
     sys.argv = [sys.argv[0], *rest]
-    args = parse_args(NAME, __doc__ + "\nextra flags: --router module:name (repeatable), "
-                      "--only router,router (just these, with dense and top_k), "
-                      "--rerun (ignore stored results)")
+    # Checked before parse_args creates --out: a bad flag leaves nothing behind.
     modules, names = user_routers(known.router)
-    start = time.time()
     arms = ["dense", *sorted(set(ROUTERS) | set(names))]
     selected = arms
     if known.only:
         only = set(known.only.split(",")) | set(names)
         unknown = only - set(arms)
         if unknown:
-            raise SystemExit(f"error: --only names unknown routers {sorted(unknown)}; "
-                             f"registered: {', '.join(arms[1:])}")
+            cli.fail(f"--only names unknown routers {sorted(unknown)}; "
+                     f"registered: {', '.join(arms[1:])}")
         selected = [a for a in arms if a in only | {"dense", BASELINE}]
+    args = parse_args(NAME, __doc__ + "\nextra flags: --router module:name (repeatable), "
+                      "--only router,router (just these, with dense and top_k), "
+                      "--rerun (ignore stored results)")
+    start = time.time()
     configs = {a: [arm_config(args.size, s, a) for s in range(args.seeds)] for a in arms}
     prints = {a: [fingerprint(c) for c in cs] for a, cs in configs.items()}
     stored_path = os.path.join(args.out, "results.json")

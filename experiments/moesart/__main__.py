@@ -54,8 +54,9 @@ ARMS = {"dense": "dense", "MOESART": "moesart", "top-k": "top_k", "V-MoE": "vmoe
 OTHERS = ("top-k", "V-MoE", "expert choice", "X-MoE")
 
 
-def routers(arm: str) -> list[RouterConfig]:
-    """The lambda grid of an arm (one config where it has no lambda)."""
+def routers(arm: str, smoke: bool = False) -> list[RouterConfig]:
+    """The lambda grid of an arm (one config where it has no lambda; the
+    first lambda only in a smoke run, which checks the plumbing)."""
     name = ARMS[arm]
     free = dict(capacity_factor=None, eval_capacity_factor=None, load_balance_weight=0.0,
                 z_loss_weight=0.0)
@@ -68,7 +69,7 @@ def routers(arm: str) -> list[RouterConfig]:
     if name not in LAMBDAS:
         return [RouterConfig(name, **base)]
     field, values = LAMBDAS[name]
-    return [RouterConfig(name, **{**base, field: v}) for v in values]
+    return [RouterConfig(name, **{**base, field: v}) for v in values[:1 if smoke else None]]
 
 
 def select(results: list[list[dict]]) -> dict:
@@ -86,11 +87,13 @@ def main():
     args = parse_args(NAME, __doc__, default_seeds={"quick": 10, "full": 20, "smoke": 2})
     start = time.time()
     calls, grids = {}, {}
+    lrs = LRS[:1] if args.size == "smoke" else LRS
     for task, arm in itertools.product(TASKS, ARMS):
         steps = max(20, int(STEPS[task] * SCALE[args.size]))
-        grids[(task, arm)] = list(itertools.product(range(len(routers(arm))), LRS))
+        grid = routers(arm, args.size == "smoke")
+        grids[(task, arm)] = list(itertools.product(range(len(grid)), lrs))
         for g, (r, lr) in enumerate(grids[(task, arm)]):
-            calls[(task, arm, g)] = lambda _, task=task, r=routers(arm)[r], lr=lr, steps=steps: (
+            calls[(task, arm, g)] = lambda _, task=task, r=grid[r], lr=lr, steps=steps: (
                 functools.partial(train_fixed, task, args.seeds, r, lr=lr, steps=steps))
     # One call trains every seed of a grid point (vmapped), so run_arms sees one "seed".
     out = run_arms(calls, 1, NAME, args.jobs, os.path.join(args.out, "runs"))
@@ -130,16 +133,17 @@ def main():
                     f"validation {'cross-entropy' if task == 'digits' else 'MSE'}",
                     log_y=task == "clusters")
     minutes = (time.time() - start) / 60
-    lambdas = "; ".join(f"{ARMS_BY[n]}: {f} in {v}" for n, (f, v) in LAMBDAS.items())
+    used = {n: (f, v[:1] if args.size == "smoke" else v) for n, (f, v) in LAMBDAS.items()}
+    lambdas = "; ".join(f"{ARMS_BY[n]}: {f} in {v}" for n, (f, v) in used.items())
     table = "\n".join([
-        f"`--{args.size}`: {args.seeds} paired seeds, k={K} of E={E}; learning rate in {LRS} and "
+        f"`--{args.size}`: {args.seeds} paired seeds, k={K} of E={E}; learning rate in {lrs} and "
         f"lambda ({lambdas}) chosen per seed on validation; {minutes:.1f} minutes on this machine "
         f"({args.jobs} jobs). Diffs are MOESART - arm (negative = MOESART better).", "",
         *sections, stats.claims_table(claims)])
     write_results(args.out, table, {
         "size": args.size, "seeds": args.seeds, "minutes": minutes, "precondition": pres,
-        "claims": claims, "learning_rates": LRS,
-        "lambdas": {n: {"field": f, "values": v} for n, (f, v) in LAMBDAS.items()},
+        "claims": claims, "learning_rates": lrs,
+        "lambdas": {n: {"field": f, "values": v} for n, (f, v) in used.items()},
         "chosen": {f"{t}/{a}": c for (t, a), c in chosen.items()},
         "runs": {f"{t}/{a}/{g}": [{k: r[k] for k in ("best_step", "best_val", "test_loss")}
                                   for r in out[(t, a, g)][0]] for (t, a, g) in out}})

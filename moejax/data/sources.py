@@ -15,9 +15,13 @@ so a pipeline resumes without re-reading what it consumed (streams skip).
 from __future__ import annotations
 
 import glob
+import os
 from typing import Callable, Iterator, NamedTuple, Sequence
 
+from etils import epath
+
 from moejax.data import corpus, knowledge, seeded_rng
+from moejax.files import is_local
 
 BUILTIN_SOURCES = ("embedded", "knowledge", "tfds", "text", "tfrecord")
 # The generated corpora's held-out documents: the same generator, another seed.
@@ -43,7 +47,6 @@ def check_tfds_prepared(name: str, split: str, data_dir: str | None) -> None:
     has a prepared version under `data_dir`: its dataset_info.json, looked
     up without importing the dataset's builder code."""
     import tensorflow_datasets as tfds
-    from etils import epath
 
     root = epath.Path(data_dir or tfds.core.constants.DATA_DIR)
     base, _, version = name.partition(":")
@@ -112,8 +115,16 @@ class TfStream:
             yield i, text.decode("utf-8")
 
 
+def _glob(pattern: str) -> list[str]:
+    """Local glob, or (a URI) the matches of its last component's wildcards."""
+    if is_local(pattern):
+        return glob.glob(pattern)
+    path = epath.Path(pattern)
+    return [os.fspath(f) for f in path.parent.glob(path.name)]
+
+
 def _files(patterns: str, what: str) -> list[str]:
-    files = sorted(f for p in patterns.split(",") if p for f in glob.glob(p))
+    files = sorted(f for p in patterns.split(",") if p for f in _glob(p))
     if not files:
         raise FileNotFoundError(f"{what} {patterns!r} matches no files")
     return files
@@ -152,7 +163,7 @@ def make_source(cfg, split: str, shard: int, num_shards: int):
         return InMemory(texts, shard, num_shards, cfg.seed)
     if cfg.source == "text":
         texts = [line.strip() for f in _split_files(cfg, split)
-                 for line in open(f, encoding="utf-8") if line.strip()]
+                 for line in epath.Path(f).read_text().splitlines() if line.strip()]
         return InMemory(texts, shard, num_shards, cfg.seed)
     if cfg.source in _REGISTERED:
         return _REGISTERED[cfg.source].make(cfg, split, shard, num_shards)

@@ -9,11 +9,13 @@ one, a unigram model is trained on the training corpus and cached.
 from __future__ import annotations
 
 import io
-import os
 from typing import Iterable
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
+
+from moejax.files import write_atomic
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
@@ -64,18 +66,12 @@ class Vocabulary:
 
 
 def load(path: str, extra_ids: int) -> Vocabulary:
-    """Loads a local or remote (gs://, via tf.io.gfile) SentencePiece model."""
-    if "://" in path:
-        import tensorflow as tf
-
-        exists, opener = tf.io.gfile.exists, tf.io.gfile.GFile
-    else:
-        exists, opener = os.path.exists, open
-    if not exists(path):
+    """Loads a SentencePiece model from any filesystem (moejax.files)."""
+    file = epath.Path(path)
+    if not file.exists():
         raise FileNotFoundError(f"tokenizer.path {path!r} does not exist; give an existing "
                                 f"SentencePiece model or leave it empty to train one")
-    with opener(path, "rb") as f:
-        proto = f.read()
+    proto = file.read_bytes()
     try:
         return Vocabulary(proto, extra_ids)
     except RuntimeError as e:  # sentencepiece's parse failure
@@ -85,16 +81,12 @@ def load(path: str, extra_ids: int) -> Vocabulary:
 def train(texts: Iterable[str], vocab_size: int, extra_ids: int, cache_path: str) -> Vocabulary:
     """Trains a unigram SentencePiece model with T5's special ids on `texts`,
     or loads it from `cache_path` when an earlier run trained it."""
-    if os.path.exists(cache_path):
+    if epath.Path(cache_path).exists():
         return load(cache_path, extra_ids)
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size,
         model_type="unigram", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
         character_coverage=1.0, hard_vocab_limit=False, minloglevel=2, num_threads=1)
-    os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
-    tmp = cache_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(proto.getvalue())
-    os.replace(tmp, cache_path)  # atomic: a killed run never leaves half a model
+    write_atomic(cache_path, proto.getvalue())  # a killed run never leaves half a model
     return Vocabulary(proto.getvalue(), extra_ids)

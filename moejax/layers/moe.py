@@ -115,7 +115,8 @@ class MoeLayer(nn.Module):
         with jax.named_scope("route"):
             logits = self.router_logits(xg, ids, jitter_rng, train)
             result: RoutingResult = route(self.router, logits, mask=maskg, rng=route_rng,
-                                          train=train, bias=None if bias is None else bias.value)
+                                          train=train, bias=None if bias is None else bias.value,
+                                          sequence_length=l)
         if (bias is not None and train and self.is_mutable_collection(ROUTER_STATE)
                 and not self.is_initializing()):
             bias.value = update_selection_bias(bias.value, result.metrics["expert_load"],

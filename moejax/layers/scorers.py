@@ -16,27 +16,23 @@ import jax.numpy as jnp
 
 from moejax.routing.scores import cosine_logits, hash_logits, linear_logits
 
-# Collection holding non-trainable router weights (router 'frozen'): the
-# optimiser only ever sees 'params', so it cannot move them.
-FROZEN_COLLECTION = "frozen"
-# The names of the params the scorers create, so that the optimizer can
-# freeze a router without knowing its scorers.
-ROUTER_PARAMS = ("router_kernel", "router_projection", "router_expert_embeddings",
-                 "router_log_temperature")
+# Logical axes that only router params carry: freezing selects params by
+# their axes (moejax/train/optim.py: a router by these, experts by 'expert'),
+# so the optimizer never needs to know a scorer's param names. A router that
+# never trains (router 'frozen') marks its kernel FIXED_ROUTER_AXIS instead
+# of 'router_experts', so one mechanism freezes it and freeze_router alike.
+FIXED_ROUTER_AXIS = "router_fixed"
+ROUTER_AXES = ("router_experts", "router_proj", "router_scale", FIXED_ROUTER_AXIS)
 
 
 def linear(layer, x, token_ids, rng, train):
-    """x @ W_r [d, E] (Switch jitter on x in training); W_r lives in the
-    `frozen` collection when the router is not trainable."""
+    """x @ W_r [d, E] (Switch jitter on x in training); W_r's expert axis is
+    FIXED_ROUTER_AXIS when the router is not trainable."""
     del token_ids
     cfg = layer.router
-    init = nn.with_logical_partitioning(layer.router_init, ("embed", "unmodeled"))
-    shape = (x.shape[-1], cfg.num_experts)
-    if cfg.spec.trainable:
-        kernel = layer.param("router_kernel", init, shape, jnp.float32)
-    else:
-        kernel = layer.variable(FROZEN_COLLECTION, "router_kernel",
-                                lambda: init(layer.make_rng("params"), shape, jnp.float32)).value
+    axes = ("embed", "router_experts" if cfg.spec.trainable else FIXED_ROUTER_AXIS)
+    kernel = layer.param("router_kernel", nn.with_logical_partitioning(layer.router_init, axes),
+                         (x.shape[-1], cfg.num_experts), jnp.float32)
     return linear_logits(x, kernel, jitter_eps=cfg.jitter_eps, rng=rng, train=train)
 
 
@@ -51,9 +47,11 @@ def cosine(layer, x, token_ids, rng, train):
     proj = layer.param("router_projection", nn.with_logical_partitioning(
         layer.router_init, ("embed", "router_proj")), (d, r), jnp.float32)
     emb = layer.param("router_expert_embeddings", nn.with_logical_partitioning(
-        nn.initializers.orthogonal(), ("router_proj", "unmodeled")), (r, e), jnp.float32)
+        nn.initializers.orthogonal(), ("router_proj", "router_experts")), (r, e), jnp.float32)
+    # Shape [1] rather than [] so that it carries a router axis.
     log_t = layer.param("router_log_temperature", nn.with_logical_partitioning(
-        nn.initializers.constant(jnp.log(cfg.xmoe_temperature)), ()), (), jnp.float32)
+        nn.initializers.constant(jnp.log(cfg.xmoe_temperature)), ("router_scale",)), (1,),
+        jnp.float32)
     return cosine_logits(x, proj, emb, log_t)
 
 

@@ -146,3 +146,11 @@ class T5Config:
     @property
     def compute_dtype(self):
         return DTYPES[self.dtype]
+
+    def dropless(self) -> T5Config:
+        """This model with no evaluation capacity limit in any MoE layer
+        (RouterConfig.dropless): the canonical eval loss that runs differing
+        in eval capacity compare on. The params are the same."""
+        lift = lambda moe: dataclasses.replace(moe, router=moe.router.dropless())
+        return dataclasses.replace(self, encoder_moe=lift(self.encoder_moe),
+                                   decoder_moe=lift(self.decoder_moe))

@@ -79,16 +79,28 @@ def entropy(probs: Array) -> Array:
 
 
 def load_balance_loss(probs: Array, expert: Array, mask: Array,
-                      selected: Array | None = None) -> Array:
-    """Switch/GShard balance loss E * sum_e f_e * P_e, averaged over groups.
+                      selected: Array | None = None, segment: int | None = None) -> Array:
+    """Switch/GShard balance loss E * sum_e f_e * P_e, averaged over segments.
 
     probs: [G, T, E]; expert: int [G, T, K] each token's K choices (before
     capacity); selected: bool [G, T, K] which choices the router made (None:
-    all); mask: bool [G, T]. f_e is the fraction of (non-padding) tokens that
-    selected e, counting every selected expert as flaxformer's
-    `_load_balancing_loss` does (so sum_e f_e is the mean experts per token),
-    and P_e the mean router probability of e; K at perfect balance.
+    all); mask: bool [G, T]. f_e is the fraction of (non-padding) tokens of
+    a segment that selected e, counting every selected expert as
+    flaxformer's `_load_balancing_loss` does (so sum_e f_e is the mean
+    experts per token), and P_e the segment's mean router probability of e;
+    K at perfect balance. A segment is `segment` consecutive tokens of the
+    flattened [G * T] (None: a routing group, T): a sequence for
+    DeepSeek-V3's sequence-wise loss, G * T for Megatron-Core's global-batch
+    loss (under jit the means span every device: the arrays are global).
     """
+    g, t = mask.shape
+    segment = segment or t
+    if (g * t) % segment:
+        raise ValueError(f"balance segment of {segment} tokens must divide the {g * t} "
+                         f"tokens routed together")
+    regroup = lambda a: a.reshape(g * t // segment, segment, *a.shape[2:])
+    probs, expert, mask = regroup(probs), regroup(expert), regroup(mask)
+    selected = None if selected is None else regroup(selected)
     num_experts = probs.shape[-1]
     hit = jax.nn.one_hot(expert, num_experts, dtype=jnp.float32)  # [G, T, K, E]
     if selected is not None:
@@ -105,10 +117,12 @@ def z_loss(logits: Array, mask: Array) -> Array:
 
 
 def balance_losses(logits: Array, probs: Array, mask: Array, expert: Array,
-                   selected: Array | None = None) -> dict[str, Array]:
+                   selected: Array | None = None, segment: int | None = None
+                   ) -> dict[str, Array]:
     """The token-choice routers' unweighted aux losses: load balance over
-    every selected expert, and the router z-loss."""
-    return {"load_balance_loss": load_balance_loss(probs, expert, mask, selected),
+    every selected expert (per `segment` tokens, see load_balance_loss), and
+    the router z-loss."""
+    return {"load_balance_loss": load_balance_loss(probs, expert, mask, selected, segment),
             "z_loss": z_loss(logits, mask)}
 
 
@@ -121,22 +135,42 @@ class TokenChoiceInputs:
     sum to 1: DeepSeek-V3's affinities for its balance loss); scores: float32
     [G, T, E], what experts are selected by and weighted with (the softmax
     itself, or the sigmoid scores); capacity: static int, places per expert
-    and group for cfg.k experts per token."""
+    and group for cfg.k experts per token; balance_segment: static int,
+    tokens per load-balance segment (cfg.balance_scope)."""
 
     mask: Array
     logits: Array
     probs: Array
     scores: Array
     capacity: int = flax.struct.field(pytree_node=False)
+    balance_segment: int | None = flax.struct.field(pytree_node=False, default=None)
 
 
 SCORE_FNS = ("softmax", "sigmoid")
+BALANCE_SCOPES = ("group", "sequence", "batch")
 
 
-def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool) -> TokenChoiceInputs:
+def balance_segment(cfg, num_groups: int, group_size: int, sequence_length: int | None) -> int:
+    """Tokens per load-balance segment of cfg.balance_scope: a group (T), a
+    sequence (`sequence_length`) or everything routed together (G * T)."""
+    scope = getattr(cfg, "balance_scope", "group")
+    if scope == "batch":
+        return num_groups * group_size
+    if scope == "sequence":
+        if sequence_length is None:
+            raise ValueError("balance_scope='sequence' needs the sequence length: "
+                             "route(..., sequence_length=L) (MoeLayer passes it)")
+        return sequence_length
+    return group_size
+
+
+def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool,
+                        sequence_length: int | None = None) -> TokenChoiceInputs:
     """The shared prologue of token-choice routers: checks the inputs, casts
-    to float32, scores with cfg.score_fn, and the capacity
-    C = ceil(cf * T * k / E) of the train or eval capacity factor."""
+    to float32, scores with cfg.score_fn, the capacity
+    C = ceil(cf * T * k / E) of the train or eval capacity factor, and the
+    load-balance segment of cfg.balance_scope (sequence_length: tokens per
+    sequence, needed for the 'sequence' scope)."""
     mask = check_logits(logits, mask, cfg.num_experts)
     logits = logits.astype(jnp.float32)
     t, e = logits.shape[1:]
@@ -146,7 +180,8 @@ def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool) -> 
     else:
         scores = probs = jax.nn.softmax(logits, axis=-1)
     return TokenChoiceInputs(mask, logits, probs, scores,
-                             compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train)))
+                             compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train)),
+                             balance_segment(cfg, logits.shape[0], t, sequence_length))
 
 
 def assign_slots(expert: Array, request: Array, capacity: int, num_experts: int,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from moejax.routing.base import SCORE_FNS
+from moejax.routing.base import BALANCE_SCOPES, SCORE_FNS
 from moejax.routing.registry import ROUTERS, get_router
 
 
@@ -53,6 +53,12 @@ class RouterConfig:
     score_fn, routed_scaling, expert groups and bias_update_rate are read by
     the routers registered with `score_options=True` (top_k, switch, frozen,
     xmoe).
+    balance_scope: what the load-balance loss balances: each routing
+      'group' (flaxformer, T5X), each 'sequence' (DeepSeek-V3's
+      sequence-wise loss) or the whole 'batch' (Megatron-Core / Qwen's
+      global-batch loss, over every device). Read by the routers with the
+      Switch loss (`balance_scopes=True`: all but vmoe, expert_choice and
+      moesart, which must keep 'group').
 
     Fields that only one router reads are checked by that router's
     `validate` (see `moejax.routing.register_router`).
@@ -82,6 +88,7 @@ class RouterConfig:
     expert_groups: int = 1
     topk_groups: int | None = None
     bias_update_rate: float = 0.0
+    balance_scope: str = "group"
 
     def __post_init__(self):
         spec = get_router(self.name)
@@ -118,9 +125,17 @@ class RouterConfig:
             spec.validate(self)
 
     def _check_scoring(self, spec) -> None:
-        """score_fn, routed_scaling, expert_groups / topk_groups."""
+        """score_fn, routed_scaling, expert_groups / topk_groups, balance_scope."""
         if self.score_fn not in SCORE_FNS:
             raise ValueError(f"score_fn must be one of {SCORE_FNS}, got {self.score_fn!r}")
+        if self.balance_scope not in BALANCE_SCOPES:
+            raise ValueError(f"balance_scope must be one of {BALANCE_SCOPES}, got "
+                             f"{self.balance_scope!r}")
+        if self.balance_scope != "group" and not spec.balance_scopes:
+            scoped = sorted(n for n, r in ROUTERS.items() if r.balance_scopes)
+            raise ValueError(f"router {self.name!r} has no Switch load-balance loss to scope: "
+                             f"balance_scope must be 'group', got {self.balance_scope!r} "
+                             f"(routers with scopes: {', '.join(scoped)})")
         if self.bias_update_rate < 0:
             raise ValueError(f"bias_update_rate must be >= 0 (0 = off), got "
                              f"{self.bias_update_rate}")
@@ -156,6 +171,13 @@ class RouterConfig:
         """Safe in an autoregressive decoder: batch-prioritised drops depend
         on later tokens' probabilities, expert choice on later tokens."""
         return self.spec.causal and not self.batch_prioritized
+
+    def dropless(self) -> RouterConfig:
+        """This router with no evaluation capacity limit where the capacity
+        only drops tokens (spec.capacity_drops; expert choice is kept)."""
+        if not self.spec.capacity_drops or self.eval_capacity_factor is None:
+            return self
+        return dataclasses.replace(self, eval_capacity_factor=None)
 
     def capacity_factor_for(self, train: bool) -> float | None:
         return self.capacity_factor if train else self.eval_capacity_factor

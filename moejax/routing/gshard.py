@@ -13,7 +13,7 @@ def second_expert_keep_probability(g1, g2):
     return jnp.minimum(1.0, 2.0 * g2 / (g1 + g2))
 
 
-def gshard_top2_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
+def gshard_top2_route(logits, *, mask, rng, cfg, train, sequence_length=None) -> RoutingResult:
     """Top-1 always; the second-best expert kept at random in training.
 
     logits: float [G, T, E]; mask: bool [G, T]. In training the second
@@ -22,9 +22,10 @@ def gshard_top2_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     kept experts before capacity is applied (a token that later loses a
     place to capacity keeps its other weight as is). All first choices take
     capacity before any second choice. The load-balance loss counts both
-    top-2 experts, as GShard's and flaxformer's do (before random routing).
+    top-2 experts, as GShard's and flaxformer's do (before random routing),
+    per cfg.balance_scope.
     """
-    inputs = token_choice_inputs(logits, mask, cfg, train)
+    inputs = token_choice_inputs(logits, mask, cfg, train, sequence_length)
     gates, expert = jax.lax.top_k(inputs.probs, 2)
     if train:
         u = jax.random.uniform(require_rng(rng, cfg.name), gates.shape[:-1])
@@ -34,5 +35,6 @@ def gshard_top2_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     request = jnp.stack([jnp.ones_like(keep2), keep2], axis=-1)
     weight = jnp.where(request, gates, 0.0)
     weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
-    losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert)
+    losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert,
+                            segment=inputs.balance_segment)
     return token_choice_result(inputs, expert, weight, request, losses, cfg)

@@ -26,6 +26,13 @@ class RouterSpec:
       ValueError naming the field); called when a RouterConfig is built.
     score_options: the kernel reads RouterConfig.score_fn, routed_scaling
       and expert_groups / topk_groups (see `moejax.routing.top_k`).
+    balance_scopes: the kernel's load-balance loss follows
+      RouterConfig.balance_scope (it takes `sequence_length=`; see
+      `moejax.routing.base.load_balance_loss`).
+    capacity_drops: the capacity limits which tokens get their experts, so
+      lifting it (RouterConfig.dropless) gives every token its choices;
+      False where capacity is the routing rule itself (expert choice: each
+      expert takes C tokens).
     """
 
     kernel: Callable[..., RoutingResult]
@@ -36,6 +43,8 @@ class RouterSpec:
     causal: bool = True
     validate: Callable[[Any], None] | None = None
     score_options: bool = False
+    balance_scopes: bool = False
+    capacity_drops: bool = True
 
 
 ROUTERS: dict[str, RouterSpec] = {}
@@ -44,12 +53,13 @@ ROUTERS: dict[str, RouterSpec] = {}
 def register_router(name: str, kernel: Callable[..., RoutingResult], *, scorer: str = "linear",
                     trainable: bool = True, default_k: int = 1, fixed_k: bool = False,
                     causal: bool = True, validate: Callable[[Any], None] | None = None,
-                    score_options: bool = False) -> None:
+                    score_options: bool = False, balance_scopes: bool = False,
+                    capacity_drops: bool = True) -> None:
     """Makes `name` usable as `RouterConfig(name=...)` and in config files."""
     if name in ROUTERS:
         raise ValueError(f"router name {name!r} is already registered")
     ROUTERS[name] = RouterSpec(kernel, scorer, trainable, default_k, fixed_k, causal, validate,
-                               score_options)
+                               score_options, balance_scopes, capacity_drops)
 
 
 def get_router(name: str) -> RouterSpec:
@@ -61,13 +71,18 @@ def get_router(name: str) -> RouterSpec:
 
 
 def route(cfg, logits, *, mask=None, rng=None, train: bool = False,
-          bias=None) -> RoutingResult:
+          bias=None, sequence_length: int | None = None) -> RoutingResult:
     """Routes `logits` float [G, T, E] with the router `cfg` (a RouterConfig)
     names. mask: bool [G, T] (None: every token is real); rng: a PRNG key
     for routers that sample in training; bias: float [E] added to the
-    scores for selection only (routers with score_options; None: none)."""
-    if bias is None:
-        return cfg.spec.kernel(logits, mask=mask, rng=rng, cfg=cfg, train=train)
-    if not cfg.spec.score_options:
-        raise ValueError(f"router {cfg.name!r} takes no selection bias")
-    return cfg.spec.kernel(logits, mask=mask, rng=rng, cfg=cfg, train=train, bias=bias)
+    scores for selection only (routers with score_options; None: none);
+    sequence_length: tokens per sequence of the [G * T] tokens, which
+    cfg.balance_scope='sequence' needs (ignored otherwise)."""
+    extra = {}
+    if bias is not None:
+        if not cfg.spec.score_options:
+            raise ValueError(f"router {cfg.name!r} takes no selection bias")
+        extra["bias"] = bias
+    if cfg.balance_scope == "sequence":
+        extra["sequence_length"] = sequence_length
+    return cfg.spec.kernel(logits, mask=mask, rng=rng, cfg=cfg, train=train, **extra)

@@ -27,7 +27,7 @@ def cosine_logits(x, projection, expert_embeddings, log_temperature):
     """X-MoE scores: cos(x @ projection, expert embedding) / temperature.
 
     x [G, T, d]; projection [d, r]; expert_embeddings [r, E] (each column is
-    one expert, L2-normalised here); log_temperature [] (learned, so the
+    one expert, L2-normalised here); log_temperature [] or [1] (learned, so the
     temperature stays positive).
     """
     h = _l2_normalize(x.astype(jnp.float32) @ projection.astype(jnp.float32), -1)

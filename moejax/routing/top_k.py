@@ -8,7 +8,8 @@ from moejax.routing.base import (RoutingResult, balance_losses, masked_mean, req
                                  token_choice_inputs, token_choice_result, z_loss)
 
 
-def top_k_route(logits, *, mask, rng, cfg, train, bias=None) -> RoutingResult:
+def top_k_route(logits, *, mask, rng, cfg, train, bias=None,
+                sequence_length=None) -> RoutingResult:
     """Each token takes its k best-scored experts (Switch when k = 1).
 
     logits: float [G, T, E]; mask: bool [G, T] (False = padding); bias:
@@ -24,13 +25,15 @@ def top_k_route(logits, *, mask, rng, cfg, train, bias=None) -> RoutingResult:
     max probability. Aux losses: load balance over every chosen expert
     (flaxformer's `_load_balancing_loss`; with sigmoid scores P_e is the
     mean normalised score, as DeepSeek-V3's balance loss has it) and the
-    router z-loss. `rng` is unused (Switch jitter acts on the router's
-    inputs, in the scorer).
+    router z-loss; the balance loss per cfg.balance_scope (sequence_length:
+    tokens per sequence, for the 'sequence' scope). `rng` is unused (Switch
+    jitter acts on the router's inputs, in the scorer).
     """
-    inputs = token_choice_inputs(logits, mask, cfg, train)
+    inputs = token_choice_inputs(logits, mask, cfg, train, sequence_length)
     expert = select_experts(inputs.scores, cfg, bias)
     weight = jnp.take_along_axis(inputs.scores, expert, axis=-1)
-    losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert)
+    losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert,
+                            segment=inputs.balance_segment)
     return token_choice_result(inputs, expert, normalize(weight, cfg),
                                jnp.ones(expert.shape, bool), losses, cfg)
 

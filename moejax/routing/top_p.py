@@ -14,7 +14,7 @@ def validate(cfg) -> None:
         raise ValueError(f"threshold must be in (0, 1], got {cfg.threshold}")
 
 
-def top_p_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
+def top_p_route(logits, *, mask, rng, cfg, train, sequence_length=None) -> RoutingResult:
     """Each token takes the smallest set of experts whose probability reaches
     cfg.threshold.
 
@@ -26,14 +26,15 @@ def top_p_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     drops. Aux losses: load balance over the selected experts, z-loss and
     the entropy loss mean(-sum_e p_e log p_e), weighted by
     cfg.entropy_weight, which sharpens the router so that fewer experts are
-    needed. `rng` is unused.
+    needed; the balance loss per cfg.balance_scope. `rng` is unused.
     """
-    inputs = token_choice_inputs(logits, mask, cfg, train)
+    inputs = token_choice_inputs(logits, mask, cfg, train, sequence_length)
     max_k = cfg.max_experts_per_token or cfg.num_experts
     sorted_p, expert = jax.lax.top_k(inputs.probs, max_k)
     before = jnp.cumsum(sorted_p, axis=-1) - sorted_p
     request = before < cfg.threshold
     weight = normalize(jnp.where(request, sorted_p, 0.0), cfg)
-    losses = {**balance_losses(inputs.logits, inputs.probs, inputs.mask, expert, request),
+    losses = {**balance_losses(inputs.logits, inputs.probs, inputs.mask, expert, request,
+                               inputs.balance_segment),
               "entropy_loss": masked_mean(entropy(inputs.probs), inputs.mask)}
     return token_choice_result(inputs, expert, weight, request, losses, cfg)

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import jax
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from moejax.data.tokenizer import Vocabulary
@@ -54,18 +55,16 @@ def write_submission(task: Task, eval_set: EvalSet, examples: list[dict], predic
                      out_dir: str) -> str:
     """Writes the leaderboard file of one evaluation set; returns its path."""
     rows = task.submission_rows(examples, predictions)
-    directory = os.path.join(out_dir, task.benchmark)
-    os.makedirs(directory, exist_ok=True)
+    directory = epath.Path(out_dir) / task.benchmark
+    directory.mkdir(parents=True, exist_ok=True)
     if task.benchmark == "super_glue":
-        path = os.path.join(directory, f"{eval_set.submission}.jsonl")
-        with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        path = directory / f"{eval_set.submission}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
-        path = os.path.join(directory, f"{eval_set.submission}.tsv")
-        with open(path, "w") as f:
-            f.write("index\tprediction\n")
-            f.writelines(f"{r['idx']}\t{r['label']}\n" for r in rows)
-    return path
+        path = directory / f"{eval_set.submission}.tsv"
+        path.write_text("index\tprediction\n" + "".join(f"{r['idx']}\t{r['label']}\n"
+                                                        for r in rows))
+    return os.fspath(path)
 
 
 def averages(scores: dict[str, dict[str, float]], tasks: Sequence[Task]) -> dict[str, float]:
@@ -126,10 +125,10 @@ def evaluate_tasks(name: str, split: str, data_dir: str, vocab: Vocabulary,
             s = task.score(examples, predictions)
             scores[es.name] = {**s, "score": float(np.mean(list(s.values())))}
     avgs = averages(scores, tasks_of(name))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "scores.json"), "w") as f:
-        json.dump({"split": split, "scores": scores, **avgs}, f, indent=2)
-    with open(os.path.join(out_dir, "scores.md"), "w") as f:
-        f.write(markdown_table(scores, avgs))
+    out = epath.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scores.json").write_text(json.dumps({"split": split, "scores": scores, **avgs},
+                                                indent=2))
+    (out / "scores.md").write_text(markdown_table(scores, avgs))
     flat = {f"{es}/{metric}": v for es, s in scores.items() for metric, v in s.items()}
     return {**flat, **avgs}

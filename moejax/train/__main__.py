@@ -27,6 +27,9 @@ _MULTIHOST = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_UPCYCLE = flags.DEFINE_bool(
+    "upcycle", None, "Start this MoE model from the dense init_checkpoint (sparse upcycling: "
+    "experts copy the dense FFNs, routers start fresh); overrides config.upcycle.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -63,7 +66,7 @@ def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
 def main(argv):
     from moejax.train.trainer import train
 
-    run_job(argv, train)
+    run_job(argv, train, upcycle=_UPCYCLE.value)
 
 
 def run():

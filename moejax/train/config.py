@@ -166,8 +166,15 @@ class TrainConfig:
     init_checkpoint: fine-tuning starts from these params (see
       moejax.train.init: a moejax workdir or step dir, or 'hf:<model>');
       '' = random init. Ignored once the workdir has its own checkpoint.
-    freeze_router / freeze_experts: keep the MoE router weights / expert
-      FFN weights at their initial values (the optimizer skips them)."""
+    upcycle / upcycle_noise: init_checkpoint is a dense model to start
+      this MoE model from (sparse upcycling, Komatsuzaki et al. 2022):
+      every expert is a copy of the dense FFN it replaces, scaled by
+      (1 + upcycle_noise * N(0, 1)) per expert and element (0 = exact
+      copies); routers start from a fresh init; the optimizer starts fresh.
+    freeze_router / freeze_experts: keep the MoE router weights / routed
+      expert FFN weights at their initial values (the optimizer skips them;
+      chosen by logical axis, see optim.frozen_labels; shared experts train).
+      Router 'frozen' is always kept fixed."""
 
     model: T5Config = T5Config()
     data: DataConfig = DataConfig()
@@ -185,6 +192,8 @@ class TrainConfig:
     eval_examples: int = 0
     log_every_steps: int = 10
     init_checkpoint: str = ""
+    upcycle: bool = False
+    upcycle_noise: float = 0.0
     freeze_router: bool = False
     freeze_experts: bool = False
 
@@ -198,3 +207,8 @@ class TrainConfig:
             raise ValueError(f"eval_examples must be >= 0 (0 = all), got {self.eval_examples}")
         if self.log_every_steps < 1:
             raise ValueError(f"log_every_steps must be >= 1, got {self.log_every_steps}")
+        if self.upcycle and not self.init_checkpoint:
+            raise ValueError("upcycle=True needs init_checkpoint: the dense model to upcycle")
+        if self.upcycle_noise < 0:
+            raise ValueError(f"upcycle_noise must be >= 0 (0 = exact copies), got "
+                             f"{self.upcycle_noise}")

@@ -7,33 +7,45 @@
 Only the params are read (the optimizer starts fresh, at step 0). Every
 param must exist with the configured shape; otherwise the error names each
 mismatched, missing and unexpected param.
+
+`upcycled_params` instead starts an MoE model from a dense one (sparse
+upcycling, Komatsuzaki et al. 2022, as T5X's MoE does): every expert of an
+MoE layer is a copy of the dense FFN it replaces, routers start fresh.
 """
 from __future__ import annotations
 
 import os
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from flax import traverse_util
 
+from moejax import models
+from moejax.files import absolute
+from moejax.layers import ROUTER_AXES
 from moejax.train.checkpoint import CheckpointError, leaf_paths, mismatch_report
 
 HF_PREFIX = "hf:"
 
 
 def checkpoint_step_dir(spec: str) -> str:
-    """The step directory `spec` names (a run's latest, or the step itself)."""
-    if "://" in spec:
-        raise ValueError(f"init_checkpoint {spec!r}: remote checkpoints are not supported yet; "
-                         "copy the run (or mount its bucket) and give the local path")
-    if os.path.isdir(os.path.join(spec, "state")):
+    """The step directory `spec` names (a run's latest, or the step itself),
+    on any filesystem (moejax.files)."""
+    path = epath.Path(spec)
+    if (path / "state").is_dir():
         return spec
-    root = os.path.join(spec, "checkpoints")
-    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+    root = path / "checkpoints"
+    steps = sorted(int(d.name) for d in root.iterdir() if d.name.isdigit()) \
+        if root.is_dir() else []
     if not steps:
         raise FileNotFoundError(
             f"init_checkpoint {spec!r} is neither a moejax workdir with checkpoints nor a "
             f"checkpoint step directory (<workdir>/checkpoints/<step>), nor 'hf:<model>'")
-    return os.path.join(root, str(steps[-1]))
+    return os.fspath(root / str(steps[-1]))
 
 
 def tokenizer_of(spec: str) -> str | None:
@@ -49,10 +61,9 @@ def tokenizer_of(spec: str) -> str | None:
         from huggingface_hub import hf_hub_download
 
         return hf_hub_download(name, "spiece.model")
-    step_dir = checkpoint_step_dir(spec)
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(step_dir))),
-                        "tokenizer", "spm.model")
-    return path if os.path.exists(path) else None
+    run = epath.Path(absolute(checkpoint_step_dir(spec))).parent.parent
+    path = run / "tokenizer" / "spm.model"
+    return os.fspath(path) if path.exists() else None
 
 
 def _check_shapes(got, want, source: str) -> None:
@@ -75,7 +86,7 @@ def load_params(spec: str, abstract_params):
         _check_shapes(params, abstract_params, spec)
         return jax.tree.map(lambda p, a: jax.device_put(p.astype(a.dtype), a.sharding),
                             params, abstract_params)
-    state_dir = os.path.join(checkpoint_step_dir(spec), "state")
+    state_dir = absolute(os.fspath(epath.Path(checkpoint_step_dir(spec)) / "state"))
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         saved = checkpointer.metadata(state_dir).item_metadata.tree["params"]
@@ -88,3 +99,80 @@ def load_params(spec: str, abstract_params):
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True))
     return restored["params"]
+
+
+def _dense_params(spec: str) -> dict:
+    """The params of a checkpoint of any shape, on the host."""
+    if spec.startswith(HF_PREFIX):
+        from moejax.convert import from_hf
+
+        return jax.tree.map(np.asarray, from_hf(spec[len(HF_PREFIX):])[1])
+    state_dir = absolute(os.fspath(epath.Path(checkpoint_step_dir(spec)) / "state"))
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        saved = checkpointer.metadata(state_dir).item_metadata.tree["params"]
+    except Exception as e:  # orbax raises many types for unreadable data
+        raise CheckpointError(f"init_checkpoint {state_dir} cannot be read "
+                              f"({type(e).__name__}: {e})") from None
+    item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
+    restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore, partial_restore=True))["params"]
+
+
+def _fresh_params(model_cfg, seed: int, paths: set[str]) -> dict[str, np.ndarray]:
+    """Params `paths` of a random init with `seed`, as a run from scratch
+    would draw them (only those are computed: the rest is dead code)."""
+    tokens = jnp.ones((1, 1), jnp.int32)
+
+    def init(rng):
+        params = nn.unbox(models.Transformer(model_cfg).init({"params": rng, "router": rng}, tokens,
+                                                      tokens))["params"]
+        flat = traverse_util.flatten_dict(params, sep="/")
+        return {p: flat[p] for p in paths}
+
+    return jax.device_get(jax.jit(init)(jax.random.key(seed)))
+
+
+def upcycled_params(spec: str, model_cfg, abstract_params, noise: float = 0.0, seed: int = 0):
+    """Sparse upcycling (Komatsuzaki et al. 2022): params of the MoE model
+    `model_cfg` from the dense model at `spec` (a moejax workdir or step, or
+    'hf:<T5>'), placed like `abstract_params` (ShapeDtypeStructs with
+    shardings). Each expert kernel (logical axis 'expert', [E, ...]) is the
+    dense FFN kernel at the same path, copied E times and, with `noise` > 0,
+    scaled by (1 + noise * N(0, 1)) elementwise per expert; router params
+    (ROUTER_AXES) are a fresh init with `seed`; every other param is copied.
+    Raises CheckpointError naming every dense param whose shape does not fit
+    (the dense d_ff must be the experts' d_ff), missing or left over."""
+    target = traverse_util.flatten_dict(models.abstract_params(model_cfg, boxed=True), sep="/")
+    routers = {p for p, box in target.items() if set(box.names) & set(ROUTER_AXES)}
+    experts = {p for p, box in target.items() if p not in routers and "expert" in box.names}
+    if not experts:
+        raise ValueError("upcycle=True needs a model with MoE layers (model.encoder_moe / "
+                         "decoder_moe.interval > 0) to copy the dense FFNs into")
+    for p in experts:
+        if target[p].names[0] != "expert":
+            raise ValueError(f"expert kernel {p} has axes {target[p].names}; upcycling copies "
+                             "along a leading 'expert' axis")
+    want = {p: tuple(box.value.shape[1:] if p in experts else box.value.shape)
+            for p, box in target.items() if p not in routers}
+    dense = traverse_util.flatten_dict(_dense_params(spec), sep="/")
+    report = mismatch_report({p: tuple(v.shape) for p, v in dense.items()}, want)
+    if report:
+        raise CheckpointError(f"upcycling from {spec}: the dense model must have this model's "
+                              f"shape, with dense FFNs of the experts' shape: {report}")
+    fresh = _fresh_params(model_cfg, seed, routers)
+    rng = np.random.default_rng(seed)
+    placed = traverse_util.flatten_dict(abstract_params, sep="/")
+    out = {}
+    for p, box in target.items():
+        if p in routers:
+            value = fresh[p]
+        elif p in experts:
+            value = np.broadcast_to(dense[p], box.value.shape)
+            if noise:
+                value = value * (1.0 + noise * rng.standard_normal(value.shape))
+        else:
+            value = dense[p]
+        out[p] = jax.device_put(np.asarray(value).astype(placed[p].dtype), placed[p].sharding)
+    return traverse_util.unflatten_dict(out, sep="/")

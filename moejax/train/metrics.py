@@ -1,5 +1,6 @@
 """Metric logging: metrics.jsonl (one JSON object per logged step) and
-TensorBoard events in the workdir. Only process 0 writes."""
+TensorBoard events in the workdir, on any filesystem (moejax.files). Only
+process 0 writes."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,14 @@ import os
 
 import jax
 import numpy as np
+from etils import epath
+
+from moejax.files import AppendLog, is_local
 
 # Routing metrics are logged per MoE layer and averaged over layers.
 LAYER_AVERAGED = ("dropped_fraction", "experts_per_token", "router_entropy",
-                  "load_balance_loss", "z_loss", "entropy_loss")
+                  "load_balance_loss", "z_loss", "entropy_loss", "max_violation",
+                  "dead_experts")
 
 
 def flatten(metrics: dict, prefix: str = "") -> dict[str, float | list[float]]:
@@ -32,7 +37,7 @@ def read_metrics(workdir: str) -> tuple[dict[int, dict], dict[int, dict]]:
     """(train rows, eval rows) of a run's metrics.jsonl, keyed by step. A
     resumed run re-logs steps after its last checkpoint: the last record wins."""
     train, evals = {}, {}
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    with (epath.Path(workdir) / "metrics.jsonl").open("r") as f:
         for line in f:
             row = json.loads(line)
             (evals if "eval_loss" in row else train)[row["step"]] = row
@@ -44,7 +49,8 @@ class MetricWriter:
 
     tensorboardX writes the events: TensorFlow's writer would cost every
     run a ~5 s TensorFlow import that the embedded-corpus jobs otherwise
-    never need.
+    never need. Its own gs:// and s3:// writers need cloud SDKs; for a
+    remote workdir it writes through AppendLog (epath) instead.
     """
 
     def __init__(self, workdir: str):
@@ -53,7 +59,9 @@ class MetricWriter:
             return
         from tensorboardX import SummaryWriter
 
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        if not is_local(workdir):
+            _route_tensorboard(workdir.split("://", 1)[0])
+        self.jsonl = AppendLog(epath.Path(workdir) / "metrics.jsonl")
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, values: dict):
@@ -73,3 +81,19 @@ class MetricWriter:
         if self.enabled:
             self.jsonl.close()
             self.tb.close()
+
+
+class _EpathEvents:
+    """tensorboardX writer factory: event files through AppendLog."""
+
+    def open(self, path):
+        return AppendLog(path, binary=True)
+
+    def directory_check(self, path):
+        del path  # object stores have no directories to create
+
+
+def _route_tensorboard(scheme: str) -> None:
+    from tensorboardX import record_writer
+
+    record_writer.register_writer_factory(scheme, _EpathEvents())

@@ -1,11 +1,12 @@
 """optax optimizer and learning-rate schedule from OptimizerConfig."""
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from moejax.layers import ROUTER_PARAMS
+from moejax.layers import FIXED_ROUTER_AXIS, ROUTER_AXES
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -24,22 +25,35 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([warm, decay], [warmup])
 
 
-def frozen_labels(params, freeze_router: bool, freeze_experts: bool):
-    """'frozen' / 'trained' per param. Experts are the 3-D [E, ...] FFN
-    kernels of MoE layers; the router is every ROUTER_PARAMS entry."""
+def frozen_labels(boxed_params, freeze_router: bool = False, freeze_experts: bool = False):
+    """'frozen' / 'trained' per param, shaped like the unboxed params, chosen
+    by logical axis names (`boxed_params`: nn.LogicallyPartitioned leaves, as
+    `init` or `abstract_params(boxed=True)` give them): a router param is one
+    with a ROUTER_AXES axis, a routed-expert kernel one with the 'expert'
+    axis, and a never-trained router's kernel (FIXED_ROUTER_AXIS) is always
+    frozen. Shared experts are dense FFNs and train."""
 
-    def label(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        is_router = name in ROUTER_PARAMS
-        is_expert = leaf.ndim == 3 and (name == "wo" or name.startswith("wi"))
-        return "frozen" if (freeze_router and is_router) or (freeze_experts and is_expert) \
-            else "trained"
+    def label(leaf):
+        names = set(leaf.names if isinstance(leaf, nn.Partitioned) else ())
+        frozen = (FIXED_ROUTER_AXIS in names or (freeze_router and names & set(ROUTER_AXES))
+                  or (freeze_experts and "expert" in names))
+        return "frozen" if frozen else "trained"
 
-    return jax.tree_util.tree_map_with_path(label, params)
+    return jax.tree.map(label, boxed_params, is_leaf=lambda v: isinstance(v, nn.Partitioned))
 
 
-def optimizer(cfg, total_steps: int, freeze_router: bool = False,
-              freeze_experts: bool = False) -> optax.GradientTransformation:
+def freeze(opt: optax.GradientTransformation, labels) -> optax.GradientTransformation:
+    """`opt` on the 'trained' params of `labels` (frozen_labels); the
+    'frozen' ones get zero updates (and no optimizer state, clipping norm or
+    weight decay)."""
+    if "frozen" not in jax.tree.leaves(labels):
+        return opt
+    return optax.multi_transform({"trained": opt, "frozen": optax.set_to_zero()}, labels)
+
+
+def optimizer(cfg, total_steps: int, labels=None) -> optax.GradientTransformation:
+    """The optimizer of OptimizerConfig `cfg`; `labels` (frozen_labels) keeps
+    the 'frozen' params where they are."""
     lr = schedule(cfg, total_steps)
     if cfg.name == "adafactor":
         # T5 defaults: factored second moments, no momentum, updates clipped
@@ -51,8 +65,4 @@ def optimizer(cfg, total_steps: int, freeze_router: bool = False,
         opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
     if cfg.clip_norm:
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
-    if freeze_router or freeze_experts:
-        opt = optax.multi_transform(
-            {"trained": opt, "frozen": optax.set_to_zero()},
-            lambda params: frozen_labels(params, freeze_router, freeze_experts))
-    return opt
+    return opt if labels is None else freeze(opt, labels)

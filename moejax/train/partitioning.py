@@ -1,9 +1,9 @@
 """Device mesh and logical-axis partitioning, as in T5X.
 
 Every param and activation carries logical axis names (batch, length, embed,
-mlp, heads, kv, joined_kv, vocab, expert, relpos_buckets, router_proj,
-unmodeled); the
-rules below map them onto the mesh axes ('data', 'model', 'expert'):
+mlp, heads, kv, joined_kv, vocab, expert, relpos_buckets and the router's
+own `ROUTER_AXES`, which are replicated); the rules below map them onto the
+mesh axes ('data', 'model', 'expert'):
   data    batch (data parallelism)
   model   mlp / heads / joined_kv / vocab (tensor parallelism)
   expert  experts (expert parallelism); the batch is sharded over
@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from moejax.layers import ROUTER_AXES
 
 MESH_AXES = ("data", "model", "expert")
 
@@ -63,8 +65,8 @@ def logical_rules(expert_axis: str = "expert") -> tuple[tuple[str, object], ...]
     batch = ("data", "expert") if expert_axis == "expert" else "data"
     return (("batch", batch), ("vocab", "model"), ("embed", None), ("mlp", "model"),
             ("heads", "model"), ("kv", None), ("joined_kv", "model"), ("length", None),
-            ("relpos_buckets", None), ("expert", expert_axis), ("router_proj", None),
-            ("unmodeled", None))
+            ("relpos_buckets", None), ("expert", expert_axis),
+            *((axis, None) for axis in ROUTER_AXES))
 
 
 def shardings(boxed_tree, mesh: Mesh, rules):

@@ -127,12 +127,19 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
 
 def make_eval_step(model: Transformer, z_loss_weight: float):
     """eval_step(variables, batch) -> metrics (no dropout, eval capacity
-    factors, any selection bias frozen); variables: `model_variables(state)`."""
+    factors, any selection bias frozen); variables: `model_variables(state)`.
+    'dropless_loss' is the loss of the same params with no evaluation
+    capacity limit (T5Config.dropless), the one metric on which runs with
+    different eval capacity factors compare; it is 'loss' itself where no
+    MoE layer has a limit to lift."""
+    dropless = model.clone(config=model.config.dropless())
 
     def eval_step(variables, batch):
         others = {k: v for k, v in variables.items() if k != "params"}
-        loss, (metrics, _) = _sums(model, variables["params"], others, batch, jax.random.key(0),
-                                   False, z_loss_weight, target_tokens(batch))
-        return {"loss": loss, **metrics}
+        sums = lambda m: _sums(m, variables["params"], others, batch, jax.random.key(0), False,
+                               z_loss_weight, target_tokens(batch))
+        loss, (metrics, _) = sums(model)
+        dropless_loss = loss if dropless.config == model.config else sums(dropless)[0]
+        return {"loss": loss, "dropless_loss": dropless_loss, **metrics}
 
     return eval_step

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import signal
 import threading
 import time
@@ -24,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
@@ -31,6 +31,7 @@ from moejax.data import tokenizer as tok
 from moejax.data.objectives import Objective
 from moejax.data.pipeline import Pipeline
 from moejax.data.sources import check_paths, make_source
+from moejax.files import absolute, check_writable, write_atomic
 from moejax.models import ROUTER_STATE, Transformer, abstract_params
 from moejax.models.decoding import generate
 from moejax.structured import to_mapping
@@ -38,7 +39,7 @@ from moejax.train import optim
 from moejax.tasks.evaluate import check_eval_data, evaluate_tasks
 from moejax.train.checkpoint import BEST_METRIC, Checkpoints
 from moejax.train.config import TrainConfig
-from moejax.train.init import load_params, tokenizer_of
+from moejax.train.init import load_params, tokenizer_of, upcycled_params
 from moejax.train.metrics import MetricWriter, flatten
 from moejax.train.partitioning import Layout
 from moejax.train.step import make_eval_step, make_train_step, model_variables
@@ -72,12 +73,10 @@ def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabula
     if tcfg.path:
         return tok.load(tcfg.path, tcfg.extra_ids)
     cache = os.path.join(workdir, "tokenizer", "spm.model")
-    if jax.process_index() == 0 and not os.path.exists(cache):
+    if jax.process_index() == 0 and not epath.Path(cache).exists():
         inherited = tokenizer_of(cfg.init_checkpoint)
         if inherited:
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            shutil.copyfile(inherited, cache + ".tmp")
-            os.replace(cache + ".tmp", cache)
+            write_atomic(cache, epath.Path(inherited).read_bytes())
         else:
             source = make_source(cfg.data, "train", 0, num_shards)
             texts = (item if isinstance(item, str) else " ".join(item)  # task items are pairs
@@ -115,11 +114,6 @@ def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
     objective = Objective(d.objective, d.inputs_length, d.targets_length, d.noise_density,
                           d.mean_noise_span_length)
     objective.check_lengths()
-    for moe in (cfg.model.encoder_moe, cfg.model.decoder_moe):
-        if moe.interval and not moe.router.spec.trainable:
-            raise ValueError(f"router {moe.router.name!r} keeps its weights outside 'params', "
-                             "which the trainer does not carry; use router 'switch' (or any "
-                             "trainable router) with freeze_router=True instead")
     model = Transformer(cfg.model, mesh=layout.mesh, expert_axis=cfg.mesh.expert_axis)
     return Setup(cfg, workdir, layout, vocab, objective, model, shards,
                  num_shards)
@@ -218,7 +212,9 @@ class Steps:
 def compile_steps(s: Setup) -> Steps:
     """The jitted init / train / eval functions with explicit shardings."""
     cfg = s.cfg
-    optimizer = optim.optimizer(cfg.optimizer, cfg.steps, cfg.freeze_router, cfg.freeze_experts)
+    labels = optim.frozen_labels(abstract_params(cfg.model, boxed=True), cfg.freeze_router,
+                                 cfg.freeze_experts)
+    optimizer = optim.optimizer(cfg.optimizer, cfg.steps, labels)
     lr_schedule = optim.schedule(cfg.optimizer, cfg.steps)
     init, state_from = _init_fns(s, optimizer)
     with s.layout.context():
@@ -264,7 +260,7 @@ def task_scores(s: Setup, variables, step: int) -> dict[str, float]:
 
 
 def _checkpoints(cfg: TrainConfig, workdir: str) -> Checkpoints:
-    return Checkpoints(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint)
+    return Checkpoints(os.path.join(absolute(workdir), "checkpoints"), cfg.checkpoint)
 
 
 def _initial_state(s: Setup, steps: Steps, checkpoints: Checkpoints):
@@ -276,8 +272,15 @@ def _initial_state(s: Setup, steps: Steps, checkpoints: Checkpoints):
         return checkpoints.restore(latest, steps.abstract_state)
     if not s.cfg.init_checkpoint:
         return steps.init(jax.random.key(s.cfg.seed)), None
-    state = steps.state_from(load_params(s.cfg.init_checkpoint, steps.abstract_state["params"]))
-    log.info("params initialised from %s", s.cfg.init_checkpoint)
+    cfg = s.cfg
+    if cfg.upcycle:
+        params = upcycled_params(cfg.init_checkpoint, cfg.model, steps.abstract_state["params"],
+                                 cfg.upcycle_noise, cfg.seed)
+    else:
+        params = load_params(cfg.init_checkpoint, steps.abstract_state["params"])
+    state = steps.state_from(params)
+    log.info("params %s from %s", "upcycled" if cfg.upcycle else "initialised",
+             cfg.init_checkpoint)
     return state, None
 
 
@@ -303,14 +306,19 @@ def evaluate_only(cfg: TrainConfig, workdir: str) -> dict[str, float]:
 
 
 def _make_workdir(workdir: str) -> None:
-    if "://" in workdir:
-        raise ValueError(f"workdir {workdir!r}: remote workdirs are not supported yet (metrics, "
-                         "the tokenizer and evaluation files use local file I/O); use a local "
-                         "path, on a pod one that every host mounts (e.g. a gcsfuse bucket)")
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    """Creates `workdir` (any filesystem) and checks that it takes files."""
+    path = epath.Path(workdir)
+    if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"workdir {workdir!r} is a file; give a directory (new or a "
                                  "run's, to resume it)")
-    os.makedirs(workdir, exist_ok=True)
+    check_writable(path)
+
+
+def _remove(workdir: str) -> None:
+    try:
+        epath.Path(workdir).rmtree()
+    except OSError:
+        pass
 
 
 def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
@@ -319,17 +327,16 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        fresh = not os.path.exists(workdir)
+        fresh = not epath.Path(workdir).exists()
         _make_workdir(workdir)
         try:
             s = setup(cfg, workdir)
         except Exception:
             if fresh:  # a run that fails its checks leaves nothing behind
-                shutil.rmtree(workdir, ignore_errors=True)
+                _remove(workdir)
             raise
         if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                json.dump(to_mapping(cfg), f, indent=2)
+            (epath.Path(workdir) / "config.json").write_text(json.dumps(to_mapping(cfg), indent=2))
         steps = compile_steps(s)
         with s.layout.context():
             return _loop(s, steps, stop)

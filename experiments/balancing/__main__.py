@@ -1,0 +1,179 @@
+"""Balancing and upcycling on the routing testbed.
+
+Two questions researchers ask of DeepSeek-era MoE recipes, on the
+capacity-bound testbed (`experiments.common.knowledge_config`), with paired
+seeds (seed s: the same knowledge base, data order and init in every arm).
+
+1. Auxiliary-loss-free balancing (Wang et al. 2024; DeepSeek-V3). Arms, all
+   top-2 of E=16 experts of d_ff 64 in every FFN (equal active FLOPs with
+   the dense d_ff 128), sigmoid scores, no capacity limit:
+   - dense;
+   - no balancing;
+   - load-balance loss: the Switch loss, weight 1e-2 (the registered default);
+   - aux-loss-free bias: a per-expert selection bias moved by 1e-3 *
+     sign(mean load - load) after every step (`bias_update_rate`, Wang et
+     al.'s u = 0.001).
+   Claims (Wang et al.): the bias reaches a lower eval loss than the
+   load-balance loss, and balances better (lower eval `max_violation`, the
+   busiest expert's load over the mean load, minus 1, averaged over layers).
+   Precondition: the load-balance-loss MoE beats dense on eval loss.
+
+2. Sparse upcycling (Komatsuzaki et al. 2022). A dense model is pretrained
+   for P steps; then, for U more steps each (fresh optimizer, the same
+   batches):
+   - dense, continued: the dense checkpoint trained on;
+   - MoE, upcycled: every FFN an MoE layer of E=16 experts, each a copy of
+     the dense FFN (d_ff 128), top-1 with weight 1 (equal active FLOPs;
+     at step 0 it computes the dense model's function), router fresh;
+   - MoE, from scratch: the same MoE from a random init.
+   Claim: upcycling beats training the MoE from scratch for the same extra
+   steps. Precondition: the upcycled MoE beats the dense model trained on.
+
+    python -m experiments.balancing --quick   # 3 seeds; 1600 steps (part 1), 400 + 400 (part 2)
+    python -m experiments.balancing --full    # 5 seeds; 5000 steps, 2500 + 2500
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+
+import numpy as np
+
+from experiments import stats
+from experiments.common import (TESTBED_EXPERTS, knowledge_config, knowledge_moe,
+                                knowledge_router, parse_args, plot_curves, run_arms, run_t5, slug,
+                                write_results)
+
+NAME = "balancing"
+BIAS_RATE = 1e-3
+BALANCE_WEIGHT = 1e-2
+BALANCE_ARMS = ("dense", "no balancing", "load-balance loss", "aux-loss-free bias")
+DENSE, NONE, LOSS, BIAS = BALANCE_ARMS
+UPCYCLE_ARMS = ("dense, continued", "MoE, upcycled", "MoE, from scratch")
+CONTINUED, UPCYCLED, SCRATCH = UPCYCLE_ARMS
+# (pretraining P, upcycled training U) steps
+UPCYCLE_STEPS = {"quick": (400, 400), "full": (2500, 2500), "smoke": (10, 10)}
+
+
+def balance_config(size: str, seed: int, arm: str):
+    cfg = knowledge_config(size, seed)
+    if arm == DENSE:
+        return cfg
+    extra = {LOSS: dict(load_balance_weight=BALANCE_WEIGHT),
+             BIAS: dict(bias_update_rate=BIAS_RATE)}.get(arm, {})
+    return knowledge_moe(cfg, knowledge_router(score_fn="sigmoid", **extra))
+
+
+def pretrain_config(size: str, seed: int):
+    return knowledge_config(size, seed, steps=UPCYCLE_STEPS[size][0])
+
+
+def upcycle_config(size: str, seed: int, arm: str, pretrained: str):
+    cfg = knowledge_config(size, seed, steps=UPCYCLE_STEPS[size][1])
+    if arm == CONTINUED:
+        return dataclasses.replace(cfg, init_checkpoint=pretrained)
+    # Experts as wide as the dense FFN, one per token: the dense active FLOPs.
+    cfg = knowledge_moe(cfg, knowledge_router(k=1), d_ff=cfg.model.d_ff)
+    if arm == UPCYCLED:
+        return dataclasses.replace(cfg, init_checkpoint=pretrained, upcycle=True)
+    return cfg
+
+
+def violation(run: dict) -> float:
+    return float(run["last_eval"]["eval_moe/max_violation"])
+
+
+def rows_table(final: dict, arms, baseline: str, extra=None) -> list[str]:
+    head = f"| arm | eval loss (95% CI) | arm - {baseline} (paired, 95% CI) | diff / SE |"
+    cols = "|---|---|---|---|"
+    if extra:
+        head += f" {extra[0]} (95% CI) |"
+        cols += "---|"
+    rows = [head, cols]
+    for arm in arms:
+        own = stats.fmt_ci(stats.mean_ci(final[arm]), sign=False)
+        if arm == baseline:
+            diff, z = "-", "-"
+        else:
+            d = stats.paired(final[arm], final[baseline])
+            diff, z = stats.fmt_ci(d), f"{d['z']:+.1f}"
+        row = f"| {arm} | {own} | {diff} | {z} |"
+        if extra:
+            values = extra[1].get(arm)
+            row += f" {stats.fmt_ci(stats.mean_ci(values), sign=False) if values else '-'} |"
+        rows.append(row)
+    return rows
+
+
+def main():
+    args = parse_args(NAME, __doc__)
+    start = time.time()
+    runs_dir = os.path.join(args.out, "runs")
+    pretrained = lambda seed: os.path.join(runs_dir, f"pretrain_{seed}")
+    first = {arm: (lambda seed, arm=arm: functools.partial(
+        run_t5, balance_config(args.size, seed, arm),
+        os.path.join(runs_dir, f"{slug(arm)}_{seed}"))) for arm in BALANCE_ARMS}
+    first["pretrain"] = lambda seed: functools.partial(
+        run_t5, pretrain_config(args.size, seed), pretrained(seed))
+    runs = run_arms(first, args.seeds, f"{NAME} (balancing, pretraining)", args.jobs)
+    runs.update(run_arms({arm: (lambda seed, arm=arm: functools.partial(
+        run_t5, upcycle_config(args.size, seed, arm, pretrained(seed)),
+        os.path.join(runs_dir, f"{slug(arm)}_{seed}"))) for arm in UPCYCLE_ARMS},
+        args.seeds, f"{NAME} (upcycling)", args.jobs))
+    final = {arm: [r["eval"][-1][1] for r in rs] for arm, rs in runs.items()}
+    maxvio = {arm: [violation(r) for r in runs[arm]] for arm in (NONE, LOSS, BIAS)}
+
+    pre_balance = stats.precondition("eval_loss", final[LOSS], final[DENSE])
+    pre_upcycle = stats.precondition("eval_loss", final[UPCYCLED], final[CONTINUED])
+    claims = [
+        stats.claim("the aux-loss-free bias reaches a lower eval loss than the load-balance loss",
+                    pre_balance["passed"], stats.paired(final[BIAS], final[LOSS]),
+                    part="balancing"),
+        stats.claim("the aux-loss-free bias balances better than the load-balance loss (eval "
+                    "max_violation)", pre_balance["passed"],
+                    stats.paired(maxvio[BIAS], maxvio[LOSS]), part="balancing",
+                    evidence=f"max_violation {np.mean(maxvio[BIAS]):.3f} vs "
+                             f"{np.mean(maxvio[LOSS]):.3f} (no balancing "
+                             f"{np.mean(maxvio[NONE]):.3f})"),
+        stats.claim("an upcycled MoE beats the MoE trained from scratch for the same extra steps "
+                    "(eval loss)", pre_upcycle["passed"],
+                    stats.paired(final[UPCYCLED], final[SCRATCH]), part="upcycling"),
+    ]
+    cfg = knowledge_config(args.size, 0)
+    pre_steps, up_steps = UPCYCLE_STEPS[args.size]
+    minutes = (time.time() - start) / 60
+    table = "\n".join([
+        f"`--{args.size}`: {args.seeds} paired seeds on the routing testbed (batch "
+        f"{cfg.batch_size}, knowledge corpus); {minutes:.1f} minutes on this machine "
+        f"({args.jobs} jobs).", "",
+        f"**Balancing** ({cfg.steps} steps; MoE: E={TESTBED_EXPERTS}, top-2 of d_ff "
+        f"{cfg.model.d_ff // 2}, sigmoid scores, no capacity limit; load-balance weight "
+        f"{BALANCE_WEIGHT:g}, bias update rate {BIAS_RATE:g}). max_violation: eval, averaged "
+        "over the MoE layers (0 = balanced).", "",
+        *rows_table(final, BALANCE_ARMS, LOSS, ("eval max_violation", maxvio)), "",
+        stats.precondition_line(pre_balance, "balancing"), "",
+        f"**Upcycling** (dense pretrained {pre_steps} steps, then {up_steps} steps each; MoE: "
+        f"E={TESTBED_EXPERTS}, top-1 of d_ff {cfg.model.d_ff}).", "",
+        *rows_table(final, UPCYCLE_ARMS, SCRATCH), "",
+        stats.precondition_line(pre_upcycle, "upcycling"), "",
+        stats.claims_table(claims)])
+    plot_curves(os.path.join(args.out, "balancing_eval_loss.png"),
+                "Balancing: eval loss", {a: [r["eval"] for r in runs[a]] for a in BALANCE_ARMS},
+                "eval loss (span corruption)")
+    plot_curves(os.path.join(args.out, "upcycling_eval_loss.png"),
+                f"Upcycling: eval loss after {pre_steps} dense steps",
+                {a: [r["eval"] for r in runs[a]] for a in UPCYCLE_ARMS},
+                "eval loss (span corruption)")
+    write_results(args.out, table, {
+        "size": args.size, "seeds": args.seeds, "minutes": minutes,
+        "precondition": {"balancing": pre_balance, "upcycling": pre_upcycle},
+        "claims": claims, "final_eval_loss": final, "eval_max_violation": maxvio,
+        "steps": {"balancing": cfg.steps, "pretrain": pre_steps, "upcycle": up_steps},
+        "curves": {arm: [r["eval"] for r in rs] for arm, rs in runs.items()}})
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
