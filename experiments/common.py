@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import statistics
 import tempfile
 from typing import Callable, Sequence
@@ -375,7 +376,8 @@ def with_moe(cfg, encoder: dict | None = None, decoder: dict | None = None):
 
 
 def run_t5(cfg, workdir: str, routing_nmi: bool = False, imports: Sequence[str] = ()) -> dict:
-    """Trains `cfg` in `workdir` (resuming a finished run is instant) and
+    """Trains `cfg` in `workdir` (resuming a finished run of the same config
+    is instant; a run of another config there is deleted first) and
     returns its curves, 'train': [(step, cross-entropy)] and 'eval': [(step,
     eval loss)]; 'last_eval': the final evaluation's metrics (per-layer
     expert load and experts-per-token histograms included); 'late_train':
@@ -386,9 +388,16 @@ def run_t5(cfg, workdir: str, routing_nmi: bool = False, imports: Sequence[str] 
     processes: keep it module-level."""
     for module in imports:
         importlib.import_module(module)
+    from moejax.structured import to_mapping
     from moejax.train.metrics import read_metrics
     from moejax.train.trainer import train
 
+    saved = os.path.join(workdir, "config.json")
+    if os.path.exists(saved):
+        with open(saved) as f:
+            stale = json.load(f) != json.loads(json.dumps(to_mapping(cfg)))
+        if stale:  # an earlier run of another config: never resume (or reuse) it
+            shutil.rmtree(workdir)
     train(cfg, workdir)
     rows, evals = read_metrics(workdir)
     if max(rows, default=0) < cfg.steps:  # the trainer returns after saving on SIGTERM

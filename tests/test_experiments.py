@@ -157,6 +157,23 @@ def test_leaderboard_ranks_a_user_router_from_its_own_module(tmp_path):
     assert "reusing stored results of 3 arms" in again.stdout
 
 
+def test_run_t5_never_resumes_a_run_of_another_config(tmp_path):
+    """A run directory left by an earlier config (the experiment changed
+    since) is trained again from scratch, not resumed or reused."""
+    import json
+
+    from experiments.common import knowledge_config, run_t5
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"steps": 999}))
+    (workdir / "stale").write_text("x")
+    run = run_t5(knowledge_config("smoke", 0, steps=4, evals=2), str(workdir))
+    assert not (workdir / "stale").exists() and [s for s, _ in run["eval"]] == [2, 4]
+    again = run_t5(knowledge_config("smoke", 0, steps=4, evals=2), str(workdir))  # reused
+    assert again["eval"] == run["eval"]
+
+
 def test_leaderboard_fingerprint_ignores_fields_at_their_defaults():
     """Stored arms stay valid when a config field is added at its default,
     and become stale when any field changes."""

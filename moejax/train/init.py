@@ -76,6 +76,19 @@ def _check_shapes(got, want, source: str) -> None:
                               "Set the model config the checkpoint was trained with.")
 
 
+def _saved_params(spec: str):
+    """(checkpointer, state directory, params metadata) of the moejax
+    checkpoint `spec` names; CheckpointError when it cannot be read."""
+    state_dir = absolute(os.fspath(epath.Path(checkpoint_step_dir(spec)) / "state"))
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        saved = checkpointer.metadata(state_dir).item_metadata.tree["params"]
+    except Exception as e:  # orbax raises many types for unreadable data
+        raise CheckpointError(f"init_checkpoint {state_dir} cannot be read "
+                              f"({type(e).__name__}: {e})") from None
+    return checkpointer, state_dir, saved
+
+
 def load_params(spec: str, abstract_params):
     """Params from `spec`, placed like `abstract_params` (ShapeDtypeStructs
     with shardings)."""
@@ -86,13 +99,7 @@ def load_params(spec: str, abstract_params):
         _check_shapes(params, abstract_params, spec)
         return jax.tree.map(lambda p, a: jax.device_put(p.astype(a.dtype), a.sharding),
                             params, abstract_params)
-    state_dir = absolute(os.fspath(epath.Path(checkpoint_step_dir(spec)) / "state"))
-    checkpointer = ocp.PyTreeCheckpointer()
-    try:
-        saved = checkpointer.metadata(state_dir).item_metadata.tree["params"]
-    except Exception as e:  # orbax raises many types for unreadable data
-        raise CheckpointError(f"init_checkpoint {state_dir} cannot be read "
-                              f"({type(e).__name__}: {e})") from None
+    checkpointer, state_dir, saved = _saved_params(spec)
     _check_shapes(saved, abstract_params, state_dir)
     item = {"params": abstract_params}
     restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
@@ -107,13 +114,7 @@ def _dense_params(spec: str) -> dict:
         from moejax.convert import from_hf
 
         return jax.tree.map(np.asarray, from_hf(spec[len(HF_PREFIX):])[1])
-    state_dir = absolute(os.fspath(epath.Path(checkpoint_step_dir(spec)) / "state"))
-    checkpointer = ocp.PyTreeCheckpointer()
-    try:
-        saved = checkpointer.metadata(state_dir).item_metadata.tree["params"]
-    except Exception as e:  # orbax raises many types for unreadable data
-        raise CheckpointError(f"init_checkpoint {state_dir} cannot be read "
-                              f"({type(e).__name__}: {e})") from None
+    checkpointer, state_dir, saved = _saved_params(spec)
     item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
     restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
