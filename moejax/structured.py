@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import importlib.util
 import os
+import re
 import typing
 from typing import Any, Mapping
 
@@ -48,7 +49,12 @@ def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str = ""):
     try:
         return cls(**kwargs)
     except ValueError as e:
-        raise ValueError(f"{where or cls.__name__ + ': '}{e}") from None
+        message = str(e)
+        # 'k must be ...' reads as 'model.encoder_moe.router.k must be ...';
+        # any other message gets the path as a prefix of its own.
+        named = re.split(r"[\s=:\[]", message, maxsplit=1)[0] in fields
+        prefix = where if named else (f"{where[:-1]}: " if where else f"{cls.__name__}: ")
+        raise ValueError(f"{prefix}{message}") from None
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -32,6 +32,9 @@ def save(cfg: T5Config, params, out_dir: str):
 
 
 def load(in_dir: str):
+    if not os.path.exists(os.path.join(in_dir, "config.json")):
+        raise FileNotFoundError(f"export source {in_dir!r} is not a directory written by "
+                                "`convert_hf.py import` (it has no config.json and params/)")
     with open(os.path.join(in_dir, "config.json")) as f:
         cfg = from_mapping(T5Config, json.load(f))
     params = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(in_dir, "params")))

@@ -94,7 +94,8 @@ def test_moejax_debug_shows_the_traceback(files, tmp_path):
 SCRIPT_CASES = [
     (["scripts/param_counts.py", "configs/models/nosuch.py"],
      "config file 'configs/models/nosuch.py' does not exist"),
-    (["scripts/convert_hf.py", "export", "{tmp}/nosuch", "{tmp}/out"], "nosuch"),
+    (["scripts/convert_hf.py", "export", "{tmp}/nosuch", "{tmp}/out"],
+     "export source '{tmp}/nosuch' is not a directory written by `convert_hf.py import`"),
 ]
 
 
@@ -106,7 +107,7 @@ def test_scripts_fail_in_one_line(args, fragment, files):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and fragment in last, out.stderr[-2000:]
+    assert last.startswith("error: ") and fragment.format(**files) in last, out.stderr[-2000:]
     assert not os.path.exists(files["tmp"] + "/out")
 
 
