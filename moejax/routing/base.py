@@ -153,7 +153,7 @@ BALANCE_SCOPES = ("group", "sequence", "batch")
 def balance_segment(cfg, num_groups: int, group_size: int, sequence_length: int | None) -> int:
     """Tokens per load-balance segment of cfg.balance_scope: a group (T), a
     sequence (`sequence_length`) or everything routed together (G * T)."""
-    scope = getattr(cfg, "balance_scope", "group")
+    scope = cfg.balance_scope
     if scope == "batch":
         return num_groups * group_size
     if scope == "sequence":
