@@ -51,7 +51,8 @@ import numpy as np
 
 from experiments import stats
 from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, knowledge_config,
-                                knowledge_moe, knowledge_router, numeric_table, parse_args,
+                                knowledge_moe, knowledge_router, many_arm_steps, numeric_table,
+                                parse_args,
                                 plot_curves, run_arms, run_t5, slug, steps_to_reach, with_moe,
                                 write_results)
 
@@ -72,11 +73,8 @@ BASELINE = "top-2 (GShard)"
 SPEEDUP_CLAIMED = 2.0
 
 
-STEPS = {"quick": 800}  # other sizes: the testbed's TESTBED_STEPS
-
-
 def arm_config(size: str, seed: int, arm: str):
-    cfg = knowledge_config(size, seed, steps=STEPS.get(size), evals=10)
+    cfg = knowledge_config(size, seed, steps=many_arm_steps(size), evals=10)
     if arm == "dense":
         return cfg
     d_ff = cfg.model.d_ff // 2  # the same experts in every arm
