@@ -29,7 +29,7 @@ seeds (seed s: the same knowledge base, data order and init in every arm).
    Claim: upcycling beats training the MoE from scratch for the same extra
    steps. Precondition: the upcycled MoE beats the dense model trained on.
 
-    python -m experiments.balancing --quick   # 3 seeds; 1600 steps (part 1), 400 + 400 (part 2)
+    python -m experiments.balancing --quick   # 3 seeds; 800 + (400 + 400) steps: ~15 min
     python -m experiments.balancing --full    # 5 seeds; 5000 steps, 2500 + 2500
 """
 from __future__ import annotations

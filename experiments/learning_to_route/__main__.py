@@ -23,8 +23,8 @@ expert its tokens choose, per encoder layer.
 
 Precondition, per part: the learned MoE beats dense by >= 3 paired SE.
 
-    python -m experiments.learning_to_route --quick   # 3 seeds, ~22 minutes on 2 CPU cores
-    python -m experiments.learning_to_route --full    # 5 seeds, 5000 T5 steps, ~1 hour
+    python -m experiments.learning_to_route --quick   # 3 seeds, 800 T5 steps: ~12 min, 2 cores
+    python -m experiments.learning_to_route --full    # 5 seeds, 5000 T5 steps, ~2 hours
 """
 from __future__ import annotations
 
