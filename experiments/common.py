@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import importlib
 import json
 import os
@@ -386,9 +387,50 @@ def with_moe(cfg, encoder: dict | None = None, decoder: dict | None = None):
         decoder_moe=dataclasses.replace(model.decoder_moe, **(decoder or {}))))
 
 
+def non_default(obj):
+    """A config as nested dicts of only the fields that differ from their
+    defaults, so that a field added later (at its default) leaves stored
+    fingerprints and finished runs valid."""
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if value != default:
+            out[f.name] = non_default(value)
+    return out
+
+
+def fingerprint(cfg) -> str:
+    """What makes two TrainConfigs the same run: the one test of config
+    identity (run_t5's run directories, the leaderboard's stored arms)."""
+    return hashlib.sha1(json.dumps(non_default(cfg), sort_keys=True, default=str)
+                        .encode()).hexdigest()[:16]
+
+
+def _saved_fingerprint(workdir: str) -> str | None:
+    """The fingerprint of the config a run directory was trained with; None
+    when there is none or it no longer parses (a field since removed)."""
+    from moejax.structured import from_mapping
+    from moejax.train.config import TrainConfig
+
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            return fingerprint(from_mapping(TrainConfig, json.load(f)))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def run_t5(cfg, workdir: str, routing_nmi: bool = False, imports: Sequence[str] = ()) -> dict:
-    """Trains `cfg` in `workdir` (resuming a finished run of the same config
-    is instant; a run of another config there is deleted first) and
+    """Trains `cfg` in `workdir` (resuming a finished run of the same config,
+    by `fingerprint`, is instant; a run of another config there is deleted
+    first) and
     returns its curves, 'train': [(step, cross-entropy)] and 'eval': [(step,
     eval loss)]; 'last_eval': the final evaluation's metrics (per-layer
     expert load and experts-per-token histograms included); 'late_train':
@@ -399,16 +441,11 @@ def run_t5(cfg, workdir: str, routing_nmi: bool = False, imports: Sequence[str] 
     processes: keep it module-level."""
     for module in imports:
         importlib.import_module(module)
-    from moejax.structured import to_mapping
     from moejax.train.metrics import read_metrics
     from moejax.train.trainer import train
 
-    saved = os.path.join(workdir, "config.json")
-    if os.path.exists(saved):
-        with open(saved) as f:
-            stale = json.load(f) != json.loads(json.dumps(to_mapping(cfg)))
-        if stale:  # an earlier run of another config: never resume (or reuse) it
-            shutil.rmtree(workdir)
+    if os.path.exists(workdir) and _saved_fingerprint(workdir) != fingerprint(cfg):
+        shutil.rmtree(workdir)  # an earlier run of another config: never resume (or reuse) it
     train(cfg, workdir)
     rows, evals = read_metrics(workdir)
     if max(rows, default=0) < cfg.steps:  # the trainer returns after saving on SIGTERM

@@ -177,7 +177,8 @@ def test_run_t5_never_resumes_a_run_of_another_config(tmp_path):
 def test_leaderboard_fingerprint_ignores_fields_at_their_defaults():
     """Stored arms stay valid when a config field is added at its default,
     and become stale when any field changes."""
-    from experiments.leaderboard.__main__ import arm_config, fingerprint, non_default
+    from experiments.common import fingerprint, non_default
+    from experiments.leaderboard.__main__ import arm_config
 
     cfg = arm_config("smoke", 0, "top_k")
     router = non_default(cfg)["model"]["encoder_moe"]["router"]
@@ -185,6 +186,35 @@ def test_leaderboard_fingerprint_ignores_fields_at_their_defaults():
     moe = dataclasses.replace(cfg.model.encoder_moe, num_shared_experts=1)
     changed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_moe=moe))
     assert fingerprint(changed) != fingerprint(cfg) == fingerprint(arm_config("smoke", 0, "top_k"))
+
+
+def test_fingerprint_survives_the_saved_config_json(tmp_path):
+    """run_t5 tells a finished run of the same config from its config.json:
+    the fingerprint of the saved mapping, read back, is the config's own, for
+    every leaderboard arm and the experiments' other kinds of arm; any
+    changed field tells them apart."""
+    import json
+
+    from experiments.balancing.__main__ import balance_config, upcycle_config
+    from experiments.common import _saved_fingerprint, fingerprint
+    from experiments.dynamic_top_p.__main__ import lang_config
+    from experiments.leaderboard.__main__ import arm_config
+    from moejax.routing import ROUTERS
+    from moejax.structured import to_mapping
+
+    configs = [arm_config("smoke", 1, arm) for arm in ["dense", *sorted(ROUTERS)]]
+    configs += [balance_config("smoke", 0, "aux-loss-free bias"),
+                lang_config("smoke", 0, "top-p 0.4"),
+                upcycle_config("smoke", 0, "MoE, upcycled", "/some/dense/run")]
+    prints = set()
+    for i, cfg in enumerate(configs):
+        workdir = tmp_path / str(i)
+        workdir.mkdir()
+        (workdir / "config.json").write_text(json.dumps(to_mapping(cfg), indent=2))
+        assert _saved_fingerprint(str(workdir)) == fingerprint(cfg)
+        prints.add(fingerprint(cfg))
+    assert len(prints) == len(configs)
+    assert _saved_fingerprint(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.parametrize("name", ["learning_to_route", "expert_choice", "moesart",

@@ -34,9 +34,7 @@ adding a router costs its own runs only.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
-import hashlib
 import importlib
 import json
 import os
@@ -46,9 +44,9 @@ import time
 import numpy as np
 
 from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, knowledge_config,
-                                knowledge_moe, knowledge_router, parse_args, run_arms, run_t5,
-                                slug, with_moe, write_results)
+from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, fingerprint,
+                                knowledge_config, knowledge_moe, knowledge_router, parse_args,
+                                run_arms, run_t5, slug, with_moe, write_results)
 from moejax import cli
 from moejax.routing import ROUTERS, RouterConfig
 
@@ -74,31 +72,6 @@ def arm_config(size: str, seed: int, name: str):
     cfg = knowledge_moe(cfg, knowledge_router(), d_ff=cfg.model.d_ff // 2)
     return with_moe(cfg, encoder=dict(router=router, d_ff=cfg.model.d_ff // active,
                                       group_size=GROUP))
-
-
-def non_default(obj):
-    """A config as nested dicts of only the fields that differ from their
-    defaults, so that a field added later (at its default) leaves stored
-    fingerprints valid."""
-    if not dataclasses.is_dataclass(obj):
-        return obj
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = dataclasses.MISSING
-        if value != default:
-            out[f.name] = non_default(value)
-    return out
-
-
-def fingerprint(cfg) -> str:
-    return hashlib.sha1(json.dumps(non_default(cfg), sort_keys=True, default=str)
-                        .encode()).hexdigest()[:16]
 
 
 def summary(run: dict) -> dict:
