@@ -223,3 +223,10 @@ def test_upcycle_switch_trains_an_moe_from_a_dense_workdir(tmp_path):
     assert np.isfinite(last["loss"])
     with pytest.raises(ValueError, match="upcycle=True needs init_checkpoint"):
         small(upcycle=True)
+    # Experts that do not match the dense FFN: one error, and the new
+    # workdir is gone, so the corrected command starts afresh.
+    wide = dataclasses.replace(moe_cfg, encoder_moe=dataclasses.replace(moe_cfg.encoder_moe,
+                                                                        d_ff=96))
+    with pytest.raises(CheckpointError, match=r"checkpoint \(64, 128\) vs model \(64, 96\)"):
+        train(dataclasses.replace(cfg, model=wide), str(tmp_path / "wide"))
+    assert not (tmp_path / "wide").exists()

@@ -9,6 +9,7 @@ cleanly, and stops on a non-finite loss without saving the bad state.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -314,13 +315,6 @@ def _make_workdir(workdir: str) -> None:
     check_writable(path)
 
 
-def _remove(workdir: str) -> None:
-    try:
-        epath.Path(workdir).rmtree()
-    except OSError:
-        pass
-
-
 def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     """Runs (or resumes) training in `workdir`; returns the last logged metrics."""
     # A SIGTERM from here on stops after the next step, with a checkpoint.
@@ -331,24 +325,38 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
         _make_workdir(workdir)
         try:
             s = setup(cfg, workdir)
+            if jax.process_index() == 0:
+                (epath.Path(workdir) / "config.json").write_text(
+                    json.dumps(to_mapping(cfg), indent=2))
+            steps = compile_steps(s)
+            checkpoints = _checkpoints(cfg, workdir)
+            try:
+                with s.layout.context():
+                    initial = _initial_state(s, steps, checkpoints)
+            except BaseException:
+                checkpoints.close()
+                raise
         except Exception:
-            if fresh:  # a run that fails its checks leaves nothing behind
-                _remove(workdir)
+            # A run that fails before its first step (its checks, or loading
+            # init_checkpoint) leaves nothing behind, so the fixed command
+            # starts afresh rather than resuming a half-made workdir.
+            if fresh:
+                with contextlib.suppress(OSError):
+                    epath.Path(workdir).rmtree()
             raise
-        if jax.process_index() == 0:
-            (epath.Path(workdir) / "config.json").write_text(json.dumps(to_mapping(cfg), indent=2))
-        steps = compile_steps(s)
         with s.layout.context():
-            return _loop(s, steps, stop)
+            return _loop(s, steps, checkpoints, initial, stop)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _loop(s: Setup, steps: Steps, stop: threading.Event) -> dict[str, float]:
+def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threading.Event
+          ) -> dict[str, float]:
+    """Trains from `initial` (state, data position) to cfg.steps; closes
+    `checkpoints`."""
     cfg, workdir = s.cfg, s.workdir
     train_step, eval_step = steps.train_step, steps.eval_step
-    checkpoints = _checkpoints(cfg, workdir)
-    state, data_state = _initial_state(s, steps, checkpoints)
+    state, data_state = initial
     start = int(state["step"])
     pipeline = Pipeline(cfg.data, s.vocab, s.objective, "train", cfg.batch_size // s.num_shards,
                         s.shards, s.num_shards, state=data_state)
