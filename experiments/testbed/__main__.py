@@ -22,7 +22,7 @@ the final eval loss by >= 3 paired standard errors. Claim: the learned
 router beats the frozen random router the same way.
 
     python -m experiments.testbed --quick    # 3 seeds x 1600 steps, ~13 minutes on 2 CPU cores
-    python -m experiments.testbed --full     # 5 seeds x 5000 steps, ~1 hour
+    python -m experiments.testbed --full     # 5 seeds x 5000 steps, ~1.5 hours
 """
 from __future__ import annotations
 
