@@ -42,9 +42,9 @@ from scipy import stats as sps
 
 from experiments import stats
 from experiments.common import (ClusterTask, figure, knowledge_config, knowledge_moe,
-                                knowledge_router, many_arm_steps, numeric_table,
-                                parse_args, plot_curves,
-                                run_arms, run_t5, slug, train_synthetic, write_results)
+                                knowledge_router, many_arm_steps, numeric_table, parse_args,
+                                plot_curves, run_arms, run_t5, slug, train_synthetic,
+                                write_results)
 from moejax.routing import RouterConfig
 
 NAME = "dynamic_top_p"

@@ -52,9 +52,8 @@ import numpy as np
 from experiments import stats
 from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, knowledge_config,
                                 knowledge_moe, knowledge_router, many_arm_steps, numeric_table,
-                                parse_args,
-                                plot_curves, run_arms, run_t5, slug, steps_to_reach, with_moe,
-                                write_results)
+                                parse_args, plot_curves, run_arms, run_t5, slug, steps_to_reach,
+                                with_moe, write_results)
 
 NAME = "expert_choice"
 E = TESTBED_EXPERTS
