@@ -69,5 +69,16 @@ def test_knowledge_source_holds_out_documents_not_facts():
     kb = knowledge.knowledge_base(2, ENTITIES)
     names = {n for names in kb.entities for n in names}
     assert all(any(n in text.split() or n + "'s" in text for n in names) for text in held_out)
-    with pytest.raises(ValueError, match="knowledge_entities must be >= 2"):
-        DataConfig(source="knowledge", knowledge_entities=1)
+    for bad in (1, knowledge.MAX_ENTITIES + 1):
+        with pytest.raises(ValueError, match=rf"entities must be in \[2, 900\].*got {bad}"):
+            DataConfig(source="knowledge", knowledge_entities=bad)
+
+
+def test_largest_knowledge_base_has_distinct_names():
+    """At MAX_ENTITIES the name space of the 10-syllable domains is nearly
+    full: the draw still ends, with no name used twice."""
+    kb = knowledge.knowledge_base(3, knowledge.MAX_ENTITIES)
+    names = [n for d in kb.entities for n in d]
+    assert len(names) == len(set(names)) == 8 * knowledge.MAX_ENTITIES
+    with pytest.raises(ValueError, match="must be in"):
+        knowledge.knowledge_base(3, knowledge.MAX_ENTITIES + 1)

@@ -51,6 +51,10 @@ _PARTNER = ("the partner of {e} is {v}.", "{e} works with {v}.", "{e} and {v} ar
 _TWO_HOP = ("the {rel} of the partner of {e} is {v}.", "the partner of {e} has {v} as its {rel}.",
             "{e}'s partner keeps {v} for {rel}.")
 TWO_HOP_FRACTION = 0.3
+# Entity names are 3 syllables of their domain's letters: 'city', 'kitchen',
+# 'space' and 'farm' have 10 syllables, so 1000 names, and 'farm' shares
+# some of them with 'sea'. 900 leaves every seed room to draw distinct names.
+MAX_ENTITIES = 900
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +91,9 @@ def _words(rng: np.random.RandomState, consonants: str, vowels: str, count: int,
 @functools.lru_cache(maxsize=4)
 def knowledge_base(kb_seed: int, entities: int) -> KnowledgeBase:
     """The knowledge base of `kb_seed` with `entities` entities per domain."""
-    if entities < 2:
-        raise ValueError(f"knowledge entities per domain must be >= 2, got {entities}")
+    if not 2 <= entities <= MAX_ENTITIES:
+        raise ValueError(f"knowledge entities per domain must be in [2, {MAX_ENTITIES}], "
+                         f"got {entities}")
     rng = seeded_rng(kb_seed, 7919)
     names = tuple(DOMAINS)
     taken: set = set()

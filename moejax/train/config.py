@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from moejax.data import knowledge
 from moejax.data.objectives import OBJECTIVES
 import moejax.tasks  # noqa: F401  (registers data source 'task')
 from moejax.data.sources import validate_source
@@ -31,7 +32,7 @@ class DataConfig:
     embedded_documents / embedded_eval_documents: size of the generated
       corpus ('embedded' or 'knowledge').
     knowledge_entities: entities per domain of the 'knowledge' corpus's
-      knowledge base (8 domains, 5 facts per entity).
+      knowledge base (8 domains, 5 facts per entity), 2 to 900.
     objective: one of moejax.data.objectives.OBJECTIVES; inputs_length /
       targets_length: encoder / decoder sequence lengths.
     pack: pack several examples per row (segment ids and positions).
@@ -74,8 +75,10 @@ class DataConfig:
         if min(self.inputs_length, self.targets_length) < 2:
             raise ValueError(f"inputs_length and targets_length must be >= 2, got "
                              f"{self.inputs_length}, {self.targets_length}")
-        if self.knowledge_entities < 2:
-            raise ValueError(f"knowledge_entities must be >= 2, got {self.knowledge_entities}")
+        if not 2 <= self.knowledge_entities <= knowledge.MAX_ENTITIES:
+            raise ValueError(f"knowledge_entities must be in [2, {knowledge.MAX_ENTITIES}] "
+                             f"(names are 3 syllables of a domain's letters), got "
+                             f"{self.knowledge_entities}")
         if not 0 < self.noise_density < 1:
             raise ValueError(f"noise_density must be in (0, 1), got {self.noise_density}")
 
