@@ -427,7 +427,8 @@ def _saved_fingerprint(workdir: str) -> str | None:
         return None
 
 
-def run_t5(cfg, workdir: str, routing_nmi: bool = False, imports: Sequence[str] = ()) -> dict:
+def run_t5(cfg, workdir: str, routing_nmi: bool = False, fact_recall: bool = False,
+           imports: Sequence[str] = ()) -> dict:
     """Trains `cfg` in `workdir` (resuming a finished run of the same config,
     by `fingerprint`, is instant; a run of another config there is deleted
     first) and
@@ -435,7 +436,8 @@ def run_t5(cfg, workdir: str, routing_nmi: bool = False, imports: Sequence[str] 
     eval loss)]; 'last_eval': the final evaluation's metrics (per-layer
     expert load and experts-per-token histograms included); 'late_train':
     each scalar train metric averaged over the second half of training;
-    with routing_nmi, 'nmi': `t5_routing_nmi` (knowledge corpus, MoE encoder).
+    with routing_nmi, 'nmi': `t5_routing_nmi` (knowledge corpus, MoE encoder);
+    with fact_recall, 'recall': `t5_fact_recall` (knowledge corpus).
     `imports`: modules to import first (they register user routers, which a
     fresh worker process does not know). Experiments run it in worker
     processes: keep it module-level."""
@@ -453,6 +455,8 @@ def run_t5(cfg, workdir: str, routing_nmi: bool = False, imports: Sequence[str] 
                            "(interrupted); rerun the experiment to resume it")
     late = [rows[s] for s in sorted(rows) if s > cfg.steps // 2]
     extra = {"nmi": t5_routing_nmi(cfg, workdir)} if routing_nmi else {}
+    if fact_recall:
+        extra["recall"] = t5_fact_recall(cfg, workdir)
     return {**extra, "train": [(s, rows[s]["cross_entropy"]) for s in sorted(rows)],
             "eval": [(s, evals[s]["eval_loss"]) for s in sorted(evals)],
             "last_eval": evals[max(evals)],
@@ -466,6 +470,26 @@ def encoder_layers(row: dict, metric: str) -> list:
             if k.startswith("eval_encoder/") and k.endswith("/" + metric)]
 
 
+def _trained(cfg, workdir: str):
+    """(vocabulary, variables, model) of the run `cfg` trained in `workdir`."""
+    from moejax.data import tokenizer as tok
+    from moejax.models.t5 import Transformer, abstract_params, as_variables
+    from moejax.train.init import load_params
+
+    vocab = tok.load(os.path.join(workdir, "tokenizer", "spm.model"), cfg.tokenizer.extra_ids)
+    return vocab, as_variables(load_params(workdir, abstract_params(cfg.model))), \
+        Transformer(cfg.model)
+
+
+def _held_out_documents(cfg, documents: int):
+    from moejax.data import knowledge
+    from moejax.data.sources import EVAL_SEED_OFFSET
+
+    d = cfg.data
+    return [knowledge.knowledge_document(d.seed, d.knowledge_entities, d.seed + EVAL_SEED_OFFSET, i)
+            for i in range(documents)]
+
+
 def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
     """NMI between a knowledge document's domain and the expert its tokens
     choose first (argmax of the router logits), per encoder MoE layer, for the
@@ -473,22 +497,16 @@ def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
     analogue of the synthetic task's cluster/expert NMI. Evaluated on held-out
     documents (the eval stream) truncated to the input length."""
     from moejax.data import knowledge
-    from moejax.data import tokenizer as tok
-    from moejax.data.sources import EVAL_SEED_OFFSET
-    from moejax.models.t5 import Transformer, abstract_params
-    from moejax.train.init import load_params
+    from moejax.models.t5 import Transformer
 
     d = cfg.data
-    vocab = tok.load(os.path.join(workdir, "tokenizer", "spm.model"), cfg.tokenizer.extra_ids)
-    docs = [knowledge.knowledge_document(d.seed, d.knowledge_entities, d.seed + EVAL_SEED_OFFSET, i)
-            for i in range(documents)]
+    vocab, variables, model = _trained(cfg, workdir)
+    docs = _held_out_documents(cfg, documents)
     tokens = np.zeros((documents, d.inputs_length), np.int32)
     for row, doc in enumerate(docs):
         ids = vocab.encode(doc.text)[:d.inputs_length]
         tokens[row, :len(ids)] = ids
-    params = load_params(workdir, abstract_params(cfg.model))
-    model = Transformer(cfg.model)
-    _, state = model.apply({"params": params}, jnp.asarray(tokens), method=Transformer.encode,
+    _, state = model.apply(variables, jnp.asarray(tokens), method=Transformer.encode,
                            capture_intermediates=lambda m, name: name == "router_logits",
                            mutable=["intermediates", MOE_COLLECTION])
     flat = traverse_util.flatten_dict(state["intermediates"], sep="/")
@@ -500,6 +518,52 @@ def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
         chosen = np.asarray(jnp.argmax(flat[key][0], -1)).reshape(-1)
         out.append(float(normalized_mutual_info_score(domain[real], chosen[real])))
     return out
+
+
+def cloze_batch(vocab, docs, inputs_length: int, targets_length: int):
+    """Span-corruption examples that mask one answer each: per sentence of
+    each document in `docs` (knowledge.Document), inputs 'before
+    <extra_id_0> after' and targets '<extra_id_0> answer <extra_id_1>', the
+    format the model was trained on. Returns (encoder inputs [N, L],
+    decoder inputs [N, T], targets [N, T], answer-token weights [N, T]);
+    sentences whose answer falls past the input length are left out."""
+    from moejax.data.objectives import EOS_ID
+
+    rows = []
+    for doc in docs:
+        for before, answer, after in doc.cloze():
+            head, ids = vocab.encode(before), vocab.encode(answer)
+            if len(head) + 1 >= inputs_length or len(ids) + 2 > targets_length:
+                continue
+            x = np.concatenate([head, [vocab.sentinel(0)], vocab.encode(after), [EOS_ID]])
+            y = np.concatenate([[vocab.sentinel(0)], ids, [vocab.sentinel(1), EOS_ID]])
+            rows.append((x[:inputs_length], y, len(ids)))
+    enc = np.zeros((len(rows), inputs_length), np.int32)
+    tgt = np.zeros((len(rows), targets_length), np.int32)
+    weights = np.zeros((len(rows), targets_length), np.float32)
+    for r, (x, y, n) in enumerate(rows):
+        enc[r, :len(x)], tgt[r, :len(y)], weights[r, 1:1 + n] = x, y, 1
+    dec = np.concatenate([np.zeros_like(tgt[:, :1]), tgt[:, :-1]], 1)
+    return enc, dec, tgt, weights
+
+
+def t5_fact_recall(cfg, workdir: str, documents: int = 256) -> dict:
+    """How many held-out facts the model trained in `workdir` on a
+    knowledge_config `cfg` recalls: each answer word (a value or a
+    partner's name) of `documents` eval documents masked alone
+    (`cloze_batch`), 'accuracy' the fraction predicted exactly (every token
+    the argmax, teacher-forced) and 'cross_entropy' the mean over answers of
+    their summed token cross-entropy (nats). The eval loss mixes these with
+    names and template words, which are copied or follow from the grammar;
+    this isolates what was memorised (chance: 1 in 16 values)."""
+    vocab, variables, model = _trained(cfg, workdir)
+    enc, dec, tgt, weights = cloze_batch(vocab, _held_out_documents(cfg, documents),
+                                         cfg.data.inputs_length, cfg.data.targets_length)
+    logits = model.apply(variables, jnp.asarray(enc), jnp.asarray(dec), jnp.asarray(tgt))
+    ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(tgt)))
+    hit = np.asarray(jnp.argmax(logits, -1)) == tgt
+    return {"accuracy": float(np.where(weights > 0, hit, True).all(1).mean()),
+            "cross_entropy": float((ce * weights).sum(1).mean()), "answers": len(enc)}
 
 
 @contextlib.contextmanager

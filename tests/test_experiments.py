@@ -286,3 +286,20 @@ def _running(pid: int) -> bool:
             return "zombie" not in f.read()
     except FileNotFoundError:
         return False
+
+
+def test_cloze_batch_masks_exactly_the_answer(tmp_path):
+    from experiments.common import cloze_batch
+    from moejax.data import knowledge, tokenizer
+
+    docs = [knowledge.knowledge_document(0, 16, 1, i) for i in range(6)]
+    vocab = tokenizer.train([d.text for d in docs] * 20, 120, 8, str(tmp_path / "spm.model"))
+    enc, dec, tgt, weights = cloze_batch(vocab, docs, 64, 16)
+    clozes = [c for d in docs for c in d.cloze() if len(vocab.encode(c[0])) + 1 < 64]
+    assert len(enc) == len(clozes) > 0
+    for r, (before, answer, after) in enumerate(clozes):
+        assert vocab.decode(tgt[r]) == f"<extra_id_0> {answer} <extra_id_1>"
+        assert vocab.decode(tgt[r][weights[r] > 0]) == answer
+        assert answer not in vocab.decode(enc[r]).split("<extra_id_0>")[0].split()[-1:]
+        assert list(dec[r, 1:]) == list(tgt[r, :-1]) and dec[r, 0] == 0
+        assert (enc[r] == vocab.sentinel(0)).sum() == 1

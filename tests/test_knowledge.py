@@ -82,3 +82,24 @@ def test_largest_knowledge_base_has_distinct_names():
     assert len(names) == len(set(names)) == 8 * knowledge.MAX_ENTITIES
     with pytest.raises(ValueError, match="must be in"):
         knowledge.knowledge_base(3, knowledge.MAX_ENTITIES + 1)
+
+
+def test_cloze_answers_are_the_knowledge_base_facts():
+    """Each sentence's answer, re-derived from the knowledge base by reading
+    the sentence (its entity, relation word and whether it names the
+    partner), is the one `cloze` masks, and the split restores the text."""
+    kb = knowledge.knowledge_base(4, ENTITIES)
+    index = {n: (d, i) for d, names in enumerate(kb.entities) for i, n in enumerate(names)}
+    for n in range(40):
+        doc = knowledge.knowledge_document(4, ENTITIES, 9, n)
+        for (before, answer, after), sentence in zip(doc.cloze(), doc.sentences):
+            assert f"{before} {answer} {after}".replace(" ", "") == doc.text.replace(" ", "")
+            words = sentence.rstrip(".").replace(":", "").replace("'s", " partner").split()
+            d, i = next(index[w] for w in words if w in index and w != answer)
+            relation = [r for r, name in enumerate(knowledge.RELATIONS) if name in words]
+            if not relation:  # "partner of X is Y", "X works with Y", "X and Y are partners"
+                want = kb.entities[d][kb.partner[d, i]]
+            else:  # "the partner of X" / "X's partner": the partner's value
+                holder = kb.partner[d, i] if "partner" in words else i
+                want = kb.values[d][relation[0]][kb.facts[d, holder, relation[0]]]
+            assert answer == want, sentence

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import numpy as np
 
@@ -122,24 +123,47 @@ _FACT_WEIGHTS = np.array([(1 - TWO_HOP_FRACTION) / (len(RELATIONS) + 1) if h == 
 _FACT_WEIGHTS /= _FACT_WEIGHTS.sum()  # exactly a distribution, as rng.choice requires
 
 
-def _sentence(kb: KnowledgeBase, rng: np.random.RandomState, d: int, i: int, fact: int) -> str:
-    """Fact type `fact` about entity i of domain d, in a random template."""
+def _sentence(kb: KnowledgeBase, rng: np.random.RandomState, d: int, i: int,
+              fact: int) -> tuple[str, str]:
+    """(sentence, answer): fact type `fact` about entity i of domain d in a
+    random template, and the word that states the fact (a value, or the
+    partner's name)."""
     e = kb.entities[d][i]
     pick = lambda templates: templates[rng.randint(len(templates))]
     r, hops = FACT_TYPES[fact]
     if hops == 2:
         v = kb.values[d][r][kb.facts[d, kb.partner[d, i], r]]
-        return pick(_TWO_HOP).format(e=e, rel=RELATIONS[r], v=v)
+        return pick(_TWO_HOP).format(e=e, rel=RELATIONS[r], v=v), v
     if r == len(RELATIONS):
-        return pick(_PARTNER).format(e=e, v=kb.entities[d][kb.partner[d, i]])
-    return pick(_ONE_HOP).format(e=e, rel=RELATIONS[r], v=kb.values[d][r][kb.facts[d, i, r]])
+        v = kb.entities[d][kb.partner[d, i]]
+        return pick(_PARTNER).format(e=e, v=v), v
+    v = kb.values[d][r][kb.facts[d, i, r]]
+    return pick(_ONE_HOP).format(e=e, rel=RELATIONS[r], v=v), v
 
 
 @dataclasses.dataclass(frozen=True)
 class Document:
     domain: str
-    text: str
+    sentences: tuple[str, ...]
     hops: tuple[int, ...]  # per sentence: 1 (one lookup) or 2 (a composition)
+    answers: tuple[str, ...]  # per sentence: the word that states its fact
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.sentences)
+
+    def cloze(self) -> list[tuple[str, str, str]]:
+        """(before, answer, after) per sentence: the text split around the
+        word that states the sentence's fact. No fact is stated twice in a
+        document, so the answer can be predicted from the knowledge base
+        the model memorised, not copied (except where another fact happens
+        to share its value word)."""
+        out = []
+        for j, (sentence, answer) in enumerate(zip(self.sentences, self.answers)):
+            head, tail = re.split(rf"\b{answer}\b", sentence, maxsplit=1)
+            out.append((" ".join([*self.sentences[:j], head]).strip(), answer,
+                        " ".join([tail, *self.sentences[j + 1:]]).strip()))
+        return out
 
 
 def knowledge_document(kb_seed: int, entities: int, doc_seed: int, index: int) -> Document:
@@ -151,8 +175,8 @@ def knowledge_document(kb_seed: int, entities: int, doc_seed: int, index: int) -
     i = rng.choice(len(kb.weight), p=kb.weight)
     facts = rng.choice(len(FACT_TYPES), size=rng.randint(3, 7), replace=False,
                        p=_FACT_WEIGHTS)
-    return Document(kb.domains[d], " ".join(_sentence(kb, rng, d, i, f) for f in facts),
-                    tuple(FACT_TYPES[f][1] for f in facts))
+    sentences, answers = zip(*(_sentence(kb, rng, d, i, f) for f in facts))
+    return Document(kb.domains[d], sentences, tuple(FACT_TYPES[f][1] for f in facts), answers)
 
 
 @functools.lru_cache(maxsize=4)
