@@ -217,7 +217,7 @@ def test_fingerprint_survives_the_saved_config_json(tmp_path):
     assert _saved_fingerprint(str(tmp_path / "missing")) is None
 
 
-@pytest.mark.parametrize("name", ["learning_to_route", "expert_choice", "moesart",
+@pytest.mark.parametrize("name", ["testbed", "learning_to_route", "expert_choice", "moesart",
                                   "dynamic_top_p", "balancing"])
 def test_experiment_runs_end_to_end(name, tmp_path):
     """Each experiment's command, a few steps per arm in worker processes:
@@ -228,8 +228,13 @@ def test_experiment_runs_end_to_end(name, tmp_path):
     _run_module([f"experiments.{name}", "--smoke", "--jobs", "2", "--out", str(out_dir)], tmp_path)
     results = json.loads((out_dir / "results.json").read_text())
     stats.check_schema(results)
-    assert results["size"] == "smoke" and len(list(out_dir.glob("*.png"))) >= 2
+    plots = 1 if name == "testbed" else 2
+    assert results["size"] == "smoke" and len(list(out_dir.glob("*.png"))) >= plots
     assert "| claim | verdict | evidence |" in (out_dir / "table.md").read_text()
+    if name == "testbed":
+        recall = results["fact_recall"]
+        assert len(recall) == 3 and all(len(v) == 2 and all(0 <= a <= 1 for a in v)
+                                        for v in recall.values())
     if name == "learning_to_route":
         assert set(results["precondition"]) == {"synthetic", "language"}
         nmi = results["language"]["learned"][0]["nmi"]
