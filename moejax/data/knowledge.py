@@ -21,12 +21,13 @@ where to send a token:
     tail keeps rewarding capacity.
 
 A document states 3-6 distinct facts about one entity, so once its name
-has appeared it can be copied: what is left to predict is mostly what was
-memorised.
+has appeared it can be copied. Copied names and template words are most of
+the masked tokens, so the eval loss is mostly not about facts;
+`Document.cloze` masks one answer word at a time to measure recall.
 
 The knowledge base depends only on `kb_seed`; documents on (doc_seed,
 index), so the evaluation documents (another doc_seed) restate the same
-facts in fresh sentences: eval loss measures what was memorised.
+facts in fresh sentences: what a model recalls of them it memorised.
 """
 from __future__ import annotations
 
