@@ -309,7 +309,7 @@ def t5_config(size: str, seed: int, steps: int | None = None, evals: int = 5, **
 
 
 # The routing testbed (python -m experiments.testbed measures its precondition).
-TESTBED_ENTITIES = 256
+TESTBED_WORDS = 32
 TESTBED_STEPS = {"quick": 1600, "full": 5000, "smoke": 20}
 TESTBED_EXPERTS = 16
 TESTBED_K = 2
@@ -319,23 +319,22 @@ def many_arm_steps(size: str) -> int:
     """Steps of the T5 runs in experiments that train many testbed arms
     (expert_choice, learning_to_route, dynamic_top_p, balancing): at
     `--quick` half the testbed's 1600, so that each fits 15 minutes on 2
-    cores (twelve 1600-step runs take about 20). The shorter runs end
-    before most facts are learned, so MoE's margin over dense is smaller and
-    the precondition, measured at this length, fails more often; other
-    sizes train the testbed's TESTBED_STEPS."""
+    cores (twelve 1600-step runs take about 20). MoE's margin over dense
+    grows with training, so it is smaller in the shorter runs and the
+    precondition, measured at this length, fails more often; other sizes
+    train the testbed's TESTBED_STEPS."""
     return TESTBED_STEPS[size] // 2 if size == "quick" else TESTBED_STEPS[size]
 
 
-def knowledge_config(size: str, seed: int, steps: int | None = None, evals: int = 5, **overrides):
-    """The dense tiny T5 (d_ff 128) on the capacity-bound `knowledge`
-    corpus: inputs 64 / targets 16, batch 32, Adafactor at a constant 1e-2
-    after 20 warm-up steps and a linear cooldown to 0 over the last quarter
-    ('wsd': a rate that decays from the start postpones the phase, around
-    step 1000, in which the facts are learned, and the cooldown quiets the
-    end, so final losses compare), `steps` (default TESTBED_STEPS[size])
-    with `evals` evaluations of 8 held-out batches. Seed `seed` draws its own
-    knowledge base, data order and init, the same in every arm (paired
-    seeds)."""
+def testbed_config(size: str, seed: int, steps: int | None = None, evals: int = 5, **overrides):
+    """The dense tiny T5 (d_ff 128) on the capacity-bound `markov` corpus
+    (8 domains of TESTBED_WORDS words, a random second-order chain each):
+    inputs 64 / targets 16, batch 32, Adafactor at a constant 1e-2 after 20
+    warm-up steps and a linear cooldown to 0 over the last quarter ('wsd':
+    the cooldown quiets the end, so final losses compare), `steps` (default
+    TESTBED_STEPS[size]) with `evals` evaluations of 8 held-out batches.
+    Seed `seed` draws its own chains, data order and init, the same in every
+    arm (paired seeds)."""
     from moejax.train.config import DataConfig, OptimizerConfig
 
     steps = steps or TESTBED_STEPS[size]
@@ -345,7 +344,7 @@ def knowledge_config(size: str, seed: int, steps: int | None = None, evals: int 
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, num_encoder_layers=1, num_decoder_layers=1))
     cfg = dataclasses.replace(
-        cfg, data=DataConfig(source="knowledge", knowledge_entities=TESTBED_ENTITIES,
+        cfg, data=DataConfig(source="markov", markov_words=TESTBED_WORDS,
                              embedded_documents=40000 if size != "smoke" else 1000,
                              embedded_eval_documents=400,
                              inputs_length=64, targets_length=16, seed=seed),
@@ -355,7 +354,7 @@ def knowledge_config(size: str, seed: int, steps: int | None = None, evals: int 
     return dataclasses.replace(cfg, **overrides)
 
 
-def knowledge_router(name: str = "top_k", **overrides) -> RouterConfig:
+def testbed_router(name: str = "top_k", **overrides) -> RouterConfig:
     """The testbed's router: TESTBED_EXPERTS experts, k = TESTBED_K with
     weights renormalised over the chosen experts (Mixtral / DeepSeek style),
     no capacity limit and no aux losses, so that neither drops nor a balance
@@ -367,12 +366,12 @@ def knowledge_router(name: str = "top_k", **overrides) -> RouterConfig:
     return RouterConfig(name, **{**fields, **overrides})
 
 
-def knowledge_moe(cfg, router: RouterConfig | None = None, d_ff: int | None = None,
+def testbed_moe(cfg, router: RouterConfig | None = None, d_ff: int | None = None,
                   interval: int = 1):
-    """`cfg` (a knowledge_config) with MoE FFNs in both stacks at every
-    `interval`-th layer: `router` (default `knowledge_router()`), experts of
+    """`cfg` (a testbed_config) with MoE FFNs in both stacks at every
+    `interval`-th layer: `router` (default `testbed_router()`), experts of
     `d_ff` (default dense d_ff / k: equal active FLOPs)."""
-    router = router or knowledge_router()
+    router = router or testbed_router()
     d_ff = d_ff or cfg.model.d_ff // router.k
     moe = dict(interval=interval, router=router, d_ff=d_ff)
     return with_moe(cfg, moe, moe)
@@ -436,8 +435,8 @@ def run_t5(cfg, workdir: str, routing_nmi: bool = False, fact_recall: bool = Fal
     eval loss)]; 'last_eval': the final evaluation's metrics (per-layer
     expert load and experts-per-token histograms included); 'late_train':
     each scalar train metric averaged over the second half of training;
-    with routing_nmi, 'nmi': `t5_routing_nmi` (knowledge corpus, MoE encoder);
-    with fact_recall, 'recall': `t5_fact_recall` (knowledge corpus).
+    with routing_nmi, 'nmi': `t5_routing_nmi` (a generated corpus with
+    domains, MoE encoder); with fact_recall, 'recall': `t5_fact_recall`.
     `imports`: modules to import first (they register user routers, which a
     fresh worker process does not know). Experiments run it in worker
     processes: keep it module-level."""
@@ -482,18 +481,26 @@ def _trained(cfg, workdir: str):
 
 
 def _held_out_documents(cfg, documents: int):
-    from moejax.data import knowledge
+    """The first `documents` held-out documents of a generated corpus with
+    domains ('knowledge' or 'markov'): objects with .text, .domain and
+    .cloze() (before, answer, after) triples."""
+    from moejax.data import knowledge, markov
     from moejax.data.sources import EVAL_SEED_OFFSET
 
     d = cfg.data
+    if d.source == "markov":
+        return markov.walks(d.seed, d.markov_words, d.seed + EVAL_SEED_OFFSET, documents)
+    if d.source != "knowledge":
+        raise ValueError(f"routing NMI and recall need data.source 'knowledge' or 'markov' "
+                         f"(a corpus with domains), got {d.source!r}")
     return [knowledge.knowledge_document(d.seed, d.knowledge_entities, d.seed + EVAL_SEED_OFFSET, i)
             for i in range(documents)]
 
 
 def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
-    """NMI between a knowledge document's domain and the expert its tokens
+    """NMI between a held-out document's domain and the expert its tokens
     choose first (argmax of the router logits), per encoder MoE layer, for the
-    model trained in `workdir` on a knowledge_config `cfg`: the language
+    model trained in `workdir` on a testbed_config `cfg`: the language
     analogue of the synthetic task's cluster/expert NMI. Evaluated on held-out
     documents (the eval stream) truncated to the input length."""
     from moejax.data import knowledge
@@ -521,8 +528,9 @@ def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
 
 
 def cloze_batch(vocab, docs, inputs_length: int, targets_length: int):
-    """Span-corruption examples that mask one answer each: per sentence of
-    each document in `docs` (knowledge.Document), inputs 'before
+    """Span-corruption examples that mask one answer each: per cloze triple
+    of each document in `docs` (knowledge.Document: one per sentence;
+    markov.Walk: one per word after the first two), inputs 'before
     <extra_id_0> after' and targets '<extra_id_0> answer <extra_id_1>', the
     format the model was trained on. Returns (encoder inputs [N, L],
     decoder inputs [N, T], targets [N, T], answer-token weights [N, T]);
@@ -548,14 +556,16 @@ def cloze_batch(vocab, docs, inputs_length: int, targets_length: int):
 
 
 def t5_fact_recall(cfg, workdir: str, documents: int = 256) -> dict:
-    """How many held-out facts the model trained in `workdir` on a
-    knowledge_config `cfg` recalls: each answer word (a value or a
-    partner's name) of `documents` eval documents masked alone
-    (`cloze_batch`), 'accuracy' the fraction predicted exactly (every token
-    the argmax, teacher-forced) and 'cross_entropy' the mean over answers of
-    their summed token cross-entropy (nats). The eval loss mixes these with
-    names and template words, which are copied or follow from the grammar;
-    this isolates what was memorised (chance: 1 in 16 values)."""
+    """How much of its corpus's table the model trained in `workdir` recalls:
+    each answer word of `documents` held-out documents masked alone
+    (`cloze_batch`; knowledge: a fact's value or partner, chance 1 in 16;
+    markov: every word after the first two, which the chain draws from
+    the two before it, at most ~0.75 for a model that knows the table and
+    reads one side), 'accuracy' the fraction predicted exactly (every token
+    the argmax, teacher-forced) and 'cross_entropy' the mean over answers
+    of their summed token cross-entropy (nats). On the knowledge corpus the
+    eval loss mixes facts with copied names and template words; this
+    isolates what was memorised."""
     vocab, variables, model = _trained(cfg, workdir)
     enc, dec, tgt, weights = cloze_batch(vocab, _held_out_documents(cfg, documents),
                                          cfg.data.inputs_length, cfg.data.targets_length)

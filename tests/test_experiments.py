@@ -9,8 +9,8 @@ import pytest
 from experiments import stats
 
 from experiments.common import (ClusterTask, mean_curve, numeric_table, routing_counts, slug,
-                                steps_to_reach, t5_config, knowledge_config, knowledge_moe,
-                                knowledge_router, train_synthetic, with_moe)
+                                steps_to_reach, t5_config, testbed_config, testbed_moe,
+                                testbed_router, train_synthetic, with_moe)
 from moejax.routing import RouterConfig
 
 
@@ -74,14 +74,14 @@ def test_synthetic_run_learns_and_reports_routing():
 
 
 def test_testbed_arms_differ_only_in_their_ffns_at_equal_active_flops():
-    dense = knowledge_config("quick", seed=2)
-    moe = knowledge_moe(dense)
-    assert dense.data.source == "knowledge" and dense.data.seed == dense.seed == 2
+    dense = testbed_config("quick", seed=2)
+    moe = testbed_moe(dense)
+    assert dense.data.source == "markov" and dense.data.seed == dense.seed == 2
     assert dense.model.encoder_moe.interval == dense.model.decoder_moe.interval == 0
     for stack in (moe.model.encoder_moe, moe.model.decoder_moe):
-        assert stack.interval == 1 and stack.router == knowledge_router()
+        assert stack.interval == 1 and stack.router == testbed_router()
         assert stack.d_ff * stack.router.k == dense.model.d_ff  # active hidden units per token
-    router = knowledge_router()
+    router = testbed_router()
     assert router.capacity_factor is None and router.load_balance_weight == 0
     assert dataclasses.replace(moe, model=dense.model) == dense
 
@@ -162,15 +162,15 @@ def test_run_t5_never_resumes_a_run_of_another_config(tmp_path):
     since) is trained again from scratch, not resumed or reused."""
     import json
 
-    from experiments.common import knowledge_config, run_t5
+    from experiments.common import testbed_config, run_t5
 
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(json.dumps({"steps": 999}))
     (workdir / "stale").write_text("x")
-    run = run_t5(knowledge_config("smoke", 0, steps=4, evals=2), str(workdir))
+    run = run_t5(testbed_config("smoke", 0, steps=4, evals=2), str(workdir))
     assert not (workdir / "stale").exists() and [s for s, _ in run["eval"]] == [2, 4]
-    again = run_t5(knowledge_config("smoke", 0, steps=4, evals=2), str(workdir))  # reused
+    again = run_t5(testbed_config("smoke", 0, steps=4, evals=2), str(workdir))  # reused
     assert again["eval"] == run["eval"]
 
 

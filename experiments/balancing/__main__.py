@@ -1,8 +1,8 @@
 """Balancing and upcycling on the routing testbed.
 
 Two questions researchers ask of DeepSeek-era MoE recipes, on the
-capacity-bound testbed (`experiments.common.knowledge_config`), with paired
-seeds (seed s: the same knowledge base, data order and init in every arm).
+capacity-bound testbed (`experiments.common.testbed_config`), with paired
+seeds (seed s: the same chains, data order and init in every arm).
 
 1. Auxiliary-loss-free balancing (Wang et al. 2024; DeepSeek-V3). Arms, all
    top-2 of E=16 experts of d_ff 64 in every FFN (equal active FLOPs with
@@ -42,8 +42,8 @@ import time
 import numpy as np
 
 from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, knowledge_config, knowledge_moe,
-                                knowledge_router, many_arm_steps, parse_args, plot_curves,
+from experiments.common import (TESTBED_EXPERTS, testbed_config, testbed_moe,
+                                testbed_router, many_arm_steps, parse_args, plot_curves,
                                 run_arms, run_t5, slug, write_results)
 
 NAME = "balancing"
@@ -58,24 +58,24 @@ UPCYCLE_STEPS = {"quick": (400, 400), "full": (2500, 2500), "smoke": (10, 10)}
 
 
 def balance_config(size: str, seed: int, arm: str):
-    cfg = knowledge_config(size, seed, steps=many_arm_steps(size))
+    cfg = testbed_config(size, seed, steps=many_arm_steps(size))
     if arm == DENSE:
         return cfg
     extra = {LOSS: dict(load_balance_weight=BALANCE_WEIGHT),
              BIAS: dict(bias_update_rate=BIAS_RATE)}.get(arm, {})
-    return knowledge_moe(cfg, knowledge_router(score_fn="sigmoid", **extra))
+    return testbed_moe(cfg, testbed_router(score_fn="sigmoid", **extra))
 
 
 def pretrain_config(size: str, seed: int):
-    return knowledge_config(size, seed, steps=UPCYCLE_STEPS[size][0])
+    return testbed_config(size, seed, steps=UPCYCLE_STEPS[size][0])
 
 
 def upcycle_config(size: str, seed: int, arm: str, pretrained: str):
-    cfg = knowledge_config(size, seed, steps=UPCYCLE_STEPS[size][1])
+    cfg = testbed_config(size, seed, steps=UPCYCLE_STEPS[size][1])
     if arm == CONTINUED:
         return dataclasses.replace(cfg, init_checkpoint=pretrained)
     # Experts as wide as the dense FFN, one per token: the dense active FLOPs.
-    cfg = knowledge_moe(cfg, knowledge_router(k=1), d_ff=cfg.model.d_ff)
+    cfg = testbed_moe(cfg, testbed_router(k=1), d_ff=cfg.model.d_ff)
     if arm == UPCYCLED:
         return dataclasses.replace(cfg, init_checkpoint=pretrained, upcycle=True)
     return cfg
@@ -141,12 +141,12 @@ def main():
                     "(eval loss)", pre_upcycle["passed"],
                     stats.paired(final[UPCYCLED], final[SCRATCH]), part="upcycling"),
     ]
-    cfg = knowledge_config(args.size, 0, steps=many_arm_steps(args.size))
+    cfg = testbed_config(args.size, 0, steps=many_arm_steps(args.size))
     pre_steps, up_steps = UPCYCLE_STEPS[args.size]
     minutes = (time.time() - start) / 60
     table = "\n".join([
         f"`--{args.size}`: {args.seeds} paired seeds on the routing testbed (batch "
-        f"{cfg.batch_size}, knowledge corpus); {minutes:.1f} minutes on this machine "
+        f"{cfg.batch_size}, Markov corpus); {minutes:.1f} minutes on this machine "
         f"({args.jobs} jobs).", "",
         f"**Balancing** ({cfg.steps} steps; MoE: E={TESTBED_EXPERTS}, top-2 of d_ff "
         f"{cfg.model.d_ff // 2}, sigmoid scores, no capacity limit; load-balance weight "

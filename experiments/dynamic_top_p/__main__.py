@@ -41,8 +41,8 @@ import numpy as np
 from scipy import stats as sps
 
 from experiments import stats
-from experiments.common import (ClusterTask, figure, knowledge_config, knowledge_moe,
-                                knowledge_router, many_arm_steps, numeric_table, parse_args,
+from experiments.common import (ClusterTask, figure, testbed_config, testbed_moe,
+                                testbed_router, many_arm_steps, numeric_table, parse_args,
                                 plot_curves, run_arms, run_t5, slug, train_synthetic,
                                 write_results)
 from moejax.routing import RouterConfig
@@ -59,8 +59,8 @@ TOP_P = {f"top-p {p} (entropy {w:g})": RouterConfig("top_p", num_experts=E, thre
          for p in THRESHOLDS for w in ENTROPY_WEIGHTS}
 SYNTH = {"dense": RouterConfig("top_k", num_experts=1, k=1, **FREE), **TOP_K, **TOP_P}
 DIFFICULTY_ARM = "top-p 0.4 (entropy 0.0001)"
-LANG = {"dense": None, "top-2": knowledge_router("top_k", k=2),
-        "top-p 0.4": knowledge_router("top_p", threshold=0.4, entropy_weight=1e-4)}
+LANG = {"dense": None, "top-2": testbed_router("top_k", k=2),
+        "top-p 0.4": testbed_router("top_p", threshold=0.4, entropy_weight=1e-4)}
 
 
 def synth_call(seed: int, arm: str, steps: int):
@@ -70,8 +70,8 @@ def synth_call(seed: int, arm: str, steps: int):
 
 
 def lang_config(size: str, seed: int, arm: str):
-    cfg = knowledge_config(size, seed, steps=many_arm_steps(size))
-    return cfg if LANG[arm] is None else knowledge_moe(cfg, LANG[arm], d_ff=cfg.model.d_ff // 2)
+    cfg = testbed_config(size, seed, steps=many_arm_steps(size))
+    return cfg if LANG[arm] is None else testbed_moe(cfg, LANG[arm], d_ff=cfg.model.d_ff // 2)
 
 
 def t5_layers(run: dict) -> dict[str, float]:
@@ -185,7 +185,7 @@ def main():
         lang_rows.append(f"| {a} | {stats.fmt_ci(stats.mean_ci(loss[a]), 3, False)} | {diff} | "
                          f"{per_layer} |")
     minutes = (time.time() - start) / 60
-    cfg = knowledge_config(args.size, 0, steps=many_arm_steps(args.size))
+    cfg = testbed_config(args.size, 0, steps=many_arm_steps(args.size))
     table = "\n".join([
         f"`--{args.size}`: {args.seeds} paired seeds, {minutes:.1f} minutes on this machine "
         f"({args.jobs} jobs); no capacity limit anywhere.", "",

@@ -5,7 +5,7 @@ expert takes its top C = 2T/E tokens of a group) reaches GShard top-2's
 final loss in at most half the steps (the paper: > 2x faster convergence),
 with balanced load and no token dropped for capacity.
 
-Setup: the routing testbed (`experiments.common.knowledge_config`), and in
+Setup: the routing testbed (`experiments.common.testbed_config`), and in
 every MoE arm the same experts: E=16 of d_ff 64 in every FFN of both
 stacks. Only the encoder's router changes between arms; the decoder routes
 with the testbed's top-2 in every MoE arm (expert choice is not causal, so
@@ -50,8 +50,8 @@ import time
 import numpy as np
 
 from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, knowledge_config,
-                                knowledge_moe, knowledge_router, many_arm_steps, numeric_table,
+from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, testbed_config,
+                                testbed_moe, testbed_router, many_arm_steps, numeric_table,
                                 parse_args, plot_curves, run_arms, run_t5, slug, steps_to_reach,
                                 with_moe, write_results)
 
@@ -62,10 +62,10 @@ TOKEN_CHOICE = dict(capacity_factor=1.25, eval_capacity_factor=2.0, load_balance
                     normalize_weights=False)
 EXPERT_CHOICE = dict(capacity_factor=2.0, eval_capacity_factor=2.0, k=1)
 ROUTERS = {
-    "top-1 (Switch)": knowledge_router("switch", k=1, **TOKEN_CHOICE),
-    "top-2 (GShard)": knowledge_router("gshard_top2", k=2, **TOKEN_CHOICE),
-    "EC cf=2": knowledge_router("expert_choice", **EXPERT_CHOICE),
-    "EC-CAP 2": knowledge_router("expert_choice", max_experts_per_token=2, **EXPERT_CHOICE),
+    "top-1 (Switch)": testbed_router("switch", k=1, **TOKEN_CHOICE),
+    "top-2 (GShard)": testbed_router("gshard_top2", k=2, **TOKEN_CHOICE),
+    "EC cf=2": testbed_router("expert_choice", **EXPERT_CHOICE),
+    "EC-CAP 2": testbed_router("expert_choice", max_experts_per_token=2, **EXPERT_CHOICE),
 }
 ARMS = ("dense", *ROUTERS)
 BASELINE = "top-2 (GShard)"
@@ -73,11 +73,11 @@ SPEEDUP_CLAIMED = 2.0
 
 
 def arm_config(size: str, seed: int, arm: str):
-    cfg = knowledge_config(size, seed, steps=many_arm_steps(size), evals=10)
+    cfg = testbed_config(size, seed, steps=many_arm_steps(size), evals=10)
     if arm == "dense":
         return cfg
     d_ff = cfg.model.d_ff // 2  # the same experts in every arm
-    cfg = knowledge_moe(cfg, d_ff=d_ff)
+    cfg = testbed_moe(cfg, d_ff=d_ff)
     return with_moe(cfg, encoder=dict(router=ROUTERS[arm], group_size=GROUP))
 
 

@@ -7,7 +7,7 @@
 
 Every registered router (and the ones named by --router, imported from
 their modules) is trained on the routing testbed
-(`experiments.common.knowledge_config`) with paired seeds, and ranked by
+(`experiments.common.testbed_config`) with paired seeds, and ranked by
 final eval loss. Fair by construction:
 - equal active FLOPs: E=16 experts of d_ff = 128 / k in every FFN, k the
   router's default (expert choice: capacity factor 2, i.e. 2 experts per
@@ -45,7 +45,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, fingerprint,
-                                knowledge_config, knowledge_moe, knowledge_router, parse_args,
+                                testbed_config, testbed_moe, testbed_router, parse_args,
                                 run_arms, run_t5, slug, with_moe, write_results)
 from moejax import cli
 from moejax.routing import ROUTERS, RouterConfig
@@ -64,12 +64,12 @@ def router_config(name: str) -> RouterConfig:
 
 
 def arm_config(size: str, seed: int, name: str):
-    cfg = knowledge_config(size, seed, evals=5)
+    cfg = testbed_config(size, seed, evals=5)
     if name == "dense":
         return cfg
     router = router_config(name)
     active = 2 if name in ("expert_choice", "top_p") else router.k
-    cfg = knowledge_moe(cfg, knowledge_router(), d_ff=cfg.model.d_ff // 2)
+    cfg = testbed_moe(cfg, testbed_router(), d_ff=cfg.model.d_ff // 2)
     return with_moe(cfg, encoder=dict(router=router, d_ff=cfg.model.d_ff // active,
                                       group_size=GROUP))
 

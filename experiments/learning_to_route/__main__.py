@@ -15,7 +15,7 @@ capacity limit; separation swept over SEPARATIONS. Arms: dense (one FFN of
 16 hidden units: equal active FLOPs), learned (switch), frozen random
 (the router kept at its init), hash (token ids hashed to experts).
 
-Language part (the routing testbed, `experiments.common.knowledge_config`):
+Language part (the routing testbed, `experiments.common.testbed_config`):
 dense vs MoE (E=16, top-2 of d_ff 64) with a learned router vs the same
 router frozen at init (freeze_router) vs a hash router (top-1 of d_ff 128,
 equal active FLOPs); NMI between each held-out document's domain and the
@@ -36,8 +36,8 @@ import time
 import numpy as np
 
 from experiments import stats
-from experiments.common import (ClusterTask, TESTBED_EXPERTS, figure, knowledge_config,
-                                knowledge_moe, knowledge_router, many_arm_steps, parse_args,
+from experiments.common import (ClusterTask, TESTBED_EXPERTS, figure, testbed_config,
+                                testbed_moe, testbed_router, many_arm_steps, parse_args,
                                 plot_curves, run_arms, run_t5, slug, train_synthetic,
                                 write_results)
 from moejax.routing import RouterConfig
@@ -58,12 +58,12 @@ def synth_router(arm: str) -> RouterConfig:
 
 
 def lang_config(size: str, seed: int, arm: str):
-    cfg = knowledge_config(size, seed, steps=many_arm_steps(size))
+    cfg = testbed_config(size, seed, steps=many_arm_steps(size))
     if arm == "dense":
         return cfg
     if arm == "hash":  # hash layers route each token to one expert: twice as wide
-        return knowledge_moe(cfg, knowledge_router("hash", k=1), d_ff=cfg.model.d_ff)
-    return dataclasses.replace(knowledge_moe(cfg), freeze_router=arm == "frozen random")
+        return testbed_moe(cfg, testbed_router("hash", k=1), d_ff=cfg.model.d_ff)
+    return dataclasses.replace(testbed_moe(cfg), freeze_router=arm == "frozen random")
 
 
 def heatmaps(path: str, runs: dict[str, list]) -> None:
@@ -151,7 +151,7 @@ def main():
                     part="language"),
     ]
 
-    cfg = knowledge_config(args.size, 0, steps=many_arm_steps(args.size))
+    cfg = testbed_config(args.size, 0, steps=many_arm_steps(args.size))
     rows = ["| separation | arm | test MSE (95% CI) | learned - arm: paired diff (95% CI) | "
             "NMI(cluster, expert) |", "|---|---|---|---|---|"]
     for sep in SEPARATIONS:

@@ -1,11 +1,12 @@
-"""The routing testbed: does the tiny T5-MoE beat dense on the knowledge corpus?
+"""The routing testbed: does the tiny T5-MoE beat dense on the Markov corpus?
 
 A router comparison means something only where experts pay off. This
 experiment measures that precondition on the standard testbed every
-routing experiment uses (`experiments.common.knowledge_config`): the tiny
+routing experiment uses (`experiments.common.testbed_config`): the tiny
 T5 (d_model 64, 2+2 layers) pretrained with span corruption on the
-`knowledge` corpus (a generated knowledge base of 8 domains, far more facts
-than a dense tiny model holds; see moejax/data/knowledge.py).
+`markov` corpus (8 domains, each a random second-order word chain whose
+8 x 32**2 contexts hold more than a dense tiny model does; see
+moejax/data/markov.py).
 
 Arms (paired: seed s gives every arm the same data order, and the two MoE
 arms the same init):
@@ -20,8 +21,8 @@ arms the same init):
 Precondition (results.json "precondition"): MoE (learned) beats dense on
 the final eval loss by >= 3 paired standard errors. Claim: the learned
 router beats the frozen random router the same way. The table also gives
-each arm's fact recall (held-out answer words masked alone, predicted
-exactly), which tells memorised facts from copied names and grammar.
+each arm's recall (held-out words masked alone, predicted exactly), which
+reads how much of the chain's table the model holds.
 
     python -m experiments.testbed --quick    # 3 seeds x 1600 steps, ~13 minutes on 2 CPU cores
     python -m experiments.testbed --full     # 5 seeds x 5000 steps, ~1.5 hours
@@ -34,7 +35,7 @@ import os
 import time
 
 from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, TESTBED_K, knowledge_config, knowledge_moe,
+from experiments.common import (TESTBED_EXPERTS, TESTBED_K, testbed_config, testbed_moe,
                                 parse_args, plot_curves, run_arms, run_t5, slug, write_results)
 
 NAME = "testbed"
@@ -43,10 +44,10 @@ DENSE, MOE, FROZEN = ARMS
 
 
 def arm_config(size: str, seed: int, arm: str):
-    cfg = knowledge_config(size, seed)
+    cfg = testbed_config(size, seed)
     if arm == DENSE:
         return cfg
-    cfg = knowledge_moe(cfg)
+    cfg = testbed_moe(cfg)
     return dataclasses.replace(cfg, freeze_router=arm == FROZEN)
 
 
@@ -65,9 +66,9 @@ def main():
     frozen_vs_dense = stats.paired(final[FROZEN], final[DENSE])
     claims = [stats.claim("a learned router beats a frozen random router (eval loss)",
                           pre["passed"], learned_vs_frozen)]
-    cfg = knowledge_config(args.size, 0)
+    cfg = testbed_config(args.size, 0)
     rows = ["| arm | eval loss (95% CI) | vs dense: paired diff (95% CI) | diff / SE "
-            "| fact recall (95% CI) | vs dense: paired diff (95% CI) |",
+            "| recall (95% CI) | vs dense: paired diff (95% CI) |",
             "|---|---|---|---|---|---|"]
     for arm in ARMS:
         own = stats.fmt_ci(stats.mean_ci(final[arm]), sign=False)
@@ -81,16 +82,17 @@ def main():
     table = "\n".join([
         f"`--{args.size}`: {args.seeds} paired seeds, {cfg.steps} steps of batch {cfg.batch_size} "
         f"(inputs {cfg.data.inputs_length} / targets {cfg.data.targets_length} tokens), "
-        f"knowledge corpus with {cfg.data.knowledge_entities} entities per domain; MoE: "
+        f"Markov corpus with {cfg.data.markov_words} words per domain; MoE: "
         f"E={TESTBED_EXPERTS}, top-{TESTBED_K} of d_ff={cfg.model.d_ff // TESTBED_K}; "
         f"{(time.time() - start) / 60:.1f} minutes on this machine ({args.jobs} jobs). "
         "Diffs are arm - dense "
-        "(negative = lower loss than dense). Fact recall: the fraction of held-out facts "
-        "whose answer word, masked alone, the model predicts exactly "
-        "(`experiments.common.t5_fact_recall`; chance is 1 in 16 values).", "",
+        "(negative = lower loss than dense). Recall: the fraction of held-out words "
+        "(each after the first two of a document) that the model, given the word masked "
+        "alone, predicts exactly (`experiments.common.t5_fact_recall`; a model that "
+        "knows the chain and reads only the words before gets 0.75).", "",
         *rows, "",
         stats.precondition_line(pre), "", stats.claims_table(claims)])
-    plot_curves(os.path.join(args.out, "eval_loss.png"), "Knowledge corpus, tiny T5",
+    plot_curves(os.path.join(args.out, "eval_loss.png"), "Markov corpus, tiny T5",
                 {arm: [r["eval"] for r in rs] for arm, rs in runs.items()},
                 "eval loss (span corruption)")
     write_results(args.out, table, {

@@ -78,8 +78,10 @@ class KnowledgeBase:
         return self.facts.size + self.partner.size
 
 
-def _words(rng: np.random.RandomState, consonants: str, vowels: str, count: int,
-           syllables: int, taken: set) -> tuple[str, ...]:
+def domain_words(rng: np.random.RandomState, consonants: str, vowels: str, count: int,
+                 syllables: int, taken: set) -> tuple[str, ...]:
+    """`count` distinct words of `syllables` consonant-vowel syllables, none
+    in `taken` (which collects them), so domains never share a word."""
     out = []
     while len(out) < count:
         word = "".join(rng.choice(list(consonants)) + rng.choice(list(vowels))
@@ -102,8 +104,8 @@ def knowledge_base(kb_seed: int, entities: int) -> KnowledgeBase:
     ents, vals = [], []
     for name in names:
         consonants, vowels = DOMAINS[name]
-        ents.append(_words(rng, consonants, vowels, entities, 3, taken))
-        vals.append(tuple(_words(rng, consonants, vowels, VALUES_PER_RELATION, 2, taken)
+        ents.append(domain_words(rng, consonants, vowels, entities, 3, taken))
+        vals.append(tuple(domain_words(rng, consonants, vowels, VALUES_PER_RELATION, 2, taken)
                           for _ in RELATIONS))
     d = len(names)
     facts = rng.randint(VALUES_PER_RELATION, size=(d, entities, len(RELATIONS)))

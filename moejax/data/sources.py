@@ -2,7 +2,9 @@
 
   embedded  the generated topic corpus (moejax.data.corpus), offline.
   knowledge the generated knowledge-base corpus (moejax.data.knowledge),
-            offline: the capacity-bound testbed where experts pay off.
+            offline.
+  markov    the generated word-chain corpus (moejax.data.markov), offline:
+            every masked word is a lookup in a random transition table.
   text      local text files, one document per non-empty line.
   tfrecord  local TFRecord files of tf.train.Example with a text feature.
   tfds      any tensorflow-datasets text dataset (C4: 'c4/en').
@@ -20,10 +22,10 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 from etils import epath
 
-from moejax.data import corpus, knowledge, seeded_rng
+from moejax.data import corpus, knowledge, markov, seeded_rng
 from moejax.files import is_local
 
-BUILTIN_SOURCES = ("embedded", "knowledge", "tfds", "text", "tfrecord")
+BUILTIN_SOURCES = ("embedded", "knowledge", "markov", "tfds", "text", "tfrecord")
 # The generated corpora's held-out documents: the same generator, another seed.
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -151,15 +153,17 @@ def check_paths(cfg, splits=("train", "eval")) -> None:
 
 def make_source(cfg, split: str, shard: int, num_shards: int):
     """The source for `split` ('train' or 'eval') of DataConfig `cfg`."""
-    if cfg.source in ("embedded", "knowledge"):
+    if cfg.source in ("embedded", "knowledge", "markov"):
         if split == "train":
             seed, count = cfg.seed, cfg.embedded_documents
         else:  # held out: another seed of the same generator
             seed, count = cfg.seed + EVAL_SEED_OFFSET, cfg.embedded_eval_documents
         if cfg.source == "embedded":
             texts = corpus.documents(seed, count)
-        else:  # one knowledge base (cfg.seed); held-out documents restate its facts
+        elif cfg.source == "knowledge":  # one knowledge base (cfg.seed); held out restates it
             texts = knowledge.documents(cfg.seed, cfg.knowledge_entities, seed, count)
+        else:  # one set of chains (cfg.seed); held-out documents walk the same chains
+            texts = markov.documents(cfg.seed, cfg.markov_words, seed, count)
         return InMemory(texts, shard, num_shards, cfg.seed)
     if cfg.source == "text":
         texts = [line.strip() for f in _split_files(cfg, split)

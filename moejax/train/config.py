@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from moejax.data import knowledge
+from moejax.data import knowledge, markov
 from moejax.data.objectives import OBJECTIVES
 import moejax.tasks  # noqa: F401  (registers data source 'task')
 from moejax.data.sources import validate_source
@@ -30,9 +30,11 @@ class DataConfig:
     train_files / eval_files: comma-separated globs for 'text' / 'tfrecord'.
     text_key: the text feature of tfds / TFRecord examples.
     embedded_documents / embedded_eval_documents: size of the generated
-      corpus ('embedded' or 'knowledge').
+      corpus ('embedded', 'knowledge' or 'markov').
     knowledge_entities: entities per domain of the 'knowledge' corpus's
       knowledge base (8 domains, 5 facts per entity), 2 to 900.
+    markov_words: words per domain of the 'markov' corpus's second-order
+      chains (8 domains, 2 successors per pair of words), 2 to 900.
     objective: one of moejax.data.objectives.OBJECTIVES; inputs_length /
       targets_length: encoder / decoder sequence lengths.
     pack: pack several examples per row (segment ids and positions).
@@ -54,6 +56,7 @@ class DataConfig:
     embedded_documents: int = 20000
     embedded_eval_documents: int = 500
     knowledge_entities: int = 64
+    markov_words: int = 32
     objective: str = "span_corruption"
     inputs_length: int = 128
     targets_length: int = 32
@@ -79,6 +82,10 @@ class DataConfig:
             raise ValueError(f"knowledge_entities must be in [2, {knowledge.MAX_ENTITIES}] "
                              f"(names are 3 syllables of a domain's letters), got "
                              f"{self.knowledge_entities}")
+        if not markov.SUCCESSORS <= self.markov_words <= markov.MAX_WORDS:
+            raise ValueError(f"markov_words must be in [{markov.SUCCESSORS}, {markov.MAX_WORDS}] "
+                             f"(words are 3 syllables of a domain's letters), got "
+                             f"{self.markov_words}")
         if not 0 < self.noise_density < 1:
             raise ValueError(f"noise_density must be in (0, 1), got {self.noise_density}")
 
