@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from moejax.data import knowledge
-from moejax.data.sources import make_source
 from moejax.train.config import DataConfig
+
+from corpus_util import held_out_split
 
 ENTITIES = 16
 ONE_HOP = re.compile(r"the (\w+) of (\w+) is (\w+)\.")
@@ -61,11 +62,7 @@ def test_domains_spell_with_disjoint_letters_and_generation_is_deterministic():
 
 
 def test_knowledge_source_holds_out_documents_not_facts():
-    cfg = DataConfig(source="knowledge", knowledge_entities=ENTITIES, embedded_documents=50,
-                     embedded_eval_documents=20, seed=2)
-    train = [t for _, t in make_source(cfg, "train", 0, 1).iterate(0, 0)]
-    held_out = [t for _, t in make_source(cfg, "eval", 0, 1).iterate(0, 0)]
-    assert len(train) == 50 and len(held_out) == 20 and not set(train) & set(held_out)
+    held_out = held_out_split("knowledge", knowledge_entities=ENTITIES)
     kb = knowledge.knowledge_base(2, ENTITIES)
     names = {n for names in kb.entities for n in names}
     assert all(any(n in text.split() or n + "'s" in text for n in names) for text in held_out)

@@ -7,8 +7,9 @@ import pytest
 
 from moejax.data import markov
 from moejax.data.knowledge import DOMAINS
-from moejax.data.sources import make_source
 from moejax.train.config import DataConfig
+
+from corpus_util import held_out_split
 
 WORDS = 6
 
@@ -61,11 +62,7 @@ def test_cloze_masks_each_word_after_the_first_two():
 
 
 def test_markov_source_holds_out_documents_not_chains():
-    cfg = DataConfig(source="markov", markov_words=WORDS, embedded_documents=50,
-                     embedded_eval_documents=20, seed=2)
-    train = [t for _, t in make_source(cfg, "train", 0, 1).iterate(0, 0)]
-    held_out = [t for _, t in make_source(cfg, "eval", 0, 1).iterate(0, 0)]
-    assert len(train) == 50 and len(held_out) == 20 and not set(train) & set(held_out)
+    held_out = held_out_split("markov", markov_words=WORDS)
     vocab, _ = markov.chains(2, WORDS)
     words = {w for d in vocab for w in d}
     assert all(set(t.split()) <= words for t in held_out)
