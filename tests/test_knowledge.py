@@ -5,10 +5,9 @@ import re
 import numpy as np
 import pytest
 
+from corpus_util import held_out_split
 from moejax.data import knowledge
 from moejax.train.config import DataConfig
-
-from corpus_util import held_out_split
 
 ENTITIES = 16
 ONE_HOP = re.compile(r"the (\w+) of (\w+) is (\w+)\.")
