@@ -367,7 +367,7 @@ def testbed_router(name: str = "top_k", **overrides) -> RouterConfig:
 
 
 def testbed_moe(cfg, router: RouterConfig | None = None, d_ff: int | None = None,
-                  interval: int = 1):
+                interval: int = 1):
     """`cfg` (a testbed_config) with MoE FFNs in both stacks at every
     `interval`-th layer: `router` (default `testbed_router()`), experts of
     `d_ff` (default dense d_ff / k: equal active FLOPs)."""

@@ -162,7 +162,7 @@ def test_run_t5_never_resumes_a_run_of_another_config(tmp_path):
     since) is trained again from scratch, not resumed or reused."""
     import json
 
-    from experiments.common import testbed_config, run_t5
+    from experiments.common import run_t5, testbed_config
 
     workdir = tmp_path / "run"
     workdir.mkdir()

@@ -32,15 +32,15 @@ import functools
 import numpy as np
 
 from moejax.data import seeded_rng
-from moejax.data.knowledge import DOMAINS, domain_words
+from moejax.data.knowledge import DOMAINS, MAX_ENTITIES, domain_words
 
 SUCCESSORS = 2
 SUCCESSOR_PROBS = np.array([0.75, 0.25])
 DOC_WORDS = (24, 40)  # inclusive range of a document's length in words
-# Words are 3 syllables of their domain's letters: 10-syllable domains have
-# 1000, some shared with another domain ('farm' and 'sea'); 900 leaves every
-# seed room to draw distinct words, as knowledge.MAX_ENTITIES does.
-MAX_WORDS = 900
+# Words are drawn like the knowledge corpus's entity names (3 syllables of
+# their domain's letters, knowledge.domain_words): the same name space, so
+# the same bound.
+MAX_WORDS = MAX_ENTITIES
 
 
 @functools.lru_cache(maxsize=4)
