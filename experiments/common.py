@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import importlib
 import json
@@ -309,26 +310,20 @@ def t5_config(size: str, seed: int, steps: int | None = None, evals: int = 5, **
 
 
 # The routing testbed (python -m experiments.testbed measures its precondition).
-TESTBED_WORDS = 32
-TESTBED_STEPS = {"quick": 1600, "full": 5000, "smoke": 20}
+# `--quick` learns a table of 8 x 16 x 16 contexts in 800 steps: every
+# experiment's quick run then fits 15 minutes on 2 cores with room for its
+# arms, and the MoE is ahead of dense by the end (seed 0: -0.055). The
+# 8 x 32 x 32 table of `--full` is only starting to be learned at step 1600
+# (the MoE's lead at 1600 steps was 2.8 SE over 3 seeds, 24.7 at 5000).
+TESTBED_WORDS = {"quick": 16, "full": 32, "smoke": 16}
+TESTBED_STEPS = {"quick": 800, "full": 5000, "smoke": 20}
 TESTBED_EXPERTS = 16
 TESTBED_K = 2
 
 
-def many_arm_steps(size: str) -> int:
-    """Steps of the T5 runs in experiments that train many testbed arms
-    (expert_choice, learning_to_route, dynamic_top_p, balancing): at
-    `--quick` half the testbed's 1600, so that each fits 15 minutes on 2
-    cores (twelve 1600-step runs take about 20). MoE's margin over dense
-    grows with training, so it is smaller in the shorter runs and the
-    precondition, measured at this length, fails more often; other sizes
-    train the testbed's TESTBED_STEPS."""
-    return TESTBED_STEPS[size] // 2 if size == "quick" else TESTBED_STEPS[size]
-
-
 def testbed_config(size: str, seed: int, steps: int | None = None, evals: int = 5, **overrides):
     """The dense tiny T5 (d_ff 128) on the capacity-bound `markov` corpus
-    (8 domains of TESTBED_WORDS words, a random second-order chain each):
+    (8 domains of TESTBED_WORDS[size] words, a random second-order chain each):
     inputs 64 / targets 16, batch 32, Adafactor at a constant 1e-2 after 20
     warm-up steps and a linear cooldown to 0 over the last quarter ('wsd':
     the cooldown quiets the end, so final losses compare), `steps` (default
@@ -344,7 +339,7 @@ def testbed_config(size: str, seed: int, steps: int | None = None, evals: int = 
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, num_encoder_layers=1, num_decoder_layers=1))
     cfg = dataclasses.replace(
-        cfg, data=DataConfig(source="markov", markov_words=TESTBED_WORDS,
+        cfg, data=DataConfig(source="markov", markov_words=TESTBED_WORDS[size],
                              embedded_documents=40000 if size != "smoke" else 1000,
                              embedded_eval_documents=400,
                              inputs_length=64, targets_length=16, seed=seed),
@@ -426,12 +421,40 @@ def _saved_fingerprint(workdir: str) -> str | None:
         return None
 
 
+# Where run_t5 looks for a finished run of the same config to copy instead of
+# training it: every experiment's run directories. The experiments share arms
+# (the testbed's dense and top-2 MoE are arms of five of them at `--full`),
+# so a full run trains only the arms no other experiment has trained.
+SHARED_RUNS = os.path.join(ROOT, "results", "*", "runs", "*")
+
+
+def _finished(workdir: str, steps: int) -> bool:
+    from moejax.train.metrics import read_metrics
+
+    try:
+        return max(read_metrics(workdir)[0], default=0) >= steps
+    except (OSError, ValueError):
+        return False
+
+
+def finished_twin(cfg, workdir: str) -> str | None:
+    """A run directory matching SHARED_RUNS, other than `workdir`, that
+    trained `cfg` (same `fingerprint`) to its last step; None if none did."""
+    want = fingerprint(cfg)
+    for run in sorted(glob.glob(SHARED_RUNS)):
+        if (os.path.abspath(run) != os.path.abspath(workdir)
+                and _saved_fingerprint(run) == want and _finished(run, cfg.steps)):
+            return run
+    return None
+
+
 def run_t5(cfg, workdir: str, routing_nmi: bool = False, fact_recall: bool = False,
            imports: Sequence[str] = ()) -> dict:
-    """Trains `cfg` in `workdir` (resuming a finished run of the same config,
-    by `fingerprint`, is instant; a run of another config there is deleted
-    first) and
-    returns its curves, 'train': [(step, cross-entropy)] and 'eval': [(step,
+    """Trains `cfg` in `workdir` and returns its curves. A finished run of the
+    same config (by `fingerprint`) in `workdir` is resumed, which is instant;
+    one of another config there is deleted first; where `workdir` holds no
+    finished run, a `finished_twin` is copied there instead of training.
+    Returns 'train': [(step, cross-entropy)] and 'eval': [(step,
     eval loss)]; 'last_eval': the final evaluation's metrics (per-layer
     expert load and experts-per-token histograms included); 'late_train':
     each scalar train metric averaged over the second half of training;
@@ -447,6 +470,9 @@ def run_t5(cfg, workdir: str, routing_nmi: bool = False, fact_recall: bool = Fal
 
     if os.path.exists(workdir) and _saved_fingerprint(workdir) != fingerprint(cfg):
         shutil.rmtree(workdir)  # an earlier run of another config: never resume (or reuse) it
+    if not _finished(workdir, cfg.steps) and (twin := finished_twin(cfg, workdir)):
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.copytree(twin, workdir)
     train(cfg, workdir)
     rows, evals = read_metrics(workdir)
     if max(rows, default=0) < cfg.steps:  # the trainer returns after saving on SIGTERM

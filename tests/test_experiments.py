@@ -174,6 +174,29 @@ def test_run_t5_never_resumes_a_run_of_another_config(tmp_path):
     assert again["eval"] == run["eval"]
 
 
+def test_run_t5_copies_a_finished_run_of_the_same_config(tmp_path, monkeypatch):
+    """Another experiment's finished run of the same config is copied, not
+    trained again; a run of another config, or one stopped early, is not."""
+    from experiments import common
+    from experiments.common import run_t5, testbed_config
+
+    monkeypatch.setattr(common, "SHARED_RUNS", str(tmp_path / "*" / "runs" / "*"))
+    cfg = testbed_config("smoke", 0, steps=4, evals=2)
+    first = run_t5(cfg, str(tmp_path / "a" / "runs" / "dense_0"))
+    (tmp_path / "a" / "runs" / "dense_0" / "marker").write_text("trained in a")
+    twin = tmp_path / "b" / "runs" / "dense_0"
+    assert run_t5(cfg, str(twin))["eval"] == first["eval"] and (twin / "marker").exists()
+
+    other = tmp_path / "c" / "runs" / "dense_0"
+    run_t5(testbed_config("smoke", 1, steps=4, evals=2), str(other))  # another seed
+    assert not (other / "marker").exists()
+    metrics = tmp_path / "a" / "runs" / "dense_0" / "metrics.jsonl"
+    metrics.write_text("".join(line for line in metrics.read_text().splitlines(True)
+                               if '"step": 4' not in line))  # as if stopped at step 2
+    assert common.finished_twin(cfg, str(tmp_path / "d" / "runs" / "x")) == str(twin)
+    assert common.finished_twin(cfg, str(twin)) is None
+
+
 def test_leaderboard_fingerprint_ignores_fields_at_their_defaults():
     """Stored arms stay valid when a config field is added at its default,
     and become stale when any field changes."""

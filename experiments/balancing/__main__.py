@@ -43,7 +43,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.common import (TESTBED_EXPERTS, testbed_config, testbed_moe,
-                                testbed_router, many_arm_steps, parse_args, plot_curves,
+                                testbed_router, parse_args, plot_curves,
                                 run_arms, run_t5, slug, write_results)
 
 NAME = "balancing"
@@ -58,7 +58,7 @@ UPCYCLE_STEPS = {"quick": (400, 400), "full": (2500, 2500), "smoke": (10, 10)}
 
 
 def balance_config(size: str, seed: int, arm: str):
-    cfg = testbed_config(size, seed, steps=many_arm_steps(size))
+    cfg = testbed_config(size, seed)
     if arm == DENSE:
         return cfg
     extra = {LOSS: dict(load_balance_weight=BALANCE_WEIGHT),
@@ -141,7 +141,7 @@ def main():
                     "(eval loss)", pre_upcycle["passed"],
                     stats.paired(final[UPCYCLED], final[SCRATCH]), part="upcycling"),
     ]
-    cfg = testbed_config(args.size, 0, steps=many_arm_steps(args.size))
+    cfg = testbed_config(args.size, 0)
     pre_steps, up_steps = UPCYCLE_STEPS[args.size]
     minutes = (time.time() - start) / 60
     table = "\n".join([

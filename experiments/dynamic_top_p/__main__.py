@@ -42,7 +42,7 @@ from scipy import stats as sps
 
 from experiments import stats
 from experiments.common import (ClusterTask, figure, testbed_config, testbed_moe,
-                                testbed_router, many_arm_steps, numeric_table, parse_args,
+                                testbed_router, numeric_table, parse_args,
                                 plot_curves, run_arms, run_t5, slug, train_synthetic,
                                 write_results)
 from moejax.routing import RouterConfig
@@ -70,7 +70,7 @@ def synth_call(seed: int, arm: str, steps: int):
 
 
 def lang_config(size: str, seed: int, arm: str):
-    cfg = testbed_config(size, seed, steps=many_arm_steps(size))
+    cfg = testbed_config(size, seed)
     return cfg if LANG[arm] is None else testbed_moe(cfg, LANG[arm], d_ff=cfg.model.d_ff // 2)
 
 
@@ -185,7 +185,7 @@ def main():
         lang_rows.append(f"| {a} | {stats.fmt_ci(stats.mean_ci(loss[a]), 3, False)} | {diff} | "
                          f"{per_layer} |")
     minutes = (time.time() - start) / 60
-    cfg = testbed_config(args.size, 0, steps=many_arm_steps(args.size))
+    cfg = testbed_config(args.size, 0)
     table = "\n".join([
         f"`--{args.size}`: {args.seeds} paired seeds, {minutes:.1f} minutes on this machine "
         f"({args.jobs} jobs); no capacity limit anywhere.", "",

@@ -37,7 +37,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.common import (ClusterTask, TESTBED_EXPERTS, figure, testbed_config,
-                                testbed_moe, testbed_router, many_arm_steps, parse_args,
+                                testbed_moe, testbed_router, parse_args,
                                 plot_curves, run_arms, run_t5, slug, train_synthetic,
                                 write_results)
 from moejax.routing import RouterConfig
@@ -58,7 +58,7 @@ def synth_router(arm: str) -> RouterConfig:
 
 
 def lang_config(size: str, seed: int, arm: str):
-    cfg = testbed_config(size, seed, steps=many_arm_steps(size))
+    cfg = testbed_config(size, seed)
     if arm == "dense":
         return cfg
     if arm == "hash":  # hash layers route each token to one expert: twice as wide
@@ -151,7 +151,7 @@ def main():
                     part="language"),
     ]
 
-    cfg = testbed_config(args.size, 0, steps=many_arm_steps(args.size))
+    cfg = testbed_config(args.size, 0)
     rows = ["| separation | arm | test MSE (95% CI) | learned - arm: paired diff (95% CI) | "
             "NMI(cluster, expert) |", "|---|---|---|---|---|"]
     for sep in SEPARATIONS:

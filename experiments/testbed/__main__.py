@@ -5,8 +5,8 @@ experiment measures that precondition on the standard testbed every
 routing experiment uses (`experiments.common.testbed_config`): the tiny
 T5 (d_model 64, 2+2 layers) pretrained with span corruption on the
 `markov` corpus (8 domains, each a random second-order word chain whose
-8 x 32**2 contexts hold more than a dense tiny model does; see
-moejax/data/markov.py).
+8 x 32**2 contexts at `--full`, 8 x 16**2 at `--quick`, hold more than a
+dense tiny model does; see moejax/data/markov.py).
 
 Arms (paired: seed s gives every arm the same data order, and the two MoE
 arms the same init):
@@ -24,7 +24,7 @@ router beats the frozen random router the same way. The table also gives
 each arm's recall (held-out words masked alone, predicted exactly), which
 reads how much of the chain's table the model holds.
 
-    python -m experiments.testbed --quick    # 3 seeds x 1600 steps, ~17 minutes on 2 CPU cores
+    python -m experiments.testbed --quick    # 3 seeds x 800 steps, ~10 minutes on 2 CPU cores
     python -m experiments.testbed --full     # 5 seeds x 5000 steps, ~1.5 hours
 """
 from __future__ import annotations
