@@ -25,8 +25,9 @@ arm's config fingerprint and per-seed numbers: a rerun trains only arms
 whose config changed or that are new (`--rerun` trains everything), so
 adding a router costs its own runs only.
 
-    python -m experiments.leaderboard --quick   # 3 seeds x 800 steps: ~25 minutes on 2 CPU
-                                                # cores the first time, ~2 more per new router
+    python -m experiments.leaderboard --quick   # 3 seeds x 800 steps: ~25 minutes (estimated)
+                                                # on 2 CPU cores the first time, ~2 more per
+                                                # new router
     python -m experiments.leaderboard --only my_router --router my_module:my_router
                                                 # just yours against dense and top_k
     python -m experiments.leaderboard --full    # 5 seeds x 5000 steps
