@@ -25,7 +25,7 @@ document's domain and the expert its tokens choose, per encoder layer.
 Precondition, per part: the learned MoE beats dense by >= 3 paired SE.
 
     python -m experiments.learning_to_route --quick   # 3 seeds, 800 T5 steps: ~14 min, 2 cores
-    python -m experiments.learning_to_route --full    # 5 seeds, 5000 T5 steps, ~2.5 hours
+    python -m experiments.learning_to_route --full    # 5 seeds, 5000 T5 steps, ~3 hours
 """
 from __future__ import annotations
 
