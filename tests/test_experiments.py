@@ -136,25 +136,29 @@ def _run_module(args, tmp_path, env_extra=None):
 def test_leaderboard_ranks_a_user_router_from_its_own_module(tmp_path):
     """A router registered in the user's module, with top_k's kernel and k,
     trains in the worker processes and ties top_k exactly (same init, data
-    and routing); a rerun reuses the stored arms."""
+    and routing); every arm is paired with the reference; a rerun reuses the
+    stored arms."""
     import json
 
     (tmp_path / "my_routers.py").write_text(
         "from moejax.routing import register_router, top_k_route\n"
         "register_router('my_top2', top_k_route, default_k=2)\n")
     out_dir = tmp_path / "lb"
-    args = ["experiments.leaderboard", "--smoke", "--jobs", "2", "--only", "my_top2",
+    args = ["experiments.leaderboard", "--smoke", "--jobs", "2", "--only", "my_top2,top_k",
             "--router", "my_routers:my_top2", "--out", str(out_dir)]
     _run_module(args, tmp_path)
     results = json.loads((out_dir / "results.json").read_text())
-    assert set(results["arms"]) == {"dense", "top_k", "my_top2"}
+    assert set(results["arms"]) == {"dense", "testbed_top2", "top_k", "my_top2"}
     mine, base = ([s["eval_loss"] for s in results["arms"][a]["seeds"]]
                   for a in ("my_top2", "top_k"))
     assert mine == base and len(mine) == 2
     assert (out_dir / "leaderboard.png").exists()
-    assert "| my_top2 |" in (out_dir / "table.md").read_text()
+    table = (out_dir / "table.md").read_text()
+    assert "| my_top2 |" in table and "- testbed_top2 (paired" in table
+    assert sorted(c["claim"] for c in results["claims"]) == [
+        "my_top2 beats testbed_top2 (eval loss)", "top_k beats testbed_top2 (eval loss)"]
     again = _run_module(args, tmp_path)
-    assert "reusing stored results of 3 arms" in again.stdout
+    assert "reusing stored results of 4 arms" in again.stdout
 
 
 def test_run_t5_never_resumes_a_run_of_another_config(tmp_path):
