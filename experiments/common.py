@@ -424,7 +424,7 @@ def _saved_fingerprint(workdir: str) -> str | None:
 
 # Where run_t5 looks for a finished run of the same config to copy instead of
 # training it: every experiment's run directories. The experiments share arms
-# (the testbed's dense run is an arm of five of them, its top-2 MoE of three),
+# (the testbed's dense run is an arm of five of them, its top-2 MoE of four),
 # so a run of one trains only the arms no other experiment has trained.
 SHARED_RUNS = os.path.join(ROOT, "results", "*", "runs", "*")
 

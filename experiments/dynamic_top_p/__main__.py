@@ -27,7 +27,8 @@ its experts per token is > 0 (per seed, for top-p at p=0.4). Choosing the
 best of several top-p arms favours top-p; the table shows every arm.
 Preconditions: top-2 beats dense by >= 3 paired SE, per part.
 
-    python -m experiments.dynamic_top_p --quick   # 3 seeds, 800 T5 steps: ~13 min, 2 cores
+    python -m experiments.dynamic_top_p --quick   # 3 seeds, 800 T5 steps: ~10 min on 2 cores
+                                                  # after the testbed's --quick (shared runs)
     python -m experiments.dynamic_top_p --full    # 5 seeds, 5000 T5 steps, ~2 hours
 """
 from __future__ import annotations

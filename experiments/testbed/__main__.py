@@ -24,7 +24,7 @@ router beats the frozen random router the same way. The table also gives
 each arm's recall (held-out words masked alone, predicted exactly), which
 reads how much of the chain's table the model holds.
 
-    python -m experiments.testbed --quick    # 3 seeds x 800 steps, <= 15 minutes on 2 CPU cores
+    python -m experiments.testbed --quick    # 3 seeds x 800 steps, ~11 minutes on 2 CPU cores
     python -m experiments.testbed --full     # 5 seeds x 5000 steps, ~1.5 hours
 """
 from __future__ import annotations
