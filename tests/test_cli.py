@@ -119,6 +119,8 @@ EXPERIMENT_CASES = [
     (["experiments.leaderboard", "--router", "nomodule"], "must be module:router_name"),
     (["experiments.leaderboard", "--router", "nosuchmodule:r"], "cannot import 'nosuchmodule'"),
     (["experiments.leaderboard", "--only", "nosuch"], "--only names unknown routers ['nosuch']"),
+    (["experiments.leaderboard", "--router", "json:testbed_top2"],
+     "'testbed_top2' is the name of a built-in arm"),
 ]
 
 
