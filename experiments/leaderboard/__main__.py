@@ -51,7 +51,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, fingerprint,
-                                testbed_config, testbed_moe, testbed_router, parse_args,
+                                testbed_config, testbed_moe, parse_args,
                                 run_arms, run_t5, slug, with_moe, write_results)
 from moejax import cli
 from moejax.routing import ROUTERS, RouterConfig
@@ -64,6 +64,8 @@ GROUP = 512
 # 0.01, weights not renormalised) tie dense at this scale, which would make
 # every verdict inconclusive for a reason that is not the router under test.
 BASELINE = "testbed_top2"
+# The arms every leaderboard has besides the routers: no router may take their names.
+BUILT_IN = ("dense", BASELINE)
 
 
 def router_config(name: str) -> RouterConfig:
@@ -78,7 +80,7 @@ def arm_config(size: str, seed: int, name: str):
     cfg = testbed_config(size, seed, evals=5)
     if name == "dense":
         return cfg
-    cfg = testbed_moe(cfg, testbed_router(), d_ff=cfg.model.d_ff // 2)
+    cfg = testbed_moe(cfg)  # the reference, and every other arm's decoder
     if name == BASELINE:
         return cfg
     router = router_config(name)
@@ -108,7 +110,7 @@ def user_routers(specs: list[str]) -> tuple[tuple[str, ...], list[str]]:
             importlib.import_module(module)
         except ImportError as e:
             cli.fail(f"--router {spec!r}: cannot import {module!r} ({e})")
-        if name in ("dense", BASELINE):
+        if name in BUILT_IN:
             cli.fail(f"--router {spec!r}: {name!r} is the name of a built-in arm; "
                      "register the router under another name")
         if name not in ROUTERS:
@@ -142,7 +144,7 @@ def main():
     sys.argv = [sys.argv[0], *rest]
     # Checked before parse_args creates --out: a bad flag leaves nothing behind.
     modules, names = user_routers(known.router)
-    arms = ["dense", BASELINE, *sorted(set(ROUTERS) | set(names))]
+    arms = [*BUILT_IN, *sorted(set(ROUTERS) | set(names))]
     selected = arms
     if known.only:
         only = set(known.only.split(",")) | set(names)
@@ -150,7 +152,7 @@ def main():
         if unknown:
             cli.fail(f"--only names unknown routers {sorted(unknown)}; "
                      f"registered: {', '.join(arms[1:])}")
-        selected = [a for a in arms if a in only | {"dense", BASELINE}]
+        selected = [a for a in arms if a in only | set(BUILT_IN)]
     args = parse_args(NAME, __doc__ + "\nextra flags: --router module:name (repeatable), "
                       "--only router,router (just these, with dense and the reference), "
                       "--rerun (ignore stored results)")
@@ -180,7 +182,7 @@ def main():
     diffs = {a: stats.paired(loss[a], loss[BASELINE]) for a in arms}
     ranked = sorted(arms, key=lambda a: np.mean(loss[a]))
     claims = [stats.claim(f"{a} beats {BASELINE} (eval loss)", pre["passed"], diffs[a])
-              for a in ranked if a not in (BASELINE, "dense")]
+              for a in ranked if a not in BUILT_IN]
 
     def col(a, key, digits):
         values = [r[key] for r in results[a]]
