@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import tempfile
 from typing import Callable, Sequence
 
@@ -120,13 +121,30 @@ def numeric_table(first: str, columns: Sequence[str], rows: dict[str, Sequence[f
     return "\n".join(lines)
 
 
+def code_version() -> str | None:
+    """`git describe --always --dirty` of the experiments' checkout (None
+    outside git): which code made a results.json, since the numbers move
+    when routing code changes."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=30, check=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def write_results(out: str, table: str, results: dict) -> None:
-    """table.md and results.json; a results dict with a "precondition" or
-    "claims" entry must follow the shared schema (experiments.stats)."""
+    """table.md and results.json (stamped with `code_version()`); a results
+    dict with a "precondition" or "claims" entry must follow the shared
+    schema (experiments.stats)."""
     if "precondition" in results or "claims" in results:
         from experiments.stats import check_schema
 
         check_schema(results)
+    results = {**results, "code": code_version()}
+    if results["code"]:
+        table = f"{table.rstrip()}\n\nCode: `{results['code']}` (git describe).\n"
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)
     with open(os.path.join(out, "results.json"), "w") as f:

@@ -2,6 +2,8 @@
 helpers against hand-computed values, and a short synthetic run."""
 import dataclasses
 import math
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -258,6 +260,11 @@ def test_experiment_runs_end_to_end(name, tmp_path):
     plots = 1 if name == "testbed" else 2
     assert results["size"] == "smoke" and len(list(out_dir.glob("*.png"))) >= plots
     assert "| claim | verdict | evidence |" in (out_dir / "table.md").read_text()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if head.returncode == 0:  # a git checkout: the results name the commit that made them
+        assert head.stdout.strip() in results["code"]
+        assert f"`{results['code']}`" in (out_dir / "table.md").read_text()
     if name == "testbed":
         recall = results["fact_recall"]
         assert len(recall) == 3 and all(len(v) == 2 and all(0 <= a <= 1 for a in v)
