@@ -676,7 +676,8 @@ def available_cores() -> int:
 
 
 def run_arms(arms: dict[str, Callable[[int], Callable[[], object]]], seeds: int, desc: str,
-             jobs: int = 1, log_dir: str | None = None) -> dict[str, list]:
+             jobs: int = 1, log_dir: str | None = None,
+             after: dict[str, str] | None = None) -> dict[str, list]:
     """{arm: [result per seed]} with one progress bar over all runs.
 
     arms[name](seed) is the zero-argument call that runs seed `seed` of the
@@ -685,30 +686,45 @@ def run_arms(arms: dict[str, Callable[[int], Callable[[], object]]], seeds: int,
     `log_dir`, default $TMPDIR/moejax_workers), so each must pickle: a
     functools.partial of a module-level function (not one defined in an
     experiment's __main__) with picklable arguments.
+    `after` {arm: earlier arm}: seed s of arm starts once seed s of the
+    earlier arm has finished (an upcycled run needs its seed's pretrained
+    checkpoint), in the same pool, so no worker idles at a phase's end.
     A run's result does not depend on the worker it ran in, up to float
     summation order (one XLA thread instead of several)."""
-    calls = [(name, seed, make(seed)) for seed in range(seeds) for name, make in arms.items()]
+    after = after or {}
+    if unknown := sorted({name for pair in after.items() for name in pair} - set(arms)):
+        raise ValueError(f"run_arms: after names {unknown}, not arms of {sorted(arms)}")
+    ready = [(name, seed) for seed in range(seeds) for name in arms if name not in after]
     out = {name: [None] * seeds for name in arms}
-    bar = progress(len(calls), desc)
+    bar = progress(seeds * len(arms), desc)
+
+    def finished(name: str, seed: int, result) -> list[tuple[str, int]]:
+        """Stores a result; returns the runs it lets start."""
+        out[name][seed] = result
+        bar.update(1)
+        return [(later, seed) for later, first in after.items() if first == name]
+
     if jobs <= 1:
-        for name, seed, call in calls:
+        while ready:
+            name, seed = ready.pop(0)
             bar.set_postfix_str(f"{name} seed {seed}")
-            out[name][seed] = call()
-            bar.update(1)
+            ready += finished(name, seed, arms[name](seed)())
     else:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         from experiments import worker
 
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=worker.init, initargs=(log_dir or os.path.join(
                                      tempfile.gettempdir(), "moejax_workers"),)) as pool:
-            futures = {pool.submit(call): (name, seed) for name, seed, call in calls}
-            for future in as_completed(futures):
-                name, seed = futures[future]
-                out[name][seed] = future.result()
-                bar.set_postfix_str(f"done {name} seed {seed}")
-                bar.update(1)
+            submit = lambda runs: {pool.submit(arms[n](s)): (n, s) for n, s in runs}
+            pending = submit(ready)
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name, seed = pending.pop(future)
+                    bar.set_postfix_str(f"done {name} seed {seed}")
+                    pending.update(submit(finished(name, seed, future.result())))
     bar.close()
     return out

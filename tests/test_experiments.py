@@ -284,6 +284,28 @@ def test_experiments_readme_summary_matches_the_committed_results():
     assert summary.main(["--check"]) == 0
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_run_arms_starts_a_run_only_after_the_run_it_needs(jobs, tmp_path):
+    """`after`: seed s of "read" starts once seed s of "write" has finished
+    (the writer takes a second, so a reader started with it would find no
+    file), and in the same pool as the independent runs."""
+    import functools
+    import pathlib
+
+    from experiments.common import run_arms
+
+    arms = {
+        "write": lambda seed: functools.partial(
+            subprocess.check_call, ["sh", "-c", f"sleep 1; echo {seed} > {tmp_path}/{seed}"]),
+        "read": lambda seed: functools.partial(pathlib.Path.read_text, tmp_path / str(seed)),
+        "other": lambda seed: functools.partial(math.sqrt, seed),
+    }
+    out = run_arms(arms, 2, "after", jobs, str(tmp_path / "logs"), after={"read": "write"})
+    assert out == {"write": [0, 0], "read": ["0\n", "1\n"], "other": [0.0, 1.0]}
+    with pytest.raises(ValueError, match="'pretrain'"):
+        run_arms(arms, 1, "after", jobs, after={"read": "pretrain"})
+
+
 def test_workers_die_with_their_parent(tmp_path):
     """A killed experiment leaves no worker training on (experiments.worker)."""
     import os

@@ -113,16 +113,17 @@ def main():
     start = time.time()
     runs_dir = os.path.join(args.out, "runs")
     pretrained = lambda seed: os.path.join(runs_dir, f"pretrain_{seed}")
-    first = {arm: (lambda seed, arm=arm: functools.partial(
+    arms = {arm: (lambda seed, arm=arm: functools.partial(
         run_t5, balance_config(args.size, seed, arm),
         os.path.join(runs_dir, f"{slug(arm)}_{seed}"))) for arm in BALANCE_ARMS}
-    first["pretrain"] = lambda seed: functools.partial(
+    arms["pretrain"] = lambda seed: functools.partial(
         run_t5, pretrain_config(args.size, seed), pretrained(seed))
-    runs = run_arms(first, args.seeds, f"{NAME} (balancing, pretraining)", args.jobs)
-    runs.update(run_arms({arm: (lambda seed, arm=arm: functools.partial(
+    arms.update({arm: (lambda seed, arm=arm: functools.partial(
         run_t5, upcycle_config(args.size, seed, arm, pretrained(seed)),
-        os.path.join(runs_dir, f"{slug(arm)}_{seed}"))) for arm in UPCYCLE_ARMS},
-        args.seeds, f"{NAME} (upcycling)", args.jobs))
+        os.path.join(runs_dir, f"{slug(arm)}_{seed}"))) for arm in UPCYCLE_ARMS})
+    # The dense-continued and upcycled runs start from their seed's pretrained checkpoint.
+    runs = run_arms(arms, args.seeds, NAME, args.jobs,
+                    after={CONTINUED: "pretrain", UPCYCLED: "pretrain"})
     final = {arm: [r["eval"][-1][1] for r in rs] for arm, rs in runs.items()}
     maxvio = {arm: [violation(r) for r in runs[arm]] for arm in (NONE, LOSS, BIAS)}
 
