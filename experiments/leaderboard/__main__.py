@@ -151,7 +151,7 @@ def main():
         unknown = only - set(arms)
         if unknown:
             cli.fail(f"--only names unknown routers {sorted(unknown)}; "
-                     f"registered: {', '.join(arms[1:])}")
+                     f"registered: {', '.join(arms[len(BUILT_IN):])}")
         selected = [a for a in arms if a in only | set(BUILT_IN)]
     args = parse_args(NAME, __doc__ + "\nextra flags: --router module:name (repeatable), "
                       "--only router,router (just these, with dense and the reference), "
