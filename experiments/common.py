@@ -694,6 +694,12 @@ def run_arms(arms: dict[str, Callable[[int], Callable[[], object]]], seeds: int,
     after = after or {}
     if unknown := sorted({name for pair in after.items() for name in pair} - set(arms)):
         raise ValueError(f"run_arms: after names {unknown}, not arms of {sorted(arms)}")
+    for start in after:  # a cycle would leave its runs waiting forever, their results None
+        chain = [start]
+        while chain[-1] in after:
+            chain.append(after[chain[-1]])
+            if chain[-1] in chain[:-1]:
+                raise ValueError(f"run_arms: after has a cycle {' -> '.join(chain)}")
     ready = [(name, seed) for seed in range(seeds) for name in arms if name not in after]
     out = {name: [None] * seeds for name in arms}
     bar = progress(seeds * len(arms), desc)

@@ -304,6 +304,8 @@ def test_run_arms_starts_a_run_only_after_the_run_it_needs(jobs, tmp_path):
     assert out == {"write": [0, 0], "read": ["0\n", "1\n"], "other": [0.0, 1.0]}
     with pytest.raises(ValueError, match="'pretrain'"):
         run_arms(arms, 1, "after", jobs, after={"read": "pretrain"})
+    with pytest.raises(ValueError, match="cycle read -> write -> read"):
+        run_arms(arms, 1, "after", jobs, after={"read": "write", "write": "read"})
 
 
 def test_workers_die_with_their_parent(tmp_path):
