@@ -121,17 +121,25 @@ def numeric_table(first: str, columns: Sequence[str], rows: dict[str, Sequence[f
     return "\n".join(lines)
 
 
-def code_version() -> str | None:
-    """`git describe --always --dirty` of the experiments' checkout (None
-    outside git): which code made a results.json, since the numbers move
-    when routing code changes."""
+def code_version(checkout: str | None = None) -> str | None:
+    """`git describe --always` of the experiments' checkout (or `checkout`),
+    with "-dirty" when a tracked file outside results/ has changed; None
+    outside git. It names the code that made a results.json, since the
+    numbers move when routing code changes. results/ is left out because an
+    experiment rewrites its own committed plots before its results.json, so
+    a plain `--dirty` would mark every rerun's stamp."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30,
+                              check=True, cwd=checkout or os.path.dirname(os.path.abspath(__file__))
+                              ).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=30, check=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        describe = git("describe", "--always")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--",
+                      ":(top)", ":(top,exclude)results")
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return (describe + "-dirty" * bool(changed)) or None
 
 
 def write_results(out: str, table: str, results: dict) -> None:

@@ -284,6 +284,29 @@ def test_experiments_readme_summary_matches_the_committed_results():
     assert summary.main(["--check"]) == 0
 
 
+def test_code_version_marks_changed_code_but_not_rewritten_results(tmp_path):
+    """The stamp is the commit, "-dirty" only for changed code: an
+    experiment rewrites its committed plots before its results.json."""
+    from experiments.common import code_version
+
+    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t",
+                                        *args], cwd=tmp_path, check=True, capture_output=True,
+                                       text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "plot.png").write_text("old")
+    (tmp_path / "router.py").write_text("k = 2")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "--short", "HEAD")
+    assert code_version(str(tmp_path)) == head
+    (tmp_path / "results" / "plot.png").write_text("rerun")
+    (tmp_path / "results" / "new.json").write_text("{}")
+    assert code_version(str(tmp_path / "results")) == head
+    (tmp_path / "router.py").write_text("k = 1")
+    assert code_version(str(tmp_path)) == head + "-dirty"
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_run_arms_starts_a_run_only_after_the_run_it_needs(jobs, tmp_path):
     """`after`: seed s of "read" starts once seed s of "write" has finished
