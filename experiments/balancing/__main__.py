@@ -31,7 +31,8 @@ seeds (seed s: the same chains, data order and init in every arm).
 
     python -m experiments.balancing --quick   # 3 seeds; 800 + (400 + 400) steps: ~12 min on 2 cores
                                               # after the testbed's --quick (dense is shared)
-    python -m experiments.balancing --full    # 5 seeds; 5000 steps, 2500 + 2500
+    python -m experiments.balancing --full    # 5 seeds; 5000 steps, 2500 + 2500: ~2 hours
+                                              # after the testbed's --full (README: results)
 """
 from __future__ import annotations
 
