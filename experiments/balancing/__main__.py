@@ -29,8 +29,8 @@ seeds (seed s: the same chains, data order and init in every arm).
    Claim: upcycling beats training the MoE from scratch for the same extra
    steps. Precondition: the upcycled MoE beats the dense model trained on.
 
-    python -m experiments.balancing --quick   # 3 seeds; 800 + (400 + 400) steps: ~12 min on 2 cores
-                                              # after the testbed's --quick (dense is shared)
+    python -m experiments.balancing --quick   # 3 seeds; 800 + (400 + 400) steps: ~11 min on 2 cores
+                                              # run first (trains its dense arm too)
     python -m experiments.balancing --full    # 5 seeds; 5000 steps, 2500 + 2500: ~2 hours
                                               # after the testbed's --full (README: results)
 """
