@@ -33,7 +33,7 @@ the steps with its own cooldown; `--full` does not do that either).
 Precondition: top-2 (GShard) beats dense by >= 3 paired SE.
 
     python -m experiments.expert_choice --quick   # 3 seeds x 800 steps, ~12 minutes on 2 CPU cores
-    python -m experiments.expert_choice --full    # 5 seeds x 5000 steps, ~2.5 hours
+    python -m experiments.expert_choice --full    # 5 seeds x 5000 steps, ~85 minutes
 
 `--quick` trains the testbed's quick size (800 steps on a table of 16
 words a domain): its MoE's lead over dense is smaller than at `--full`
