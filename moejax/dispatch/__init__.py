@@ -3,11 +3,12 @@
 `moe_ffn(x, routing, params, ...)` is the one entry point. Modes:
   'einsum'   one-hot dispatch/combine tensors (T5X); O(T*E*C*d) per group.
   'scatter'  index scatter/gather into capacity buffers; O((A + E*C)*d).
-  'dropless' sort by expert + grouped matmul; O(active assignments * d).
-  'auto'     dropless with ragged_dot on GPU/TPU; on CPU whichever of
-             'scatter' and 'dropless' (blocked matmul) is cheaper by a
-             row-count model (never 'einsum'); 'scatter' under expert
-             parallelism.
+  'dropless' sort by expert + grouped matmul (moejax.dispatch.grouped; the
+             kernel by `grouped_matmul`, None = the backend's default);
+             O(active assignments * d).
+  'auto'     the fastest mode measured on this backend (moejax.dispatch.choice:
+             scatter on GPU and TPU and under expert parallelism; on CPU
+             scatter or dropless by a row-count model; never einsum).
 All modes give the same output for the same RoutingResult: capacity drops
 are decided by the router, not by the dispatch.
 """
@@ -20,37 +21,13 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from moejax.dispatch import buffers as buf
-from moejax.dispatch.dropless import block_size_for, dropless_matmul, sort_by_expert
+from moejax.dispatch.choice import (MODES, available_grouped_matmuls, default_grouped_matmul,
+                                    grouped_kernel, resolve_mode)
+from moejax.dispatch.dropless import dropless_matmul, sort_by_expert
 from moejax.dispatch.expert_parallel import expert_parallel_ffn
+from moejax.dispatch.grouped import IMPLEMENTATIONS as GROUPED_MATMULS
 from moejax.ffn import ffn
 from moejax.routing.base import RoutingResult
-
-MODES = ("auto", "einsum", "scatter", "dropless")
-BLOCKED_ROW_COST = 2.0
-
-
-def resolve_mode(mode: str, r: RoutingResult, expert_parallel: bool = False,
-                 backend: str | None = None) -> str:
-    """The concrete mode `auto` stands for (see module docstring)."""
-    if mode not in MODES:
-        raise ValueError(f"dispatch mode must be one of {MODES}, got {mode!r}")
-    if mode != "auto":
-        return mode
-    if expert_parallel:
-        return "scatter"
-    if (backend or jax.default_backend()) != "cpu":
-        return "dropless"
-    g, a = r.token.shape
-    rows = g * a
-    # The blocked matmul computes every block of its static bound, and its
-    # small per-block matmuls ran about 2x slower per row than the scatter
-    # path's per-expert matmuls on CPU (scripts/bench_moe_layer.py).
-    dropless_cost = BLOCKED_ROW_COST * (rows + r.num_experts * block_size_for(rows, r.num_experts))
-    return "dropless" if dropless_cost < g * r.num_experts * r.capacity else "scatter"
-
-
-def default_grouped_matmul(backend: str | None = None) -> str:
-    return "blocks" if (backend or jax.default_backend()) == "cpu" else "ragged_dot"
 
 
 def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mode: str = "auto",
@@ -84,8 +61,8 @@ def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mo
             token, expert, weight, group_sizes = sort_by_expert(routing, t)
             rows = flat_x[token]
         with jax.named_scope("expert_ffn"):
-            matmul = dropless_matmul(expert, group_sizes,
-                                     grouped_matmul or default_grouped_matmul())
+            kernel = grouped_kernel(grouped_matmul, jnp.result_type(x, *params.values()))
+            matmul = dropless_matmul(group_sizes, kernel)
             out = ffn(rows, params, activations, matmul, hidden_dropout)
         with jax.named_scope("combine"):
             out = jnp.where((expert < routing.num_experts)[:, None],
@@ -111,4 +88,5 @@ def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mo
         return buf.scatter_from_buffers(out, routing, t)
 
 
-__all__ = ["MODES", "expert_parallel_ffn", "moe_ffn", "resolve_mode"]
+__all__ = ["GROUPED_MATMULS", "MODES", "available_grouped_matmuls", "default_grouped_matmul",
+           "expert_parallel_ffn", "grouped_kernel", "moe_ffn", "resolve_mode"]

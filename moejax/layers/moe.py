@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from moejax.dispatch import MODES, moe_ffn
+from moejax.dispatch import GROUPED_MATMULS, MODES, moe_ffn
+from moejax.dispatch.grouped import Kernel
 from moejax.ffn import check_activations, input_kernel_names
 from moejax.layers.ffn import MlpBlock
 from moejax.layers.scorers import get_scorer
@@ -49,6 +50,10 @@ class MoeLayer(nn.Module):
     Needs a 'router' rng in training for routers that sample or jitter, and
     a 'dropout' rng when `dropout_rate` > 0 (dropout on the experts' hidden
     activations in training: Switch's "expert dropout").
+    `dispatch` is a moejax.dispatch mode; `grouped_matmul` the kernel of
+    'dropless' dispatch: a name from moejax.dispatch.GROUPED_MATMULS, a
+    moejax.dispatch.grouped.Kernel (your own, or one with options such as
+    tiles), or None for the backend's default.
     `num_shared_experts` > 0 adds always-active experts (DeepSeekMoE) of
     `shared_d_ff` hidden units each (None: d_ff) to the routed output. They
     are one dense FFN `shared_experts` of num_shared_experts * shared_d_ff
@@ -62,7 +67,7 @@ class MoeLayer(nn.Module):
     activations: Sequence[str] = ("gelu", "linear")
     group_size: int | None = None
     dispatch: str = "auto"
-    grouped_matmul: str | None = None
+    grouped_matmul: str | Kernel | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     kernel_init: Callable = expert_kernel_init
@@ -93,6 +98,10 @@ class MoeLayer(nn.Module):
         activations = check_activations(self.activations)
         if self.dispatch not in MODES:
             raise ValueError(f"dispatch must be one of {MODES}, got {self.dispatch!r}")
+        if not (self.grouped_matmul is None or isinstance(self.grouped_matmul, Kernel)
+                or self.grouped_matmul in GROUPED_MATMULS):
+            raise ValueError(f"grouped_matmul must be one of {GROUPED_MATMULS} or None, got "
+                             f"{self.grouped_matmul!r}")
         b, l, d = x.shape
         if mask is not None and mask.shape != (b, l):
             raise ValueError(f"mask shape {mask.shape} must be (batch, length)=({b}, {l})")

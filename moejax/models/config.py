@@ -6,7 +6,7 @@ import warnings
 
 import jax.numpy as jnp
 
-from moejax.dispatch import MODES
+from moejax.dispatch import GROUPED_MATMULS, MODES
 from moejax.ffn import check_activations
 from moejax.routing import RouterConfig
 
@@ -28,7 +28,11 @@ class MoeConfig:
     d_ff / activations: expert FFN size and activations (None: the model's).
     group_size: tokens routed together (capacity and expert choice are per
       group); None = one group per sequence.
-    dispatch: see moejax.dispatch.MODES.
+    dispatch: see moejax.dispatch.MODES ('auto': the fastest measured here).
+    grouped_matmul: the kernel of 'dropless' dispatch (and of cached
+      decoding, which always runs dropless), one of
+      moejax.dispatch.GROUPED_MATMULS; None = the backend's default
+      (moejax.dispatch.choice).
     expert_dropout: dropout on the experts' hidden activations in training
       (Switch fine-tuning uses 0.4 with 0.1 elsewhere).
     num_shared_experts / shared_d_ff: always-active experts (DeepSeekMoE)
@@ -43,6 +47,7 @@ class MoeConfig:
     activations: tuple[str, ...] | None = None
     group_size: int | None = None
     dispatch: str = "auto"
+    grouped_matmul: str | None = None
     expert_dropout: float = 0.0
     num_shared_experts: int = 0
     shared_d_ff: int | None = None
@@ -67,6 +72,9 @@ class MoeConfig:
             raise ValueError(f"group_size must be >= 1 or None, got {self.group_size}")
         if self.dispatch not in MODES:
             raise ValueError(f"dispatch must be one of {MODES}, got {self.dispatch!r}")
+        if self.grouped_matmul is not None and self.grouped_matmul not in GROUPED_MATMULS:
+            raise ValueError(f"grouped_matmul must be one of {GROUPED_MATMULS} or None, got "
+                             f"{self.grouped_matmul!r}")
 
     def is_moe_layer(self, i: int) -> bool:
         offset = self.interval - 1 if self.offset is None else self.offset

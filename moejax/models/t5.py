@@ -65,6 +65,7 @@ class _Layer(nn.Module):
                          group_size=None if decode else stack.group_size,
                          # Capacity buffers would hold E slots per decoded token.
                          dispatch="dropless" if decode else stack.dispatch,
+                         grouped_matmul=stack.grouped_matmul,
                          dtype=cfg.compute_dtype, mesh=None if decode else self.mesh,
                          expert_axis=self.expert_axis, dropout_rate=stack.expert_dropout,
                          num_shared_experts=stack.num_shared_experts,
