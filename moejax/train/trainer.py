@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from moejax.data import tokenizer as tok
+from moejax.dispatch import grouped_kernel
 from moejax.data.objectives import Objective
 from moejax.data.pipeline import Pipeline
 from moejax.data.sources import check_paths, make_source
@@ -95,6 +96,12 @@ def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
     layout = Layout.create(m.data, m.model, m.expert, m.expert_axis)
     layout.check_rows(cfg.batch_size // cfg.grad_accum_steps,
                       f"batch_size={cfg.batch_size} / grad_accum_steps={cfg.grad_accum_steps}")
+    for name in ("encoder_moe", "decoder_moe"):
+        impl = getattr(cfg.model, name).grouped_matmul
+        try:
+            grouped_kernel(impl, cfg.model.compute_dtype)  # available on this backend?
+        except ValueError as e:
+            raise ValueError(f"model.{name}.{e}") from None
     processes = jax.process_count()
     num_shards = cfg.data.num_shards or processes
     if num_shards % processes or cfg.batch_size % num_shards:
