@@ -14,11 +14,15 @@
 # active FLOPs, every mode and kernel, E = 8, 64, 256). The last lines are
 # the tables and the targets, met or not. One GPU process at a time: more
 # once hung a machine (../shared/GPU.md).
+# SECTIONS picks (default "env kernels raw layer"); "train" adds the whole
+# train step (scripts/bench_train.py: Switch-Base-8 and its dense twin in
+# bfloat16, MFU, remat settings), about 4 minutes more.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-${TMPDIR:-/tmp}/moejax_gpu_check}
 PRESET=${PRESET:-h100}
 PY=${PYTHON:-python3}
+SECTIONS=${SECTIONS:-env kernels raw layer}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   SITE=${TMPDIR:-/tmp}/moejax_site
@@ -32,6 +36,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then PLATFORM=cuda; else PLATFORM=cpu;
 
 sec() {  # name, time limit (s), command...
   local name=$1 limit=$2 start=$SECONDS rc; shift 2
+  case " $SECTIONS " in *" $name "*) ;; *) return 0 ;; esac
   timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1; rc=$?
   echo "== $name rc=$rc $((SECONDS - start))s (limit ${limit}s)" | tee -a "$OUT/sections.txt"
   grep -v "^WARNING\|^I0000\|^E0000\|it/s\]\|config/s\]" "$OUT/$name.log" | tail -n 4 | cut -c1-200
@@ -51,5 +56,11 @@ sec kernels 120 env JAX_PLATFORMS=$PLATFORM $PY -m pytest -q -p no:cacheprovider
 BENCH="$PY scripts/bench_moe_layer.py --preset $PRESET --dtype bfloat16 --repeats 5"
 sec raw 120 $BENCH --raw --tiles --no_layer --out "$OUT/raw.json"
 sec layer 200 $BENCH --modes einsum scatter dropless --out "$OUT/layer.json"
+if [ "$PRESET" = tiny ]; then TRAIN="--configs default --steps 6"; else
+  TRAIN="--configs switch-base-8 t5-base-dense --dtype bfloat16 --steps 30"; fi
+sec train 300 $PY scripts/bench_train.py $TRAIN --remat none full dots_saveable \
+  --out "$OUT/train.json"
 echo
-$PY scripts/bench_moe_layer.py --report "$OUT/raw.json" "$OUT/layer.json" 2>&1 | tail -n 40
+reports=$(ls "$OUT"/raw.json "$OUT"/layer.json 2>/dev/null)
+[ -n "$reports" ] && $PY scripts/bench_moe_layer.py --report $reports 2>&1 | tail -n 40
+[ -f "$OUT/train.json" ] && grep -h "step\|peak\|remat=" "$OUT/train.log" | cut -c1-200

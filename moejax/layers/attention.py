@@ -1,9 +1,20 @@
-"""T5 attention: relative position biases and multi-head attention with a decode cache."""
+"""T5 attention: relative position biases and multi-head attention with a decode cache.
+
+Two ways to compute softmax(q k^T + bias) v, same result:
+  'einsum' the explicit product (T5X's); the only one with dropout on the
+           attention weights, and the one cached decoding uses.
+  'xla' / 'cudnn'  `jax.nn.dot_product_attention` with that implementation
+           (cuDNN's fused flash attention on NVIDIA GPUs).
+  'auto'   'cudnn' on a GPU with 16-bit activations, head_dim a multiple of 8
+           up to 128 and no attention dropout; elsewhere 'einsum'. A shape
+           cuDNN refuses when traced falls back to 'einsum', logged once.
+"""
 from __future__ import annotations
 
 import functools
+import logging
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -14,6 +25,50 @@ from moejax.matmul import matmul
 
 # Additive bias for masked attention logits (float32 softmax).
 NEG_INF = -1e10
+IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn")
+FUSED = ("xla", "cudnn")
+log = logging.getLogger(__name__)
+
+
+class AttentionBias(NamedTuple):
+    """What a stack gives its attention layers. einsum: `bias` holds the
+    position bias and the masks added together once per stack, `mask` is
+    None. Fused: `bias` is the position bias alone (or None), `mask` the
+    boolean mask [B, 1, Lq, Lk] (True = may attend)."""
+
+    bias: jax.Array | None
+    mask: jax.Array | None = None
+
+
+def resolve_attention(impl: str, *, dtype, head_dim: int, dropout_rate: float,
+                      backend: str | None = None) -> str:
+    """The implementation `impl` stands for (see the module docstring)."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"attention must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    backend = backend or jax.default_backend()
+    if impl == "cudnn" and backend != "gpu":
+        raise ValueError(f"attention 'cudnn' needs an NVIDIA GPU; this is {backend}, where "
+                         f"'einsum' and 'xla' run ('auto' picks)")
+    if impl != "auto":
+        return impl
+    fits = (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
+            and head_dim <= 128 and dropout_rate == 0)
+    return "cudnn" if fits and backend == "gpu" else "einsum"
+
+
+def stack_bias(position_bias, mask, impl: str) -> AttentionBias:
+    """position_bias [B | 1, H, Lq, Lk] float32 or None, mask [B, 1, Lq, Lk]
+    bool -> the AttentionBias for implementation `impl`."""
+    if impl in FUSED:
+        return AttentionBias(position_bias, mask)
+    additive = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
+    return AttentionBias(additive if position_bias is None else position_bias + additive)
+
+
+@functools.cache
+def _log_fallback_once(reason: str):
+    log.warning("cuDNN attention cannot take this call (%s); running the einsum attention",
+                reason)
 
 default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 
@@ -83,6 +138,8 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     kernel_init: Callable = default_kernel_init
+    # 'einsum', 'xla' or 'cudnn' (resolved by the stack: resolve_attention).
+    implementation: str = "einsum"
 
     def _kernel(self, name, shape, axes, scale=1.0):
         init = self.kernel_init if scale == 1.0 else (
@@ -98,10 +155,10 @@ class MultiHeadAttention(nn.Module):
                                           ("batch", "length", "heads", "kv"))
 
     @nn.compact
-    def __call__(self, inputs_q, inputs_kv, bias, *, deterministic: bool = True,
+    def __call__(self, inputs_q, inputs_kv, bias: AttentionBias, *, deterministic: bool = True,
                  decode: str | None = None, decode_position=None, max_length: int | None = None):
-        """inputs_q [B, Lq, d], inputs_kv [B, Lk, d], bias [B | 1, H | 1, Lq, Lk]
-        additive float32 (masks and position bias). decode: None, 'self' or
+        """inputs_q [B, Lq, d], inputs_kv [B, Lk, d], bias: AttentionBias for
+        [B | 1, H | 1, Lq, Lk] logits (stack_bias). decode: None, 'self' or
         'cross'. Returns [B, Lq, d]."""
         q = self._project(inputs_q, "query", scale=self.head_dim ** -0.5)
         if decode == "cross" and self.has_variable("cache", "cross_key"):
@@ -122,13 +179,40 @@ class MultiHeadAttention(nn.Module):
             cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, at)
             k, v = cached_k.value, cached_v.value
 
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) + bias
-        weights = jax.nn.softmax(logits, axis=-1)
-        if not deterministic and self.dropout_rate > 0:
-            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+        dropout = not deterministic and self.dropout_rate > 0
+        out = None
+        if self.implementation in FUSED and not dropout:
+            out = self._fused(q, k, v, bias)
+        if out is None:
+            out = self._einsum(q, k, v, bias, dropout)
         b, l = out.shape[:2]
         wo = self._kernel("out", (self.num_heads * self.head_dim, inputs_q.shape[-1]),
                           ("joined_kv", "embed"))
         out = matmul(out.reshape(b, l, -1), wo)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+    def _einsum(self, q, k, v, bias: AttentionBias, dropout: bool):
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        if bias.bias is not None:
+            logits = logits + bias.bias
+        if bias.mask is not None:
+            logits = logits + jnp.where(bias.mask, 0.0, NEG_INF)
+        weights = jax.nn.softmax(logits, axis=-1)
+        if dropout:
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+
+    def _fused(self, q, k, v, bias: AttentionBias):
+        """jax.nn.dot_product_attention, or None where cuDNN refuses the call.
+        T5 folds 1/sqrt(d) into the query init, hence scale 1."""
+        position = bias.bias
+        if position is not None and self.implementation == "cudnn":
+            position = position.astype(q.dtype)  # cuDNN takes a bias of the inputs' dtype
+        try:
+            return jax.nn.dot_product_attention(q, k, v, bias=position, mask=bias.mask, scale=1.0,
+                                                implementation=self.implementation)
+        except (ValueError, NotImplementedError, RuntimeError) as e:
+            if self.implementation != "cudnn":
+                raise
+            _log_fallback_once(str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            return None

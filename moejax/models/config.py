@@ -4,13 +4,19 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import jax
 import jax.numpy as jnp
 
 from moejax.dispatch import GROUPED_MATMULS, MODES
 from moejax.ffn import check_activations
+from moejax.layers.attention import FUSED
+from moejax.layers.attention import IMPLEMENTATIONS as ATTENTION
 from moejax.routing import RouterConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# model.remat -> jax.checkpoint policy (None: save nothing, recompute the layer).
+REMAT_POLICIES = {"none": None, "full": None,
+                  "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +98,14 @@ class T5Config:
       d_model ** -0.5 as in T5; False gives a separate output projection.
     dtype: activation dtype ('float32' or 'bfloat16'); parameters, norms,
       softmaxes, router and logits stay float32.
+    attention: 'auto', 'einsum', 'xla' or 'cudnn' (moejax.layers.attention):
+      'auto' is cuDNN's fused attention on a GPU with bfloat16 and no
+      dropout, the einsum elsewhere. The fused ones have no dropout on the
+      attention weights, so they take dropout_rate=0 only.
+    remat: rematerialisation of each encoder/decoder layer in the backward
+      pass: 'none' (keep every activation), 'full' (keep the layer's inputs,
+      recompute the rest) or 'dots_saveable' (keep the matmul outputs that
+      have no batch dimension, recompute the rest: MaxText's 'minimal').
     allow_decoder_expert_choice: a non-causal router (expert choice,
       batch-prioritised token choice) in the decoder lets a token's routing
       depend on later tokens, which leaks the targets in training. It is only
@@ -115,6 +129,8 @@ class T5Config:
     encoder_moe: MoeConfig = MoeConfig(router=RouterConfig("expert_choice", capacity_factor=2.0))
     decoder_moe: MoeConfig = MoeConfig()
     allow_decoder_expert_choice: bool = False
+    attention: str = "auto"
+    remat: str = "none"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_heads", "d_ff", "relative_attention_num_buckets",
@@ -134,6 +150,14 @@ class T5Config:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.attention in FUSED and self.dropout_rate > 0:
+            raise ValueError(f"attention {self.attention!r} has no dropout on the attention "
+                             f"weights, so it takes dropout_rate=0, got {self.dropout_rate}; use "
+                             f"'auto' or 'einsum'")
         router = self.decoder_moe.router
         if self.decoder_moe.interval and self.num_decoder_layers and not router.is_causal:
             what = (f"router {router.name!r}" + (" with batch_prioritized=True"

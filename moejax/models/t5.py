@@ -16,20 +16,26 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from moejax.layers import MOE_COLLECTION, ROUTER_STATE, MlpBlock, MoeLayer
-from moejax.layers.attention import NEG_INF, MultiHeadAttention, RelativePositionBias
+from moejax.layers.attention import (NEG_INF, MultiHeadAttention, RelativePositionBias,
+                                     resolve_attention, stack_bias)
 from moejax.matmul import matmul
-from moejax.models.config import MoeConfig, T5Config
+from moejax.models.config import REMAT_POLICIES, MoeConfig, T5Config
 
 
-def attention_bias(q_mask, k_mask, q_segment=None, k_segment=None, q_index=None, k_index=None):
-    """Additive mask [B, 1, Lq, Lk]: 0 where query and key are both real
-    tokens of the same segment (and key <= query when indices are given), else -1e10."""
+def attention_mask(q_mask, k_mask, q_segment=None, k_segment=None, q_index=None, k_index=None):
+    """[B, 1, Lq, Lk] bool: True where query and key are both real tokens of
+    the same segment (and key <= query when indices are given)."""
     allowed = q_mask[:, :, None] & k_mask[:, None, :]
     if q_segment is not None:
         allowed &= q_segment[:, :, None] == k_segment[:, None, :]
     if q_index is not None:
         allowed &= k_index[:, None, :] <= q_index[:, :, None]
-    return jnp.where(allowed, 0.0, NEG_INF).astype(jnp.float32)[:, None]
+    return allowed[:, None]
+
+
+def attention_bias(*args, **kwargs):
+    """attention_mask as an additive float32 mask: 0 where allowed, else -1e10."""
+    return jnp.where(attention_mask(*args, **kwargs), 0.0, NEG_INF).astype(jnp.float32)
 
 
 def _norm(cfg: T5Config, name: str):
@@ -38,9 +44,17 @@ def _norm(cfg: T5Config, name: str):
                       name=name)
 
 
-def _attention(cfg: T5Config, name: str):
+def _attention_impl(cfg: T5Config, decode: bool = False) -> str:
+    """What the stack's attention runs (cached decoding: always the einsum)."""
+    if decode:
+        return "einsum"
+    return resolve_attention(cfg.attention, dtype=cfg.compute_dtype, head_dim=cfg.kv_dim,
+                             dropout_rate=cfg.dropout_rate)
+
+
+def _attention(cfg: T5Config, name: str, decode: bool = False):
     return MultiHeadAttention(cfg.num_heads, cfg.kv_dim, cfg.dropout_rate, cfg.compute_dtype,
-                              name=name)
+                              implementation=_attention_impl(cfg, decode), name=name)
 
 
 class _Layer(nn.Module):
@@ -76,7 +90,7 @@ class _Layer(nn.Module):
 
 class EncoderLayer(_Layer):
     @nn.compact
-    def __call__(self, x, bias, mask, token_ids, *, deterministic):
+    def __call__(self, x, bias, mask, token_ids, deterministic):
         cfg = self.config
         y = _norm(cfg, "pre_attention_layer_norm")(x)
         y = _attention(cfg, "attention")(y, y, bias, deterministic=deterministic)
@@ -86,16 +100,16 @@ class EncoderLayer(_Layer):
 
 class DecoderLayer(_Layer):
     @nn.compact
-    def __call__(self, x, encoded, self_bias, cross_bias, mask, token_ids, *, deterministic,
+    def __call__(self, x, encoded, self_bias, cross_bias, mask, token_ids, deterministic,
                  decode=False, decode_position=None, max_length=None):
         cfg = self.config
         y = _norm(cfg, "pre_self_attention_layer_norm")(x)
-        y = _attention(cfg, "self_attention")(
+        y = _attention(cfg, "self_attention", decode)(
             y, y, self_bias, deterministic=deterministic, decode="self" if decode else None,
             decode_position=decode_position, max_length=max_length)
         x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         y = _norm(cfg, "pre_cross_attention_layer_norm")(x)
-        y = _attention(cfg, "encoder_decoder_attention")(
+        y = _attention(cfg, "encoder_decoder_attention", decode)(
             y, encoded, cross_bias, deterministic=deterministic, decode="cross" if decode else None)
         x = x + nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         return self.feed_forward(cfg.decoder_moe, x, mask, token_ids, deterministic=deterministic,
@@ -129,6 +143,16 @@ class _Stack(nn.Module):
         return dict(config=self.config, index=i, mesh=self.mesh, expert_axis=self.expert_axis,
                     name=f"layers_{i}")
 
+    def layer_class(self, layer: type[nn.Module], decode: bool = False) -> type[nn.Module]:
+        """`layer`, rematerialised per layer as config.remat says (never when
+        decoding: no backward pass). `deterministic`, the positional argument
+        after the arrays, is static."""
+        policy = REMAT_POLICIES[self.config.remat]
+        if decode or self.config.remat == "none":
+            return layer
+        static = 5 if layer is EncoderLayer else 7  # self counts as argument 0
+        return nn.remat(layer, policy=policy, prevent_cse=True, static_argnums=(static,))
+
 
 class Encoder(_Stack):
     @nn.compact
@@ -138,10 +162,12 @@ class Encoder(_Stack):
         mask = tokens > 0
         x = self.embed(tokens, deterministic)
         pos = jnp.arange(tokens.shape[1])[None] if positions is None else positions
-        bias = self.relpos(True)(pos, pos) + attention_bias(mask, mask, segment_ids, segment_ids)
+        bias = stack_bias(self.relpos(True)(pos, pos),
+                          attention_mask(mask, mask, segment_ids, segment_ids),
+                          _attention_impl(cfg))
         for i in range(cfg.num_encoder_layers):
-            x = EncoderLayer(**self.layer_args(i))(x, bias, mask, tokens,
-                                                   deterministic=deterministic)
+            x = self.layer_class(EncoderLayer)(**self.layer_args(i))(x, bias, mask, tokens,
+                                                                     deterministic)
         return self.final(x, "encoder_norm", deterministic)
 
 
@@ -159,22 +185,27 @@ class Decoder(_Stack):
         b, l = tokens.shape
         mask = jnp.ones((b, l), bool) if target_mask is None else target_mask
         x = self.embed(tokens, deterministic)
+        impl = _attention_impl(cfg, decode)
         if decode:
             q_index = jnp.full((1, l), decode_position, jnp.int32)
             k_index = jnp.arange(max_length)[None]
-            self_bias = self.relpos(False)(q_index, k_index) + attention_bias(
+            self_bias = stack_bias(self.relpos(False)(q_index, k_index), attention_mask(
                 mask, jnp.ones((b, max_length), bool), q_index=jnp.broadcast_to(q_index, (b, l)),
-                k_index=jnp.broadcast_to(k_index, (b, max_length)))
+                k_index=jnp.broadcast_to(k_index, (b, max_length))), impl)
         else:
             index = jnp.broadcast_to(jnp.arange(l)[None], (b, l))
             pos = index if positions is None else positions
-            self_bias = self.relpos(False)(pos, pos) + attention_bias(
-                mask, mask, segment_ids, segment_ids, index, index)
-        cross_bias = attention_bias(mask, encoder_mask, segment_ids, encoder_segment_ids)
+            self_bias = stack_bias(self.relpos(False)(pos, pos), attention_mask(
+                mask, mask, segment_ids, segment_ids, index, index), impl)
+        cross_bias = stack_bias(None, attention_mask(mask, encoder_mask, segment_ids,
+                                                     encoder_segment_ids), impl)
         for i in range(cfg.num_decoder_layers):
-            x = DecoderLayer(**self.layer_args(i))(
-                x, encoded, self_bias, cross_bias, mask, tokens, deterministic=deterministic,
-                decode=decode, decode_position=decode_position, max_length=max_length)
+            layer = self.layer_class(DecoderLayer, decode)(**self.layer_args(i))
+            if decode:
+                x = layer(x, encoded, self_bias, cross_bias, mask, tokens, deterministic,
+                          decode=decode, decode_position=decode_position, max_length=max_length)
+            else:
+                x = layer(x, encoded, self_bias, cross_bias, mask, tokens, deterministic)
         y = self.final(x, "decoder_norm", deterministic).astype(jnp.float32)
         if cfg.tie_embeddings:
             logits = matmul(y, self.embedder.embedding.T) * cfg.d_model ** -0.5
@@ -273,4 +304,4 @@ def moe_outputs(moe_collection) -> tuple[jax.Array, dict[str, jax.Array]]:
 
 __all__ = ["Decoder", "Encoder", "MOE_COLLECTION", "ROUTER_STATE", "Transformer",
            "abstract_params", "as_variables",
-           "attention_bias", "moe_outputs"]
+           "attention_bias", "attention_mask", "moe_outputs"]

@@ -34,6 +34,7 @@ from moejax.data.objectives import Objective
 from moejax.data.pipeline import Pipeline
 from moejax.data.sources import check_paths, make_source
 from moejax.files import absolute, check_writable, write_atomic
+from moejax.layers.attention import resolve_attention
 from moejax.models import ROUTER_STATE, Transformer, abstract_params
 from moejax.models.decoding import generate
 from moejax.structured import to_mapping
@@ -96,10 +97,15 @@ def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
     layout = Layout.create(m.data, m.model, m.expert, m.expert_axis)
     layout.check_rows(cfg.batch_size // cfg.grad_accum_steps,
                       f"batch_size={cfg.batch_size} / grad_accum_steps={cfg.grad_accum_steps}")
+    try:  # the kernels named in the config exist on this backend?
+        resolve_attention(cfg.model.attention, dtype=cfg.model.compute_dtype,
+                          head_dim=cfg.model.kv_dim, dropout_rate=cfg.model.dropout_rate)
+    except ValueError as e:
+        raise ValueError(f"model.{e}") from None
     for name in ("encoder_moe", "decoder_moe"):
         impl = getattr(cfg.model, name).grouped_matmul
         try:
-            grouped_kernel(impl, cfg.model.compute_dtype)  # available on this backend?
+            grouped_kernel(impl, cfg.model.compute_dtype)
         except ValueError as e:
             raise ValueError(f"model.{name}.{e}") from None
     processes = jax.process_count()
