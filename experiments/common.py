@@ -64,7 +64,8 @@ def parse_args(name: str, doc: str, default_seeds: dict[str, int] | None = None
                              "(default: the cores this process may use)")
     args = parser.parse_args()
     args.size = args.size or "quick"
-    args.seeds = args.seeds or (default_seeds or {"quick": 3, "full": 5, "smoke": 2})[args.size]
+    if args.seeds is None:  # `--seeds 0` is an explicit (and refused) choice, not the default
+        args.seeds = (default_seeds or {"quick": 3, "full": 5, "smoke": 2})[args.size]
     if args.seeds < 3 and args.size != "smoke":
         cli.fail(f"--seeds must be >= 3 to report a spread, got {args.seeds}")
     if args.jobs < 1:

@@ -34,6 +34,16 @@ CASES = [
      "balance_scope must be one of ('group', 'sequence', 'batch'), got 'global'"),
     ("moejax.train", [DEFAULT, "--config.model.encoder_moe.router.balance_scope=batch"],
      "router 'expert_choice' has no Switch load-balance loss to scope"),
+    # keep=0 used to delete every checkpoint, the final one included.
+    ("moejax.train", [DEFAULT, "--config.checkpoint.keep=0"],
+     "checkpoint.keep must be >= 1 (the latest checkpoints kept), got 0"),
+    ("moejax.train", [DEFAULT, "--config.checkpoint.keep=-1"], "checkpoint.keep must be >= 1"),
+    ("moejax.train", [DEFAULT, "--config.checkpoint.every_steps=-5"],
+     "checkpoint.every_steps must be >= 0 (0 = only at the end and on SIGTERM), got -5"),
+    ("moejax.train", [DEFAULT, "--config.eval_every_steps=-1"],
+     "eval_every_steps must be >= 0 (0 = no evaluation), got -1"),
+    ("moejax.train", [DEFAULT, "--config.eval_batches=0"],
+     "eval_batches must be >= 1 when evaluating (eval_every_steps=200), got 0"),
     ("moejax.train", [DEFAULT, "--config.model.attention=cudnn"],
      "model.attention 'cudnn' needs an NVIDIA GPU; this is cpu"),
     ("moejax.train", [DEFAULT, "--config.model.attention=flash"],
@@ -121,6 +131,7 @@ def test_scripts_fail_in_one_line(args, fragment, files):
 
 EXPERIMENT_CASES = [
     (["experiments.testbed", "--seeds", "2"], "--seeds must be >= 3 to report a spread, got 2"),
+    (["experiments.testbed", "--seeds", "0"], "--seeds must be >= 3 to report a spread, got 0"),
     (["experiments.moesart", "--jobs", "0"], "--jobs must be >= 1, got 0"),
     (["experiments.expert_choice", "--out", "{file}"], "is a file; give a directory"),
     (["experiments.learning_to_route", "--out", "{file}/sub"], "cannot be created"),

@@ -6,7 +6,7 @@ import pytest
 
 from moejax.data import corpus, tokenizer
 from moejax.data.objectives import Objective, noise_mask, span_corrupt, span_corruption_lengths
-from moejax.data.pipeline import FEATURES, Packer, Pipeline
+from moejax.data.pipeline import FEATURES, Packer, Pipeline, Position, examples
 from moejax.train.config import DataConfig
 
 
@@ -141,3 +141,42 @@ def test_text_files_and_tfds_sources(vocab, tmp_path, mock_tfds):
         cfg = dataclasses.replace(cfg, source="tfds", tfds_name="c4/en")
         docs = list(make_source(cfg, "train", 1, 2).iterate(2, 0))
     assert [i for i, _ in docs][:3] == [2, 3, 4] and all(isinstance(t, str) for _, t in docs)
+
+
+class _Words:
+    """Documents 0..n-1; `long` ones encode to 40 tokens, the rest to 1."""
+
+    def __init__(self, n, long=()):
+        self.n, self.long = n, set(long)
+
+    def iterate(self, start, epoch):
+        yield from ((i, "long" if i in self.long else "w") for i in range(start, self.n))
+
+
+class _Vocab:
+    def encode(self, text):
+        return np.arange(3, 43 if text == "long" else 4, dtype=np.int32)
+
+    def sentinel(self, i):
+        return 100 + i
+
+
+@pytest.mark.parametrize("name", ["span_corruption", "prefix_lm"])
+def test_an_epoch_without_an_example_is_an_error_not_a_hang(name):
+    """Every document shorter than the objective needs: the train stream
+    used to loop over epochs for ever (SIGTERM could not stop it)."""
+    stream = examples(_Words(5), _Vocab(), Objective(name, 16, 16), 0, Position(), repeat=True,
+                      what="data.source='text' (train split)")
+    with pytest.raises(ValueError, match=rf"^data.source='text' \(train split\) gave no {name} "
+                                         r"example in a whole epoch: every document is shorter "
+                                         r"than the 2 tokens it needs after tokenization$"):
+        next(stream)
+
+
+def test_a_resumed_partial_epoch_without_examples_is_not_an_error():
+    """Resumed at the last, too short, document: that partial epoch gives
+    nothing, the next whole one does."""
+    stream = examples(_Words(5, long=[0]), _Vocab(), Objective("span_corruption", 16, 16), 0,
+                      Position(epoch=0, document=4), repeat=True)
+    position, _, _ = next(stream)
+    assert (position.epoch, position.document) == (1, 0)

@@ -169,6 +169,12 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         train(cfg, str(tmp_path))
     step, params = final_params(str(tmp_path))
     assert step >= 1 and all(np.isfinite(p).all() for p in params)
+    # Without a checkpoint before the blow-up, the message says so (it
+    # used to read "the last good checkpoint is step None").
+    cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=0))
+    with pytest.raises(NonFiniteLoss, match=r"stopped without saving\. No checkpoint was saved "
+                                            r"before it$"):
+        train(cfg, str(tmp_path / "none"))
 
 
 def test_bad_inputs_fail_before_compute(tmp_path):

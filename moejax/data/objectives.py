@@ -104,6 +104,11 @@ class Objective:
             return self.inputs_length + self.targets_length - 2
         return self.targets_length - 1
 
+    @property
+    def min_tokens(self) -> int:
+        """Tokens a document needs to give an example."""
+        return 2 if self.name in ("span_corruption", "prefix_lm") else 1
+
     def check_lengths(self):
         if self.name == "span_corruption":
             need = span_corruption_lengths(self.inputs_length, self.noise_density,
@@ -129,12 +134,12 @@ class Objective:
         for start in range(0, len(tokens), n):
             chunk = tokens[start:start + n]
             if self.name == "span_corruption":
-                if len(chunk) < 2:
+                if len(chunk) < self.min_tokens:
                     continue
                 mask = noise_mask(len(chunk), self.noise_density, self.mean_noise_span_length, rng)
                 yield span_corrupt(chunk, mask, sentinel)
             elif self.name == "prefix_lm":
-                if len(chunk) < 2:
+                if len(chunk) < self.min_tokens:
                     continue
                 # Both sides (plus EOS) must fit their lengths.
                 low = max(1, len(chunk) - (self.targets_length - 1))

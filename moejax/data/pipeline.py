@@ -35,21 +35,30 @@ class Position:
 
 
 def examples(source, vocab: Vocabulary, objective: Objective, seed: int,
-             start: Position, repeat: bool) -> Iterator[tuple[Position, np.ndarray, np.ndarray]]:
-    """(position, inputs, targets) from `start`; loops over epochs if `repeat`."""
+             start: Position, repeat: bool, what: str = "the data source"
+             ) -> Iterator[tuple[Position, np.ndarray, np.ndarray]]:
+    """(position, inputs, targets) from `start`; loops over epochs if `repeat`.
+    A whole epoch of documents that gives no example (every one too short
+    for the objective) is a ValueError naming `what`: looping over epochs
+    would never produce a batch."""
     epoch, first_doc, first_chunk = start.epoch, start.document, start.chunk
     while True:
-        empty = True
+        empty, whole_epoch, yielded = True, first_doc == 0 and first_chunk == 0, False
         for doc, item in source.iterate(first_doc, epoch):
             empty = False
             rng = seeded_rng(seed, epoch, doc)
             for chunk, (inputs, targets) in enumerate(objective.from_item(item, vocab, rng)):
                 if doc == first_doc and chunk < first_chunk:
                     continue
+                yielded = True
                 yield Position(epoch, doc, chunk), inputs, targets
             first_chunk = 0
         if not repeat or (empty and first_doc == 0):
             return
+        if whole_epoch and not yielded:
+            raise ValueError(f"{what} gave no {objective.name} example in a whole epoch: every "
+                             f"document is shorter than the {objective.min_tokens} tokens it "
+                             f"needs after tokenization")
         epoch, first_doc = epoch + 1, 0
 
 
@@ -132,7 +141,8 @@ class Pipeline:
         positions = [Position(**s) for s in state] if state else [Position()] * len(shards)
         self.iterators = [
             batches(examples(make_source(data_cfg, split, shard, num_shards), vocab, objective,
-                             data_cfg.seed + 7919 * shard, pos, repeat),
+                             data_cfg.seed + 7919 * shard, pos, repeat,
+                             f"data.source={data_cfg.source!r} ({split} split)"),
                     rows_per_shard, objective.inputs_length, objective.targets_length,
                     data_cfg.pack)
             for shard, pos in zip(shards, positions)]

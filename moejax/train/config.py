@@ -162,6 +162,14 @@ class CheckpointConfig:
     keep: int = 3
     async_save: bool = True
 
+    def __post_init__(self):
+        # keep=0 would delete every checkpoint, the final one included.
+        if self.keep < 1:
+            raise ValueError(f"keep must be >= 1 (the latest checkpoints kept), got {self.keep}")
+        if self.every_steps < 0:
+            raise ValueError(f"every_steps must be >= 0 (0 = only at the end and on SIGTERM), "
+                             f"got {self.every_steps}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -217,6 +225,12 @@ class TrainConfig:
             raise ValueError(f"eval_examples must be >= 0 (0 = all), got {self.eval_examples}")
         if self.log_every_steps < 1:
             raise ValueError(f"log_every_steps must be >= 1, got {self.log_every_steps}")
+        if self.eval_every_steps < 0:
+            raise ValueError(f"eval_every_steps must be >= 0 (0 = no evaluation), got "
+                             f"{self.eval_every_steps}")
+        if self.eval_every_steps and self.eval_batches < 1:
+            raise ValueError(f"eval_batches must be >= 1 when evaluating (eval_every_steps="
+                             f"{self.eval_every_steps}), got {self.eval_batches}")
         if self.upcycle and not self.init_checkpoint:
             raise ValueError("upcycle=True needs init_checkpoint: the dense model to upcycle")
         if self.upcycle_noise < 0:

@@ -388,10 +388,11 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
             window_steps += 1
             if not finite:
                 checkpoints.wait()
-                raise NonFiniteLoss(
-                    f"non-finite loss ({loss}) or params at step {step + 1}; stopped without "
-                    f"saving. The last good checkpoint is step {checkpoints.latest_step()} in "
-                    f"{workdir}/checkpoints")
+                last = checkpoints.latest_step()
+                where = (f"The last good checkpoint is step {last} in {workdir}/checkpoints"
+                         if last is not None else "No checkpoint was saved before it")
+                raise NonFiniteLoss(f"non-finite loss ({loss}) or params at step {step + 1}; "
+                                    f"stopped without saving. {where}")
             done = step + 1
             if done % cfg.log_every_steps == 0 or done == cfg.steps:
                 elapsed = time.perf_counter() - window_start
