@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from moejax.data import corpus, tokenizer
 from moejax.models import MoeConfig
 from moejax.train.checkpoint import CheckpointError, Checkpoints
 from moejax.train.config import OptimizerConfig, TokenizerConfig
@@ -175,6 +176,24 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"stopped without saving\. No checkpoint was saved "
                                             r"before it$"):
         train(cfg, str(tmp_path / "none"))
+
+
+def test_a_source_without_any_example_fails_before_training(tmp_path):
+    """Every document one token long: the stream used to loop over epochs
+    for ever. Now setup's first batch fails at once, and the fresh workdir
+    is gone."""
+    tokenizer.train(corpus.documents(0, 500), 300, 100, str(tmp_path / "spm.model"))
+    words = tmp_path / "words.txt"
+    words.write_text("the\n" * 200)
+    cfg = small(tokenizer=TokenizerConfig(path=str(tmp_path / "spm.model")),
+                data=dataclasses.replace(small().data, source="text", train_files=str(words)),
+                eval_every_steps=0)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"^data.source='text' \(train split\) gave no "
+                                         r"span_corruption example in a whole epoch"):
+        train(cfg, str(tmp_path / "run"))
+    assert time.perf_counter() - start < 60
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_inputs_fail_before_compute(tmp_path):

@@ -128,6 +128,10 @@ def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
     objective = Objective(d.objective, d.inputs_length, d.targets_length, d.noise_density,
                           d.mean_noise_span_length)
     objective.check_lengths()
+    if for_training:
+        # One row of the first shard: a source that gives no example at all
+        # fails here, before any compute and with nothing left behind.
+        next(iter(Pipeline(d, vocab, objective, "train", 1, shards[:1], num_shards)))
     model = Transformer(cfg.model, mesh=layout.mesh, expert_axis=cfg.mesh.expert_axis)
     return Setup(cfg, workdir, layout, vocab, objective, model, shards,
                  num_shards)
