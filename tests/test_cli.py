@@ -156,3 +156,26 @@ def test_experiments_fail_in_one_line_before_writing(args, fragment, files, tmp_
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and fragment.format(**files) in last, out.stderr[-2000:]
     assert not out_dir.exists()
+
+
+def test_readme_router_snippet_passes_the_linter_and_registers(tmp_path):
+    """The README's "Adding a router" snippet, saved as the README says
+    (`my_routers.py`, in the repository root, so under the project's ruff
+    config): `ruff check` passes, and importing it registers `my_top1`."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("### Adding a router"):]
+    start = section.index("```python\n") + len("```python\n")
+    snippet = section[start:section.index("\n```", start)]
+    assert "register_router(" in snippet
+    (tmp_path / "my_routers.py").write_text(snippet + "\n")
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--config",
+                           os.path.join(ROOT, "pyproject.toml"), "my_routers.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    code = ("import my_routers\nfrom moejax.routing import RouterConfig\n"
+            "print(RouterConfig(name='my_top1', num_experts=4).name)")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "my_top1", out.stderr[-2000:]
