@@ -163,6 +163,19 @@ def test_leaderboard_ranks_a_user_router_from_its_own_module(tmp_path):
     assert "reusing stored results of 4 arms" in again.stdout
 
 
+def test_a_user_routers_leaderboard_never_writes_over_the_committed_one():
+    from experiments.leaderboard.__main__ import COMMITTED, default_out
+
+    user = os.path.join(COMMITTED, "user")
+    assert default_out(["my_routers:my_top1"], ["--quick"]) == user
+    assert default_out(["my_routers:my_top1"], ["--out", "/tmp/x"]) is None
+    assert default_out(["my_routers:my_top1"], ["--out=/tmp/x"]) is None
+    assert default_out([], ["--quick"]) is None  # the shipped routers: the committed table
+    ignored = subprocess.run(["git", "check-ignore", "-q", os.path.join(user, "results.json")],
+                             cwd=COMMITTED, capture_output=True)
+    assert ignored.returncode in (0, 128)  # ignored (128: not a git checkout)
+
+
 def test_run_t5_never_resumes_a_run_of_another_config(tmp_path):
     """A run directory left by an earlier config (the experiment changed
     since) is trained again from scratch, not resumed or reused."""

@@ -50,7 +50,7 @@ import time
 import numpy as np
 
 from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, fingerprint,
+from experiments.common import (ROOT, TESTBED_EXPERTS, encoder_layers, figure, fingerprint,
                                 testbed_config, testbed_moe, parse_args,
                                 run_arms, run_t5, slug, with_moe, write_results)
 from moejax import cli
@@ -134,6 +134,18 @@ def plot(path: str, ranked: list[str], diffs: dict[str, dict]) -> None:
         ax.set_title("Router leaderboard: routing testbed, encoder router")
 
 
+COMMITTED = os.path.join(ROOT, "results", NAME)
+
+
+def default_out(routers: list[str], argv: list[str]) -> str | None:
+    """Where a run writes when --out is not given: with user routers
+    (--router), results/leaderboard/user (git-ignored), so the committed
+    table and results.json are never rewritten in a user's clone; else the
+    shared default (None)."""
+    given = any(a == "--out" or a.startswith("--out=") for a in argv)
+    return os.path.join(COMMITTED, "user") if routers and not given else None
+
+
 def main():
     # The leaderboard's own flags, taken off before the shared ones are parsed.
     extra = argparse.ArgumentParser(add_help=False)
@@ -144,6 +156,9 @@ def main():
     sys.argv = [sys.argv[0], *rest]
     # Checked before parse_args creates --out: a bad flag leaves nothing behind.
     modules, names = user_routers(known.router)
+    out = default_out(known.router, rest)
+    if out:
+        sys.argv += ["--out", out]
     arms = [*BUILT_IN, *sorted(set(ROUTERS) | set(names))]
     selected = arms
     if known.only:
@@ -159,11 +174,13 @@ def main():
     start = time.time()
     configs = {a: [arm_config(args.size, s, a) for s in range(args.seeds)] for a in arms}
     prints = {a: [fingerprint(c) for c in cs] for a, cs in configs.items()}
-    stored_path = os.path.join(args.out, "results.json")
+    # A user's run reads the committed arms too, and writes only to its own folder.
     stored = {}
-    if os.path.exists(stored_path) and not known.rerun:
-        with open(stored_path) as f:
-            stored = json.load(f).get("arms", {})
+    for stored_path in dict.fromkeys([os.path.join(COMMITTED, "results.json"),
+                                      os.path.join(args.out, "results.json")]):
+        if os.path.exists(stored_path) and not known.rerun:
+            with open(stored_path) as f:
+                stored.update(json.load(f).get("arms", {}))
     reuse = {a for a in arms if a in stored and stored[a]["fingerprints"] == prints[a]}
     # Shown: the selected arms and every stored arm still valid for this config.
     arms = [a for a in arms if a in selected or a in reuse]
