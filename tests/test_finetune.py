@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import traverse_util
 
+from moejax.data import corpus, tokenizer
 from moejax.layers import MoeLayer
 from moejax.models import abstract_params
 from moejax.routing import RouterConfig
@@ -82,6 +83,19 @@ def test_init_checkpoint_loads_params_without_random_init_and_names_mismatches(t
     assert "missing from the checkpoint: decoder/layers_2/" in message
     with pytest.raises(FileNotFoundError, match="neither a moejax workdir"):
         load_params(str(tmp_path), abstract_params(cfg.model))
+
+    # Without a tokenizer beside the checkpoint (pretrained with tokenizer.path),
+    # fine-tuning refuses to train a new one, whose ids would not match the
+    # embeddings, unless tokenizer.path names one.
+    spm = os.path.join(pretrain, "tokenizer", "spm.model")
+    os.rename(spm, str(tmp_path / "spm.model"))
+    orphan = dataclasses.replace(cfg, init_checkpoint=pretrain)
+    with pytest.raises(ValueError, match=r"has no tokenizer .*; set tokenizer.path to the "):
+        setup(orphan, str(tmp_path / "orphan"))
+    named = dataclasses.replace(orphan, tokenizer=dataclasses.replace(
+        orphan.tokenizer, path=str(tmp_path / "spm.model")))
+    assert setup(named, str(tmp_path / "named")).vocab.size == s.vocab.size
+    os.rename(str(tmp_path / "spm.model"), spm)
 
     # A run with init_checkpoint starts from those params and never draws random
     # ones (setup and the compiled steps do not depend on init_checkpoint).
@@ -217,8 +231,11 @@ def test_upcycle_switch_trains_an_moe_from_a_dense_workdir(tmp_path):
     _, dense = init(dense_cfg)
     dense_dir = str(tmp_path / "dense")
     _save_params(dense_dir, dense)
+    # A run's tokenizer lives beside its checkpoints; the upcycled run inherits it.
     cfg = small(model=moe_cfg, steps=2, eval_every_steps=0, init_checkpoint=dense_dir,
                 upcycle=True)
+    tokenizer.train(corpus.documents(0, 500), cfg.tokenizer.vocab_size, cfg.tokenizer.extra_ids,
+                    os.path.join(dense_dir, "tokenizer", "spm.model"))
     last = train(cfg, str(tmp_path / "moe"))
     assert np.isfinite(last["loss"])
     with pytest.raises(ValueError, match="upcycle=True needs init_checkpoint"):

@@ -76,8 +76,14 @@ def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabula
     if tcfg.path:
         return tok.load(tcfg.path, tcfg.extra_ids)
     cache = os.path.join(workdir, "tokenizer", "spm.model")
-    if jax.process_index() == 0 and not epath.Path(cache).exists():
+    inherited = None
+    if cfg.init_checkpoint and not epath.Path(cache).exists():
         inherited = tokenizer_of(cfg.init_checkpoint)
+        if not inherited:  # a new tokenizer's ids would not match the checkpoint's embeddings
+            raise ValueError(f"init_checkpoint {cfg.init_checkpoint!r} has no tokenizer (a run "
+                             f"pretrained with tokenizer.path keeps none in its workdir); set "
+                             f"tokenizer.path to the SentencePiece model it was trained with")
+    if jax.process_index() == 0 and not epath.Path(cache).exists():
         if inherited:
             write_atomic(cache, epath.Path(inherited).read_bytes())
         else:
