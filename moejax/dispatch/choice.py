@@ -66,23 +66,24 @@ def _importable(module: str) -> bool:
     return True
 
 
-# impl -> (what it needs, in words; whether this process has it)
-_NEEDS = {
-    "blocks": ("any backend", lambda backend: True),
-    "ragged_dot": ("any backend", lambda backend: True),
-    "megablox": ("a TPU", lambda backend: backend == "tpu" and _importable(MEGABLOX)),
+# impl -> (what it needs, in words; whether this process has it; the Kernel)
+_KERNELS = {
+    "blocks": ("any backend", lambda backend: True, Blocks),
+    "ragged_dot": ("any backend", lambda backend: True, RaggedDot),
+    "megablox": ("a TPU", lambda backend: backend == "tpu" and _importable(MEGABLOX), Megablox),
     "mosaic_gpu": ("an NVIDIA Hopper GPU (compute capability 9.x) and 16-bit inputs",
                    lambda backend: backend == "gpu" and _is_hopper()
-                   and _importable(MOSAIC_FORWARD)),
+                   and _importable(MOSAIC_FORWARD), MosaicGpu),
     "tokamax": ("the tokamax package (jax >= 0.11.1, Python >= 3.12)",
-                lambda backend: importlib.util.find_spec("tokamax") is not None),
+                lambda backend: importlib.util.find_spec("tokamax") is not None,
+                lambda: RaggedDot(module="tokamax")),
 }
 
 
 @functools.cache
 def available_grouped_matmuls(backend: str | None = None) -> tuple[str, ...]:
     backend = backend or jax.default_backend()
-    return tuple(name for name in IMPLEMENTATIONS if _NEEDS[name][1](backend))
+    return tuple(name for name in IMPLEMENTATIONS if _KERNELS[name][1](backend))
 
 
 def default_grouped_matmul(dtype=jnp.float32, backend: str | None = None) -> str:
@@ -108,9 +109,7 @@ def grouped_kernel(impl: str | Kernel | None, dtype=jnp.float32,
         raise ValueError(f"grouped_matmul must be one of {IMPLEMENTATIONS} or None, got {impl!r}")
     available = available_grouped_matmuls(backend)
     if impl not in available or (impl == "mosaic_gpu" and jnp.dtype(dtype) not in MOSAIC_DTYPES):
-        raise ValueError(f"grouped_matmul {impl!r} needs {_NEEDS[impl][0]}; this is "
+        raise ValueError(f"grouped_matmul {impl!r} needs {_KERNELS[impl][0]}; this is "
                          f"{backend or jax.default_backend()} with {jnp.dtype(dtype).name} "
                          f"inputs, where {', '.join(available)} can run")
-    return {"blocks": Blocks, "ragged_dot": RaggedDot, "megablox": Megablox,
-            "mosaic_gpu": MosaicGpu,
-            "tokamax": lambda: RaggedDot(module="tokamax")}[impl]()
+    return _KERNELS[impl][2]()

@@ -56,12 +56,17 @@ def resolve_attention(impl: str, *, dtype, head_dim: int, dropout_rate: float,
     return "cudnn" if fits and backend == "gpu" else "einsum"
 
 
+def additive_mask(mask):
+    """bool mask (True = may attend) -> float32 0 / NEG_INF to add to the logits."""
+    return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
+
+
 def stack_bias(position_bias, mask, impl: str) -> AttentionBias:
     """position_bias [B | 1, H, Lq, Lk] float32 or None, mask [B, 1, Lq, Lk]
     bool -> the AttentionBias for implementation `impl`."""
     if impl in FUSED:
         return AttentionBias(position_bias, mask)
-    additive = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
+    additive = additive_mask(mask)
     return AttentionBias(additive if position_bias is None else position_bias + additive)
 
 
@@ -196,7 +201,7 @@ class MultiHeadAttention(nn.Module):
         if bias.bias is not None:
             logits = logits + bias.bias
         if bias.mask is not None:
-            logits = logits + jnp.where(bias.mask, 0.0, NEG_INF)
+            logits = logits + additive_mask(bias.mask)
         weights = jax.nn.softmax(logits, axis=-1)
         if dropout:
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)

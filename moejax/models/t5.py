@@ -16,7 +16,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from moejax.layers import MOE_COLLECTION, ROUTER_STATE, MlpBlock, MoeLayer
-from moejax.layers.attention import (NEG_INF, MultiHeadAttention, RelativePositionBias,
+from moejax.layers.attention import (MultiHeadAttention, RelativePositionBias, additive_mask,
                                      resolve_attention, stack_bias)
 from moejax.matmul import matmul
 from moejax.models.config import REMAT_POLICIES, MoeConfig, T5Config
@@ -35,7 +35,7 @@ def attention_mask(q_mask, k_mask, q_segment=None, k_segment=None, q_index=None,
 
 def attention_bias(*args, **kwargs):
     """attention_mask as an additive float32 mask: 0 where allowed, else -1e10."""
-    return jnp.where(attention_mask(*args, **kwargs), 0.0, NEG_INF).astype(jnp.float32)
+    return additive_mask(attention_mask(*args, **kwargs))
 
 
 def _norm(cfg: T5Config, name: str):

@@ -29,10 +29,10 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from moejax.data import tokenizer as tok
-from moejax.dispatch import grouped_kernel
 from moejax.data.objectives import Objective
 from moejax.data.pipeline import Pipeline
 from moejax.data.sources import check_paths, make_source
+from moejax.dispatch import grouped_kernel
 from moejax.files import absolute, check_writable, write_atomic
 from moejax.layers.attention import resolve_attention
 from moejax.models import ROUTER_STATE, Transformer, abstract_params
