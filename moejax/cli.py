@@ -128,7 +128,15 @@ def input_errors(*types: type[BaseException], explain: Callable[[BaseException],
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """app.run(main) with `parse_flags`."""
+    """app.run(main) with `parse_flags`. After an input error's one line,
+    what the interpreter's shutdown prints is dropped: background I/O threads
+    (orbax, TensorStore) that outlive the failure print tracebacks there."""
     from absl import app
 
-    app.run(main, flags_parser=parse_flags)
+    try:
+        app.run(main, flags_parser=parse_flags)
+    except SystemExit as e:
+        if e.code == EXIT_INPUT_ERROR and not debug():
+            sys.stderr.flush()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        raise

@@ -1,5 +1,6 @@
 """Bad input through the real command lines: one line, exit status 2, no
 traceback, and nothing written (moejax.cli)."""
+import json
 import os
 import subprocess
 import sys
@@ -62,6 +63,25 @@ CASES = [
      "unknown task or mixture 'nosuchtask'"),
     ("moejax.finetune", ["--config=configs/finetune/default.py", "--init_checkpoint={tmp}/none"],
      "is neither a moejax workdir with checkpoints"),
+    # Each of these used to print a traceback, or fail after the workdir was
+    # made (and leave it behind), or both.
+    ("moejax.train", [DEFAULT, "--config.data.source=text", "--config.data.train_files={tmp}"],
+     "data.train_files '{tmp}' names the directory '{tmp}'; give files or a glob such as"),
+    ("moejax.train", [DEFAULT, "--config.data.source=text", "--config.data.train_files={empty}",
+                      "--config.eval_every_steps=0"],
+     "data.train_files '{empty}' has no documents"),
+    ("moejax.train", [DEFAULT, "--config.data.source=text", "--config.data.train_files={latin1}",
+                      "--config.eval_every_steps=0"],
+     "data.train_files: '{latin1}' is not UTF-8 text (invalid continuation byte at byte 3)"),
+    ("moejax.train", [DEFAULT, "--config.tokenizer.vocab_size=5"],
+     "tokenizer (vocab_size=5, train_documents=5000): SentencePiece cannot train a 5-piece "
+     "model: the training text needs at least"),
+    ("moejax.train", [DEFAULT, "--config.tokenizer.train_documents=0"],
+     "tokenizer.train_documents must be >= 1, got 0"),
+    ("moejax.train", [DEFAULT, "--config.data.embedded_eval_documents=0"],
+     "data.embedded_eval_documents must be >= 1, got 0"),
+    ("moejax.train", [DEFAULT, "--config.model.decoder_moe.group_size=7"],
+     "group_size=7 of decoder/layers_1/mlp must divide its batch*length=1024 tokens"),
 ]
 
 
@@ -70,8 +90,11 @@ def files(tmp_path):
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "bad.model").write_bytes(b"not a model")
     (tmp_path / "noget.py").write_text("x = 1\n")
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "latin1.txt").write_bytes("café au lait\n".encode("latin-1"))
     return {"tmp": str(tmp_path), "file": str(tmp_path / "a_file"),
-            "bad_model": str(tmp_path / "bad.model"), "noget": str(tmp_path / "noget.py")}
+            "bad_model": str(tmp_path / "bad.model"), "noget": str(tmp_path / "noget.py"),
+            "empty": str(tmp_path / "empty.txt"), "latin1": str(tmp_path / "latin1.txt")}
 
 
 def _run(module, args, env_extra=None):
@@ -101,6 +124,40 @@ def test_a_workdir_that_is_a_file_or_cannot_be_written_is_refused(files):
     out = _run("moejax.train", [DEFAULT, f"--workdir={inside}"])
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"error: workdir {inside!r} cannot be written" in out.stderr
+
+
+def test_a_workdir_held_by_a_live_trainer_is_refused(tmp_path):
+    """lock.json naming a live process on this host (this test's): the
+    second trainer stops at once, names the holder, and changes nothing."""
+    import socket
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": "2026-12-06T01:02:03Z",
+              "start_ticks": None, "heartbeat_unix": 0.0}
+    (workdir / "lock.json").write_text(json.dumps(holder))
+    out = _run("moejax.train", [DEFAULT, f"--workdir={workdir}"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"error: workdir '{workdir}' is in use by the trainer with pid {os.getpid()} on host "
+        f"{socket.gethostname()!r} since 2026-12-06T01:02:03Z (lock.json); stop it first, or "
+        "use another --workdir")
+    assert os.listdir(workdir) == ["lock.json"]
+    assert json.loads((workdir / "lock.json").read_text()) == holder
+
+
+def test_keep_0_on_a_run_with_checkpoints_deletes_nothing(tmp_path):
+    """keep=0 used to delete every checkpoint of the run, the final one
+    included; now it is refused before the workdir is touched."""
+    step = tmp_path / "run" / "checkpoints" / "200"
+    step.mkdir(parents=True)
+    (step / "commit_success.txt").write_text("ok")
+    out = _run("moejax.train", [DEFAULT, "--config.checkpoint.keep=0",
+                                f"--workdir={tmp_path / 'run'}"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "checkpoint.keep must be >= 1" in out.stderr
+    assert (step / "commit_success.txt").read_text() == "ok"
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints"]
 
 
 def test_moejax_debug_shows_the_traceback(files, tmp_path):
@@ -140,6 +197,8 @@ EXPERIMENT_CASES = [
     (["experiments.leaderboard", "--only", "nosuch"], "--only names unknown routers ['nosuch']"),
     (["experiments.leaderboard", "--router", "json:testbed_top2"],
      "'testbed_top2' is the name of a built-in arm"),
+    (["experiments.leaderboard", "--router", "json:switch"],
+     "'switch' is one of moejax's own routers, not one 'json' registered"),
 ]
 
 
@@ -179,3 +238,15 @@ def test_readme_router_snippet_passes_the_linter_and_registers(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "my_top1", out.stderr[-2000:]
+
+
+def test_a_user_router_module_that_raises_is_one_line(tmp_path):
+    (tmp_path / "broken_routers.py").write_text("raise RuntimeError('no GPU here')\n")
+    out = _run("experiments.leaderboard", ["--router", "broken_routers:mine", "--out",
+                                           str(tmp_path / "results")],
+               {"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: --router 'broken_routers:mine': importing 'broken_routers' failed "
+        "(RuntimeError: no GPU here)")
+    assert not (tmp_path / "results").exists()

@@ -154,7 +154,8 @@ def test_dense_mlp_block_matches_manual_computation():
 def test_layer_errors_name_the_bad_value():
     x = jnp.ones((B, L, D))
     cfg = RouterConfig(num_experts=E)
-    with pytest.raises(ValueError, match="group_size=5 must divide batch\\*length=16"):
+    with pytest.raises(ValueError,
+                       match="group_size=5 of MoeLayer must divide its batch\\*length=16 tokens"):
         MoeLayer(cfg, d_ff=F, group_size=5).init(jax.random.PRNGKey(0), x)
     with pytest.raises(ValueError, match="router 'hash' needs token_ids"):
         MoeLayer(RouterConfig(name="hash", num_experts=E), d_ff=F).init(jax.random.PRNGKey(0), x)

@@ -95,7 +95,10 @@ def test_resume_after_kill_9_is_exact(tmp_path, extra):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The dead trainer's lock is left behind; the rerun takes it over.
+    assert json.loads(open(os.path.join(killed, "lock.json")).read())["pid"] == proc.pid
     assert launch(killed, *args).wait(timeout=300) == 0
+    assert not os.path.exists(os.path.join(killed, "lock.json"))
     assert reference.wait(timeout=300) == 0
     a, b = read_metrics(straight)[0], read_metrics(killed)[0]
     assert [a[s]["loss"] for s in range(1, 21)] == [b[s]["loss"] for s in range(1, 21)]
@@ -196,6 +199,31 @@ def test_a_source_without_any_example_fails_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_full_disk_mid_run_stops_with_one_line(tmp_path):
+    """Files capped at 400 kB (RLIMIT_FSIZE, as a full disk: writes fail
+    with EFBIG): the tokenizer fits, the first checkpoint does not. The
+    background write fails; the run stops with one line naming the step and
+    the cause, once, without orbax's thread tracebacks or TensorStore specs."""
+    import resource
+
+    workdir = tmp_path / "run"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               PYTHONPATH=os.path.join(ROOT, "tests"))
+    out = subprocess.run([sys.executable, "-m", "moejax.train", f"--config={CONFIG}",
+                          f"--workdir={workdir}", "--config.steps=8", "--config.eval_every_steps=0",
+                          "--config.checkpoint.every_steps=2"], cwd=ROOT, env=env,
+                         preexec_fn=limit, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint step 2 cannot be written to {workdir}/checkpoints "
+                           "(ValueError: OUT_OF_RANGE: Error writing"), last
+    assert last.endswith("File too large); stopped, no complete checkpoint was written"), last
+    assert out.stderr.count("OUT_OF_RANGE") == 1 and "'driver'" not in out.stderr
+    # It stopped at the next save at the latest, not at the end of the run.
+    assert max(read_metrics(str(workdir))[0]) <= 4
+
+
 def test_bad_inputs_fail_before_compute(tmp_path):
     with pytest.raises(ValueError, match="not divisible by the data-parallel size 8"):
         train(small(batch_size=12), str(tmp_path / "a"))
@@ -221,8 +249,9 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):
         if f.is_file() and f.stat().st_size > 0 and "manifest" in f.name:
             f.write_bytes(b"garbage")
     before = sorted((str(p), p.stat().st_size) for p in (workdir / "checkpoints").rglob("*"))
-    with pytest.raises(CheckpointError, match=r"checkpoints/10 cannot be restored"):
+    with pytest.raises(CheckpointError, match=r"checkpoints/10 cannot be restored") as err:
         train(small(steps=20, eval_every_steps=0), str(workdir))
+    assert "\n" not in str(err.value) and "TensorStore" not in str(err.value)
     after = sorted((str(p), p.stat().st_size) for p in (workdir / "checkpoints").rglob("*"))
     assert after == before
     other_model = dataclasses.replace(small().model, d_ff=96)

@@ -101,6 +101,7 @@ def summary(run: dict) -> dict:
 
 def user_routers(specs: list[str]) -> tuple[tuple[str, ...], list[str]]:
     modules, names = [], []
+    ours = set(ROUTERS)  # moejax's own routers, before any user module registers one
     for spec in specs:
         module, sep, name = spec.partition(":")
         if not sep or not module or not name:
@@ -110,9 +111,15 @@ def user_routers(specs: list[str]) -> tuple[tuple[str, ...], list[str]]:
             importlib.import_module(module)
         except ImportError as e:
             cli.fail(f"--router {spec!r}: cannot import {module!r} ({e})")
+        except Exception as e:  # the user's module failed while importing: say how, in one line
+            cli.fail(f"--router {spec!r}: importing {module!r} failed "
+                     f"({type(e).__name__}: {' '.join(str(e).split())})")
         if name in BUILT_IN:
             cli.fail(f"--router {spec!r}: {name!r} is the name of a built-in arm; "
                      "register the router under another name")
+        if name in ours:
+            cli.fail(f"--router {spec!r}: {name!r} is one of moejax's own routers, not one "
+                     f"{module!r} registered; register yours under a new name")
         if name not in ROUTERS:
             cli.fail(f"--router {spec!r}: importing {module!r} registered no "
                      f"router {name!r}; registered: {', '.join(sorted(ROUTERS))}")

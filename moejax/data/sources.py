@@ -90,10 +90,12 @@ class InMemory:
     """A list of documents; shard s of n takes every n-th, starting at s.
     Each epoch visits the shard in a fresh permutation of (seed, epoch)."""
 
-    def __init__(self, texts: Sequence[str], shard: int, num_shards: int, seed: int):
+    def __init__(self, texts: Sequence[str], shard: int, num_shards: int, seed: int,
+                 what: str = "the source"):
         self.texts = texts[shard::num_shards]
         if not self.texts:
-            raise ValueError(f"input shard {shard} of {num_shards} has no documents")
+            share = f"input shard {shard} of {num_shards} of " if num_shards > 1 else ""
+            raise ValueError(f"{share}{what} has no documents")
         self.seed = seed
 
     def iterate(self, start: int, epoch: int) -> Iterator[tuple[int, str]]:
@@ -129,7 +131,21 @@ def _files(patterns: str, what: str) -> list[str]:
     files = sorted(f for p in patterns.split(",") if p for f in _glob(p))
     if not files:
         raise FileNotFoundError(f"{what} {patterns!r} matches no files")
+    folders = [f for f in files if epath.Path(f).is_dir()]
+    if folders:
+        raise IsADirectoryError(f"{what} {patterns!r} names the directory {folders[0]!r}; give "
+                                f"files or a glob such as {os.path.join(folders[0], '*.txt')!r}")
     return files
+
+
+def _lines(file: str, what: str) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped."""
+    try:
+        text = epath.Path(file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what}: {file!r} is not UTF-8 text ({e.reason} at byte {e.start})"
+                         ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _split_files(cfg, split: str) -> list[str]:
@@ -164,11 +180,14 @@ def make_source(cfg, split: str, shard: int, num_shards: int):
             texts = knowledge.documents(cfg.seed, cfg.knowledge_entities, seed, count)
         else:  # one set of chains (cfg.seed); held-out documents walk the same chains
             texts = markov.documents(cfg.seed, cfg.markov_words, seed, count)
-        return InMemory(texts, shard, num_shards, cfg.seed)
+        count_field = "embedded_documents" if split == "train" else "embedded_eval_documents"
+        return InMemory(texts, shard, num_shards, cfg.seed,
+                        f"data.source={cfg.source!r} ({split} split, data.{count_field}={count})")
     if cfg.source == "text":
-        texts = [line.strip() for f in _split_files(cfg, split)
-                 for line in epath.Path(f).read_text().splitlines() if line.strip()]
-        return InMemory(texts, shard, num_shards, cfg.seed)
+        what = f"data.{split}_files"
+        texts = [line for f in _split_files(cfg, split) for line in _lines(f, what)]
+        patterns = cfg.train_files if split == "train" else cfg.eval_files
+        return InMemory(texts, shard, num_shards, cfg.seed, f"{what} {patterns!r}")
     if cfg.source in _REGISTERED:
         return _REGISTERED[cfg.source].make(cfg, split, shard, num_shards)
     import tensorflow as tf  # only the streaming sources need TensorFlow

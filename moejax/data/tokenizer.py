@@ -9,6 +9,7 @@ one, a unigram model is trained on the training corpus and cached.
 from __future__ import annotations
 
 import io
+import re
 from typing import Iterable
 
 import numpy as np
@@ -84,9 +85,21 @@ def train(texts: Iterable[str], vocab_size: int, extra_ids: int, cache_path: str
     if epath.Path(cache_path).exists():
         return load(cache_path, extra_ids)
     proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size,
-        model_type="unigram", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2, num_threads=1)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size,
+            model_type="unigram", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+            character_coverage=1.0, hard_vocab_limit=False, minloglevel=2, num_threads=1)
+    except RuntimeError as e:  # SentencePiece's C++ checks: keep their reason, not their source
+        reason = str(e).splitlines()[0]
+        reason = reason.split("] ", 1)[1] if "] " in reason else reason
+        needed = re.search(r"required_chars\. \d+ vs (\d+)", reason)
+        if needed:  # its advice names its own flags; say what to set here
+            reason = (f"the training text needs at least {needed.group(1)} pieces (its characters "
+                      f"and the special pieces)")
+        elif "sentences_.empty()" in str(e) or not reason.strip():
+            reason = "no training text (every document was empty)"
+        raise ValueError(f"SentencePiece cannot train a {vocab_size}-piece model: {reason}"
+                         ) from None
     write_atomic(cache_path, proto.getvalue())  # a killed run never leaves half a model
     return Vocabulary(proto.getvalue(), extra_ids)

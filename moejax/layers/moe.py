@@ -109,7 +109,9 @@ class MoeLayer(nn.Module):
         # batch) form a single group.
         t = min(self.group_size or l, b * l)
         if (b * l) % t:
-            raise ValueError(f"group_size={t} must divide batch*length={b * l}")
+            where = "/".join(self.scope.path) if self.scope and self.scope.path else "MoeLayer"
+            raise ValueError(f"group_size={t} of {where} must divide its batch*length={b * l} "
+                             f"tokens")
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         xg = jnp.asarray(x, self.dtype).reshape(b * l // t, t, d)
         maskg = None if mask is None else mask.reshape(xg.shape[:2])

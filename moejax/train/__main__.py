@@ -56,10 +56,12 @@ def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from moejax.train.checkpoint import CheckpointError
+    from moejax.train.lock import WorkdirLocked
     from moejax.train.trainer import NonFiniteLoss
 
     with cli.input_errors(ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                          PermissionError, CheckpointError, NonFiniteLoss):
+                          IsADirectoryError, PermissionError, CheckpointError, NonFiniteLoss,
+                          WorkdirLocked):
         job(cfg, _WORKDIR.value)
 
 

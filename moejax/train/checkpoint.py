@@ -4,9 +4,19 @@ Keeps the latest `keep` steps plus the one with the lowest eval loss.
 Restoring reads onto the shardings of the current mesh, so a run can resume
 on a different mesh shape. A checkpoint that cannot be read, or whose
 params do not match the configured model, stops the run with an error and
-is left untouched.
+is left untouched. A save that fails (a full disk, a lost permission) stops
+the run at the next step with one error naming the step and the cause.
+
+Failures are reported once, in one line (`describe`): orbax's background
+threads log every failure they see with a traceback, and TensorStore puts
+its whole spec into its messages; MOEJAX_DEBUG=1 keeps both.
 """
 from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -17,6 +27,47 @@ BEST_METRIC = "eval_loss"
 
 class CheckpointError(RuntimeError):
     pass
+
+
+def describe(e: BaseException, limit: int = 400) -> str:
+    """'ValueError: OUT_OF_RANGE: Error reading ...' : the innermost cause of
+    an orbax/TensorStore failure, on one line, without TensorStore's spec."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    text = str(e).split("See full TensorStore details")[0]
+    text = re.sub(r"\s*\[\w+=[^\]]*\]", "", text)  # [source locations='...'], [os_error_code=..]
+    text = " ".join(text.split()).rstrip(" .")
+    if len(text) > limit:  # the OS's reason comes last: keep both ends
+        text = f"{text[:limit // 2]} ... {text[-limit // 2:]}"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class _OrbaxThreadReports(logging.Filter):
+    """Drops the tracebacks orbax logs from its background threads: the
+    failure reaches the trainer as an exception and is reported there, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def _closed_loop(unraisable) -> bool:
+    """TensorStore completing a read or write after orbax closed the event
+    loop of the operation that failed: an echo of that failure."""
+    return (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def quiet_orbax_threads() -> None:
+    """Installs _OrbaxThreadReports on absl's logger and drops the
+    `_closed_loop` echoes (once; not with MOEJAX_DEBUG=1)."""
+    from moejax.cli import debug
+
+    absl_logger = logging.getLogger("absl")
+    if debug() or any(isinstance(f, _OrbaxThreadReports) for f in absl_logger.filters):
+        return
+    absl_logger.addFilter(_OrbaxThreadReports())
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda u: None if _closed_loop(u) else previous(u)
 
 
 def leaf_paths(tree, signature) -> dict[str, object]:
@@ -41,35 +92,59 @@ def mismatch_report(got: dict, want: dict) -> str:
 
 class Checkpoints:
     def __init__(self, directory: str, cfg):
+        quiet_orbax_threads()
         preserve = [policies.LatestN(n=cfg.keep),
                     policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
                                    keep_checkpoints_without_metrics=False)]
+        self.directory = directory
         self.manager = ocp.CheckpointManager(
             directory, item_names=("state", "data"),
             options=ocp.CheckpointManagerOptions(
                 save_interval_steps=1, enable_async_checkpointing=cfg.async_save,
                 preservation_policy=policies.AnyPreservationPolicy(preserve)))
+        self.saving: int | None = None  # the step of the latest save started
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def _write_failed(self, e: Exception) -> CheckpointError:
+        with contextlib.suppress(Exception):
+            self.manager.reload()
+        complete = self.latest_step()
+        kept = (f"the latest complete checkpoint is step {complete}" if complete is not None
+                else "no complete checkpoint was written")
+        return CheckpointError(f"checkpoint step {self.saving} cannot be written to "
+                               f"{self.directory} ({describe(e)}); stopped, {kept}")
+
     def save(self, step: int, state, data_state, metrics: dict | None = None):
-        """Starts writing step `step` (in the background when async)."""
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
-            metrics=metrics, force=True)
+        """Starts writing step `step` (in the background when async); a
+        failure of the previous save is raised here as CheckpointError."""
+        self.wait()  # orbax would wait for it too; this reports its failure with its step
+        self.saving = step
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                metrics=metrics, force=True)
+        except Exception as e:
+            raise self._write_failed(e) from e
+
+    def check(self):
+        """Raises CheckpointError when a background save has failed (does
+        not wait for one in progress)."""
+        if self.saving is not None and not self.manager.is_saving_in_progress():
+            self.wait()  # returns at once; raises if that save failed
 
     def restore(self, step: int, abstract_state):
         """(state, data_state) of `step`, placed like `abstract_state`
         (a tree of jax.ShapeDtypeStruct with shardings)."""
-        where = f"{self.manager.directory}/{step}"
+        where = f"{self.directory}/{step}"
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types for unreadable data
             raise CheckpointError(
-                f"checkpoint {where} cannot be restored ({type(e).__name__}: {e}). It was left "
-                f"as is; move it away or use another --workdir.") from None
+                f"checkpoint {where} cannot be restored ({describe(e)}). It was left as is; move "
+                f"it away or use another --workdir.") from e
         signature = lambda a: (tuple(a.shape), str(a.dtype))
         report = mismatch_report(leaf_paths(restored.state, signature),
                                  leaf_paths(abstract_state, signature))
@@ -80,7 +155,14 @@ class Checkpoints:
         return restored.state, restored.data
 
     def wait(self):
-        self.manager.wait_until_finished()
+        """Blocks until the latest save is complete; CheckpointError if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_failed(e) from e
 
     def close(self):
-        self.manager.close()
+        """Waits for a save in progress and releases the manager; a failed
+        save is not raised again (`wait` and `check` report it)."""
+        with contextlib.suppress(Exception):
+            self.manager.close()

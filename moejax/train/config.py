@@ -86,6 +86,9 @@ class DataConfig:
             raise ValueError(f"markov_words must be in [{markov.SUCCESSORS}, {markov.MAX_WORDS}] "
                              f"(words are 3 syllables of a domain's letters), got "
                              f"{self.markov_words}")
+        for name in ("embedded_documents", "embedded_eval_documents"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.noise_density < 1:
             raise ValueError(f"noise_density must be in (0, 1), got {self.noise_density}")
 
@@ -102,6 +105,13 @@ class TokenizerConfig:
     vocab_size: int = 2000
     train_documents: int = 5000
     extra_ids: int = 100
+
+    def __post_init__(self):
+        for name in ("vocab_size", "train_documents"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.extra_ids < 0:
+            raise ValueError(f"extra_ids must be >= 0, got {self.extra_ids}")
 
 
 OPTIMIZERS = ("adafactor", "adamw")

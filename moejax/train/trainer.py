@@ -42,6 +42,7 @@ from moejax.train import optim
 from moejax.tasks.evaluate import check_eval_data, evaluate_tasks
 from moejax.train.checkpoint import BEST_METRIC, Checkpoints
 from moejax.train.config import TrainConfig
+from moejax.train.lock import WorkdirLock, WorkdirLocked
 from moejax.train.init import load_params, tokenizer_of, upcycled_params
 from moejax.train.metrics import MetricWriter, flatten
 from moejax.train.partitioning import Layout
@@ -66,6 +67,7 @@ class Setup:
     model: Transformer
     shards: list[int]
     num_shards: int
+    batch_spec: dict[str, jax.ShapeDtypeStruct] | None  # a global batch; None for --eval_only
 
 
 def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabulary:
@@ -90,7 +92,11 @@ def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabula
             source = make_source(cfg.data, "train", 0, num_shards)
             texts = (item if isinstance(item, str) else " ".join(item)  # task items are pairs
                      for _, (_, item) in zip(range(tcfg.train_documents), source.iterate(0, 0)))
-            tok.train(texts, tcfg.vocab_size, tcfg.extra_ids, cache)
+            try:
+                tok.train(texts, tcfg.vocab_size, tcfg.extra_ids, cache)
+            except ValueError as e:
+                raise ValueError(f"tokenizer (vocab_size={tcfg.vocab_size}, train_documents="
+                                 f"{tcfg.train_documents}): {e}") from None
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("moejax tokenizer")
     return tok.load(cache, tcfg.extra_ids)
@@ -134,13 +140,17 @@ def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
     objective = Objective(d.objective, d.inputs_length, d.targets_length, d.noise_density,
                           d.mean_noise_span_length)
     objective.check_lengths()
+    batch_spec = None
     if for_training:
-        # One row of the first shard: a source that gives no example at all
-        # fails here, before any compute and with nothing left behind.
-        next(iter(Pipeline(d, vocab, objective, "train", 1, shards[:1], num_shards)))
+        # One row of the first shard of each split read: a source that gives
+        # no example at all fails here, before any compute and with nothing
+        # left behind.
+        for split in ("train", "eval") if cfg.eval_every_steps else ("train",):
+            row = next(iter(Pipeline(d, vocab, objective, split, 1, shards[:1], num_shards)))
+        batch_spec = {k: jax.ShapeDtypeStruct((cfg.batch_size, *v.shape[1:]), v.dtype)
+                      for k, v in row.items()}
     model = Transformer(cfg.model, mesh=layout.mesh, expert_axis=cfg.mesh.expert_axis)
-    return Setup(cfg, workdir, layout, vocab, objective, model, shards,
-                 num_shards)
+    return Setup(cfg, workdir, layout, vocab, objective, model, shards, num_shards, batch_spec)
 
 
 def _init_fns(s: Setup, optimizer) -> tuple[Callable, Callable]:
@@ -254,6 +264,13 @@ def compile_steps(s: Setup) -> Steps:
         eval_step = jax.jit(make_eval_step(s.model, cfg.z_loss),
                             in_shardings=(model_variables(state_shardings),
                                           s.layout.batch_sharding))
+        if s.batch_spec:
+            # Tracing now (jit reuses the trace at the first call) puts
+            # errors that only the model's shapes reveal, such as a group
+            # size that does not divide the tokens, before the first step.
+            train_step.lower(abstract, s.batch_spec)
+            if cfg.eval_every_steps:
+                eval_step.lower(model_variables(abstract), s.batch_spec)
     return Steps(init, state_from, train_step, eval_step, abstract)
 
 
@@ -343,9 +360,11 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
     # A SIGTERM from here on stops after the next step, with a checkpoint.
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    lock = None
     try:
         fresh = not epath.Path(workdir).exists()
         _make_workdir(workdir)
+        lock = _lock(workdir)
         try:
             s = setup(cfg, workdir)
             if jax.process_index() == 0:
@@ -368,15 +387,37 @@ def train(cfg: TrainConfig, workdir: str) -> dict[str, float]:
                     epath.Path(workdir).rmtree()
             raise
         with s.layout.context():
-            return _loop(s, steps, checkpoints, initial, stop)
+            return _loop(s, steps, checkpoints, initial, stop, lock)
     finally:
+        if lock:
+            lock.release()
         signal.signal(signal.SIGTERM, previous)
 
 
-def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threading.Event
-          ) -> dict[str, float]:
-    """Trains from `initial` (state, data position) to cfg.steps; closes
-    `checkpoints`."""
+def _lock(workdir: str) -> WorkdirLock | None:
+    """Process 0 takes the workdir's lock; every process raises
+    WorkdirLocked when a live trainer holds it."""
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    error = None
+    if lock:
+        try:
+            lock.acquire()
+        except WorkdirLocked as e:
+            error, lock = e, None
+    if jax.process_count() > 1:
+        locked = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+        if locked and error is None:
+            error = WorkdirLocked(f"process 0 found workdir {workdir!r} in use by another "
+                                  "trainer")
+    if error:
+        raise error
+    return lock
+
+
+def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threading.Event,
+          lock: WorkdirLock | None) -> dict[str, float]:
+    """Trains from `initial` (state, data position) to cfg.steps, keeping
+    `lock` fresh; closes `checkpoints`."""
     cfg, workdir = s.cfg, s.workdir
     train_step, eval_step = steps.train_step, steps.eval_step
     state, data_state = initial
@@ -423,16 +464,20 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
                 writer.write(done, eval_metrics)
                 last.update(eval_metrics)
             bar.update(1)
+            if lock:
+                lock.refresh()
             every = cfg.checkpoint.every_steps
             if (every and done % every == 0) or done == cfg.steps or stop.is_set():
                 checkpoints.save(done, state, data_state,
                                  {BEST_METRIC: eval_metrics["eval_loss"]} if eval_metrics else None)
+            else:
+                checkpoints.check()  # a background save that failed stops the run now
             if stop.is_set():
                 log.warning("SIGTERM: saved step %d, exiting", done)
                 break
+        checkpoints.wait()  # the run ends when its last checkpoint is complete
     finally:
         bar.close()
-        checkpoints.wait()
         checkpoints.close()
         writer.close()
     return last
