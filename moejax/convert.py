@@ -24,6 +24,7 @@ import numpy as np
 from flax import traverse_util
 
 from moejax.ffn import input_kernel_names
+from moejax.models.scan import unscan_tree
 from moejax.models.config import MoeConfig, T5Config
 from moejax.models.t5 import abstract_params
 from moejax.routing import RouterConfig
@@ -269,7 +270,7 @@ def hf_config_from(cfg: T5Config):
 
 
 def to_hf_model(cfg: T5Config, params):
-    """An in-memory HF model holding `params`."""
+    """An in-memory HF model holding `params` (either layers layout)."""
     import torch
     import transformers
     hf_config = hf_config_from(cfg)
@@ -277,7 +278,7 @@ def to_hf_model(cfg: T5Config, params):
     cls = (transformers.SwitchTransformersForConditionalGeneration if switch
            else transformers.T5ForConditionalGeneration)
     model = cls(hf_config)
-    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+    flat = traverse_util.flatten_dict(unscan_tree(jax.device_get(params)), sep="/")
     state = {}
     for hf, path, how in _mapping(cfg, switch):
         value = np.asarray(flat[path], np.float32)

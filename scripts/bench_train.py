@@ -3,7 +3,7 @@ spent outside the jitted train step (input pipeline, logging, checkpointing).
 
     python scripts/bench_train.py [--steps 60]
     python scripts/bench_train.py --configs switch-base-8 t5-base-dense --steps 30 \
-        --set model.dtype=bfloat16 --remat none full dots_saveable      # a GPU's rows
+        --dtype bfloat16 --remat none full --scan_layers false true     # a GPU's rows
 
 For each config (the embedded default, and a Switch-Base-shaped model cut
 down to fit a CPU; on an accelerator the full Switch-Base-8 shape and its
@@ -15,8 +15,9 @@ outside = 1 - jitted / loop step time (target < 5%).
 MFU = model FLOPs per second / the peak FLOP/s measured in the same run
 (a square matmul in the model's compute dtype). Model FLOPs come from the
 config (moejax.models.flops: matmuls, experts at their nominal active
-count, 3x the forward pass). --remat compiles the step once per setting and
-reports its time and the compiled program's memory.
+count, 3x the forward pass). --remat and --scan_layers compile the step once
+per combination (from a fresh state) and report its compile time, step time
+and the compiled program's memory.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ from moejax.data.pipeline import Pipeline
 from moejax.models import T5Config, presets
 from moejax.models.flops import train_flops_per_example
 from moejax.structured import from_mapping, load_config_file
-from moejax.train.checkpoint import Checkpoints
 from moejax.train.config import TrainConfig
 from moejax.train.metrics import read_metrics
 from moejax.train.trainer import compile_steps, global_batch, setup, train
@@ -106,7 +106,7 @@ def memory_mb(step) -> float:
             + stats.output_size_in_bytes) / 2**20
 
 
-def bench(name: str, cfg: TrainConfig, steps: int, peak: float, remats) -> dict:
+def bench(name: str, cfg: TrainConfig, steps: int, peak: float, remats, scans) -> dict:
     cfg = dataclasses.replace(cfg, steps=steps, eval_every_steps=0, log_every_steps=1,
                               checkpoint=dataclasses.replace(cfg.checkpoint,
                                                              every_steps=steps // 2))
@@ -119,38 +119,40 @@ def bench(name: str, cfg: TrainConfig, steps: int, peak: float, remats) -> dict:
         rows = [row for _, row in sorted(read_metrics(workdir)[0].items())]
         loop = statistics.median(r["step_time_s"] for r in rows[len(rows) // 4:])  # past compile
         first_step = rows[0]["step_time_s"]  # compilation, mostly
-        s = setup(cfg, workdir)
-        compiled = compile_steps(s)
-        checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
-        state = checkpoints.restore(steps, compiled.abstract_state)[0]
-        checkpoints.close()
+        s = dataclasses.replace(setup(cfg, workdir), batch_spec=None)  # traced below
         batch = global_batch(s, next(iter(Pipeline(cfg.data, s.vocab, s.objective, "train",
                                                    cfg.batch_size // s.num_shards, s.shards,
                                                    s.num_shards))))
         repeats = max(10, steps // 3)
-        per_remat = {}
-        for remat in remats:  # the same step, state and batch; only the rematerialisation differs
-            model = dataclasses.replace(s.cfg.model, remat=remat)
-            sr = dataclasses.replace(s, cfg=dataclasses.replace(s.cfg, model=model),
-                                     model=s.model.clone(config=model))
-            c = compile_steps(sr)
-            with sr.layout.context():  # lowered as the trainer's loop lowers it; compiled once
-                step = c.train_step.lower(c.abstract_state, batch).compile()
-            step_s, state = time_step(step, state, batch, repeats)
-            per_remat[remat] = {"jitted_step_s": step_s, "memory_mb": memory_mb(step)}
-        jitted = per_remat[remats[0]]["jitted_step_s"]
+        variants = {}
+        for scan in scans:  # the same batch; only the layers' layout and remat differ
+            for remat in remats:
+                model = dataclasses.replace(s.cfg.model, remat=remat, scan_layers=scan)
+                sr = dataclasses.replace(s, cfg=dataclasses.replace(s.cfg, model=model),
+                                         model=s.model.clone(config=model))
+                c = compile_steps(sr)
+                with sr.layout.context():  # lowered as the trainer's loop lowers it
+                    state = c.init(jax.random.key(0))
+                    begin = time.perf_counter()
+                    step = c.train_step.lower(c.abstract_state, batch).compile()
+                    compile_s = time.perf_counter() - begin
+                step_s, state = time_step(step, state, batch, repeats)
+                variants[f"scan_layers={scan},remat={remat}"] = {
+                    "jitted_step_s": step_s, "compile_s": compile_s, "memory_mb": memory_mb(step)}
+                del state
+        jitted = next(iter(variants.values()))["jitted_step_s"]
     mfu = lambda step_s: example_flops * cfg.batch_size / step_s / peak
     result = {"config": name, "loop_step_s": loop, "jitted_step_s": jitted,
               "first_step_s": first_step, "wall_s": time.perf_counter() - start,
               "outside_fraction": max(0.0, 1 - jitted / loop), "tokens_per_s": tokens / loop,
               "model_flops_per_example": example_flops, "peak_flops": peak,
-              "mfu_loop": mfu(loop), "mfu_jitted": mfu(jitted), "remat": per_remat}
+              "mfu_loop": mfu(loop), "mfu_jitted": mfu(jitted), "variants": variants}
     print(f"{name:16s} step {loop * 1e3:7.1f} ms (jitted {jitted * 1e3:7.1f} ms)  "
           f"{tokens / loop:9,.0f} tokens/s  MFU {mfu(loop):.1%} (jitted {mfu(jitted):.1%})  "
           f"outside the jitted step: {result['outside_fraction']:.1%}", flush=True)
-    for remat, r in per_remat.items():
-        print(f"{'':16s} remat={remat:<13s} jitted {r['jitted_step_s'] * 1e3:7.1f} ms  "
-              f"memory {r['memory_mb']:8.1f} MB", flush=True)
+    for variant, r in variants.items():
+        print(f"{'':16s} {variant:<36s} compile {r['compile_s']:6.1f} s  jitted "
+              f"{r['jitted_step_s'] * 1e3:7.1f} ms  memory {r['memory_mb']:8.1f} MB", flush=True)
     return result
 
 
@@ -164,6 +166,9 @@ def main():
     parser.add_argument("--attention", default=None, help="model.attention for every config")
     parser.add_argument("--remat", nargs="+", default=None,
                         help="model.remat settings to compile and time (default: the config's)")
+    parser.add_argument("--scan_layers", nargs="+", choices=["false", "true"], default=None,
+                        help="model.scan_layers settings to compile and time (default: the "
+                             "config's)")
     parser.add_argument("--peak_size", type=int, default=None,
                         help="matmul size of the peak measurement (default: 2048 on CPU, "
                              "8192 elsewhere)")
@@ -182,7 +187,10 @@ def main():
             peaks[dtype] = peak_flops(dtype, size)
             print(f"peak {jnp.dtype(dtype).name} matmul {size}^3: {peaks[dtype] / 1e12:.3f} "
                   f"TFLOP/s ({jax.devices()[0].device_kind})", flush=True)
-        results.append(bench(name, cfg, args.steps, peaks[dtype], args.remat or [cfg.model.remat]))
+        scans = [v == "true" for v in args.scan_layers] if args.scan_layers else \
+            [cfg.model.scan_layers]
+        results.append(bench(name, cfg, args.steps, peaks[dtype], args.remat or [cfg.model.remat],
+                             scans))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,

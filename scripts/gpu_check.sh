@@ -58,7 +58,7 @@ sec raw 120 $BENCH --raw --tiles --no_layer --out "$OUT/raw.json"
 sec layer 200 $BENCH --modes einsum scatter dropless --out "$OUT/layer.json"
 if [ "$PRESET" = tiny ]; then TRAIN="--configs default --steps 6"; else
   TRAIN="--configs switch-base-8 t5-base-dense --dtype bfloat16 --steps 30"; fi
-sec train 300 $PY scripts/bench_train.py $TRAIN --remat none full dots_saveable \
+sec train 300 $PY scripts/bench_train.py $TRAIN --remat none full --scan_layers false true \
   --out "$OUT/train.json"
 echo
 reports=$(ls "$OUT"/raw.json "$OUT"/layer.json 2>/dev/null)

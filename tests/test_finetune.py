@@ -3,6 +3,9 @@ the errors when they do not fit), frozen router/experts, expert dropout."""
 import dataclasses
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +125,26 @@ def test_init_checkpoint_loads_params_without_random_init_and_names_mismatches(t
     for leaf, abstract in zip(jax.tree.leaves(start), jax.tree.leaves(steps.abstract_state)):
         assert leaf.sharding.is_equivalent_to(abstract.sharding, leaf.ndim)
 
+    # A damaged init checkpoint, through the command line: one line naming
+    # it and the cause (no TensorStore spec, no thread tracebacks), and the
+    # new workdir is not left behind.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(pretrain, damaged)
+    for f in (damaged / "checkpoints" / "0" / "state" / "ocdbt.process_0" / "d").iterdir():
+        f.write_bytes(b"garbage")  # the arrays' data
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-m", "moejax.finetune", f"--config={root}/tests/train_config.py",
+         f"--init_checkpoint={damaged}", f"--workdir={tmp_path / 'tuned'}"], cwd=root,
+        env=dict(os.environ, PYTHONPATH=os.path.join(root, "tests")), capture_output=True,
+        text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: init_checkpoint {damaged}/checkpoints/0/state cannot be read "
+                           "(ValueError: "), last
+    assert last.endswith("; it was left as is") and "'driver'" not in out.stderr, last
+    assert not (tmp_path / "tuned").exists()
+
 
 @pytest.mark.parametrize("router,experts", [(True, False), (False, True), (True, True)])
 def test_frozen_params_do_not_move(router, experts):
@@ -208,6 +231,15 @@ def test_upcycled_model_starts_with_the_dense_models_logits(tmp_path):
     want = dense_model.apply({"params": dense}, enc, dec)
     got = Transformer(moe_cfg).apply({"params": params}, enc, dec)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+    # A scanned MoE model is upcycled to the same params, in its layout.
+    from moejax.models.scan import unscan_tree
+
+    scanned_cfg = dataclasses.replace(moe_cfg, scan_layers=True)
+    scanned = upcycled_params(str(tmp_path / "dense"), scanned_cfg, abstract_params(scanned_cfg))
+    assert scanned["encoder"]["blocks"]["layers_1"]["mlp"]["wo"].shape == (1, 4, 128, 64)
+    for a, b in zip(jax.tree.leaves(unscan_tree(scanned)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
 
     noisy = upcycled_params(str(tmp_path / "dense"), moe_cfg, abstract_params(moe_cfg), 0.01)
     wo = noisy["decoder"]["layers_1"]["mlp"]["wo"]

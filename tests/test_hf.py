@@ -1,5 +1,6 @@
 """HF transformers parity: random-init T5 / Switch models converted to moejax
 give the same encoder outputs, logits, chosen experts and greedy decodes."""
+import dataclasses
 import os
 
 import numpy as np
@@ -213,6 +214,13 @@ def test_init_checkpoint_from_hf_directory(tmp_path):
     cfg, params = convert.from_hf(hf)
     loaded = load_params(f"hf:{tmp_path}", abstract_params(cfg))
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    # into a scanned model (HF layers are unscanned: converted), and back out
+    scanned_cfg = dataclasses.replace(cfg, scan_layers=True)
+    scanned = load_params(f"hf:{tmp_path}", abstract_params(scanned_cfg))
+    assert scanned["decoder"]["blocks"]["layers_1"]["mlp"]["wo"].shape[0] == 2
+    again = convert.from_hf(convert.to_hf(scanned_cfg, scanned, str(tmp_path / "out")))[1]
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(CheckpointError, match="not in the model: .*router"):
         dense = convert.config_from_hf(hf.config, (set(), set()))

@@ -86,6 +86,12 @@ class MoeConfig:
         offset = self.interval - 1 if self.offset is None else self.offset
         return self.interval > 0 and i % self.interval == offset
 
+    @property
+    def block_size(self) -> int:
+        """Layers per repeated block of the stack: one period of the MoE
+        pattern (1 without MoE layers); what scan_layers scans over."""
+        return max(self.interval, 1)
+
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
@@ -106,6 +112,12 @@ class T5Config:
       pass: 'none' (keep every activation), 'full' (keep the layer's inputs,
       recompute the rest) or 'dots_saveable' (keep the matmul outputs that
       have no batch dimension, recompute the rest: MaxText's 'minimal').
+      With scan_layers, per block.
+    scan_layers: run each stack's repeated block (k layers, k = its MoE
+      interval, 1 without MoE) with nn.scan, so compile time does not grow
+      with depth. The params then have the scanned layout (moejax.models.
+      scan: `encoder/blocks/layers_r/...` with a leading block axis);
+      init checkpoints and HF weights of either layout are converted.
     allow_decoder_expert_choice: a non-causal router (expert choice,
       batch-prioritised token choice) in the decoder lets a token's routing
       depend on later tokens, which leaks the targets in training. It is only
@@ -131,6 +143,7 @@ class T5Config:
     allow_decoder_expert_choice: bool = False
     attention: str = "auto"
     remat: str = "none"
+    scan_layers: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_heads", "d_ff", "relative_attention_num_buckets",
@@ -158,6 +171,13 @@ class T5Config:
             raise ValueError(f"attention {self.attention!r} has no dropout on the attention "
                              f"weights, so it takes dropout_rate=0, got {self.dropout_rate}; use "
                              f"'auto' or 'einsum'")
+        if self.scan_layers:
+            for stack in ("encoder", "decoder"):
+                layers, k = getattr(self, f"num_{stack}_layers"), getattr(self,
+                                                                           f"{stack}_moe").block_size
+                if layers % k:
+                    raise ValueError(f"scan_layers scans blocks of {stack}_moe.interval={k} "
+                                     f"layers, which must divide num_{stack}_layers={layers}")
         router = self.decoder_moe.router
         if self.decoder_moe.interval and self.num_decoder_layers and not router.is_causal:
             what = (f"router {router.name!r}" + (" with batch_prioritized=True"

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from moejax.models.scan import take_rows
 from moejax.models.t5 import as_variables
 
 METHODS = ("greedy", "sample", "beam")
@@ -98,7 +99,7 @@ def _beam(model, params, encoder_tokens, alpha, *, max_length, num_beams, eos_id
         a_top, a_idx = jax.lax.top_k(alive_score, k)
         a_seq = jnp.take_along_axis(new_seq, a_idx[:, :, None], 1)
         origin = jnp.take_along_axis(beam, a_idx, 1) + jnp.arange(b)[:, None] * k
-        cache = jax.tree_util.tree_map(lambda c: c[origin.reshape(-1)], cache)
+        cache = take_rows(cache, origin.reshape(-1))
         # Finished: ended with EOS now (or reached max_length), merged with earlier ones.
         ended = is_eos | last
         f_score = jnp.where(ended & (top > NEG / 2), top / length_penalty(t + 1.0, alpha), NEG)

@@ -5,7 +5,8 @@ Param tree (T5X naming): token_embedder; encoder/{relpos_bias, layers_i/
 decoder/{relpos_bias, layers_i/{pre_self_attention_layer_norm,
 self_attention, pre_cross_attention_layer_norm, encoder_decoder_attention,
 pre_mlp_layer_norm, mlp}, decoder_norm, logits_dense (untied only)}.
-Token id 0 is padding (and the decoder's start token).
+Token id 0 is padding (and the decoder's start token). With
+config.scan_layers the layers_i sit in blocks (moejax.models.scan).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from moejax.layers.attention import (MultiHeadAttention, RelativePositionBias, a
                                      resolve_attention, stack_bias)
 from moejax.matmul import matmul
 from moejax.models.config import REMAT_POLICIES, MoeConfig, T5Config
+from moejax.models.scan import BLOCKS, layer_name
 
 
 def attention_mask(q_mask, k_mask, q_segment=None, k_segment=None, q_index=None, k_index=None):
@@ -116,6 +118,34 @@ class DecoderLayer(_Layer):
                                  decode=decode)
 
 
+class _Block(nn.Module):
+    """`size` consecutive layers (one period of the stack's MoE pattern):
+    what scan_layers repeats. The flags are attributes, static under
+    nn.scan; the arrays after `x` are the same for every block."""
+
+    config: T5Config
+    layer: type[nn.Module]  # EncoderLayer or DecoderLayer
+    size: int
+    mesh: Mesh | None = None
+    expert_axis: str | None = None
+    deterministic: bool = True
+    decode: bool = False
+    max_length: int | None = None
+
+    @nn.compact
+    def __call__(self, x, *args):
+        """Returns (x, None): the carry and no per-block output."""
+        for r in range(self.size):  # the pattern repeats, so index r is layer j * size + r's
+            layer = self.layer(self.config, r, self.mesh, self.expert_axis, name=f"layers_{r}")
+            if self.decode:
+                *arrays, position = args
+                x = layer(x, *arrays, self.deterministic, decode=True, decode_position=position,
+                          max_length=self.max_length)
+            else:
+                x = layer(x, *args, self.deterministic)
+        return x, None
+
+
 class _Stack(nn.Module):
     """What Encoder and Decoder share: embedding, relative position bias, final norm."""
 
@@ -153,6 +183,40 @@ class _Stack(nn.Module):
         static = 5 if layer is EncoderLayer else 7  # self counts as argument 0
         return nn.remat(layer, policy=policy, prevent_cse=True, static_argnums=(static,))
 
+    def layers(self, layer: type[nn.Module], x, *args, deterministic: bool, decode: bool = False,
+               decode_position=None, max_length: int | None = None):
+        """x through the stack's layers, one by one or (config.scan_layers)
+        as nn.scan over blocks of config's block size, each rematerialised
+        as config.remat says. args: the arrays every layer takes after x."""
+        cfg = self.config
+        encoder = layer is EncoderLayer
+        count = cfg.num_encoder_layers if encoder else cfg.num_decoder_layers
+        if not cfg.scan_layers:
+            for i in range(count):
+                module = self.layer_class(layer, decode)(**self.layer_args(i))
+                if decode:
+                    x = module(x, *args, deterministic, decode=True,
+                               decode_position=decode_position, max_length=max_length)
+                else:
+                    x = module(x, *args, deterministic)
+            return x
+        if not count:
+            return x
+        k = (cfg.encoder_moe if encoder else cfg.decoder_moe).block_size
+        block = _Block
+        if cfg.remat != "none" and not decode:
+            # scan already keeps XLA from merging the recomputation away
+            block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        extra = (decode_position,) if decode else ()
+        scanned = nn.scan(block, variable_axes={"params": 0, ROUTER_STATE: 0, MOE_COLLECTION: 0,
+                                                "cache": 0},
+                          split_rngs={"params": True, "dropout": True, "router": True},
+                          in_axes=(nn.broadcast,) * (len(args) + len(extra)), length=count // k,
+                          metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = scanned(cfg, layer, k, self.mesh, self.expert_axis, deterministic, decode,
+                       max_length, name=BLOCKS)(x, *args, *extra)
+        return x
+
 
 class Encoder(_Stack):
     @nn.compact
@@ -165,9 +229,7 @@ class Encoder(_Stack):
         bias = stack_bias(self.relpos(True)(pos, pos),
                           attention_mask(mask, mask, segment_ids, segment_ids),
                           _attention_impl(cfg))
-        for i in range(cfg.num_encoder_layers):
-            x = self.layer_class(EncoderLayer)(**self.layer_args(i))(x, bias, mask, tokens,
-                                                                     deterministic)
+        x = self.layers(EncoderLayer, x, bias, mask, tokens, deterministic=deterministic)
         return self.final(x, "encoder_norm", deterministic)
 
 
@@ -199,13 +261,9 @@ class Decoder(_Stack):
                 mask, mask, segment_ids, segment_ids, index, index), impl)
         cross_bias = stack_bias(None, attention_mask(mask, encoder_mask, segment_ids,
                                                      encoder_segment_ids), impl)
-        for i in range(cfg.num_decoder_layers):
-            layer = self.layer_class(DecoderLayer, decode)(**self.layer_args(i))
-            if decode:
-                x = layer(x, encoded, self_bias, cross_bias, mask, tokens, deterministic,
-                          decode=decode, decode_position=decode_position, max_length=max_length)
-            else:
-                x = layer(x, encoded, self_bias, cross_bias, mask, tokens, deterministic)
+        x = self.layers(DecoderLayer, x, encoded, self_bias, cross_bias, mask, tokens,
+                        deterministic=deterministic, decode=decode,
+                        decode_position=decode_position, max_length=max_length)
         y = self.final(x, "decoder_norm", deterministic).astype(jnp.float32)
         if cfg.tie_embeddings:
             logits = matmul(y, self.embedder.embedding.T) * cfg.d_model ** -0.5
@@ -285,20 +343,30 @@ def as_variables(params_or_variables) -> dict:
     return {"params": params_or_variables}
 
 
-def moe_outputs(moe_collection) -> tuple[jax.Array, dict[str, jax.Array]]:
+def moe_outputs(moe_collection, config: T5Config | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(sum of every MoE layer's weighted aux loss, per-layer routing metrics
-    keyed 'encoder/layers_1/expert_load', ...) from the sown 'moe' collection."""
+    keyed 'encoder/layers_1/expert_load', ...) from the sown 'moe' collection.
+    A scanned model's (stacked per block) needs its `config`."""
     flat = traverse_util.flatten_dict(moe_collection or {}, sep="/")
+    sizes = ({"encoder": config.encoder_moe.block_size, "decoder": config.decoder_moe.block_size}
+             if config else {})
     aux = jnp.zeros((), jnp.float32)
     metrics = {}
     for key, values in flat.items():
         layer, kind = key.rsplit("/", 1)
-        prefix = layer.removesuffix("/mlp")
+        scanned = f"/{BLOCKS}/" in layer
+        if scanned and not config:
+            raise ValueError("moe_outputs of a scanned model needs its config")
         for value in values:  # sow appends one entry per call
             if kind == "aux_loss":
-                aux = aux + value
-            else:
-                metrics.update({f"{prefix}/{name}": v for name, v in value.items()})
+                aux = aux + jnp.sum(value)  # scanned: one per block
+                continue
+            count = jax.tree.leaves(value)[0].shape[0] if scanned else 1
+            for j in range(count):
+                prefix = layer_name(layer, sizes, j if scanned else None).removesuffix("/mlp")
+                metrics.update({f"{prefix}/{name}": v[j] if scanned else v
+                                for name, v in value.items()})
     return aux, metrics
 
 

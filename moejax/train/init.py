@@ -14,6 +14,7 @@ MoE layer is a copy of the dense FFN it replaces, routers start fresh.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import flax.linen as nn
@@ -26,8 +27,10 @@ from flax import traverse_util
 
 from moejax import models
 from moejax.files import absolute
+from moejax.models.scan import is_scanned, match_layout
 from moejax.layers import ROUTER_AXES
-from moejax.train.checkpoint import CheckpointError, leaf_paths, mismatch_report
+from moejax.train.checkpoint import (CheckpointError, describe, leaf_paths, mismatch_report,
+                                     quiet_orbax_threads)
 
 HF_PREFIX = "hf:"
 
@@ -80,13 +83,28 @@ def _saved_params(spec: str):
     """(checkpointer, state directory, params metadata) of the moejax
     checkpoint `spec` names; CheckpointError when it cannot be read."""
     state_dir = absolute(os.fspath(epath.Path(checkpoint_step_dir(spec)) / "state"))
+    quiet_orbax_threads()
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        saved = checkpointer.metadata(state_dir).item_metadata.tree["params"]
+        metadata = checkpointer.metadata(state_dir).item_metadata
     except Exception as e:  # orbax raises many types for unreadable data
-        raise CheckpointError(f"init_checkpoint {state_dir} cannot be read "
-                              f"({type(e).__name__}: {e})") from None
-    return checkpointer, state_dir, saved
+        raise _unreadable(state_dir, e) from e
+    if metadata is None or "params" not in (metadata.tree or {}):
+        raise _unreadable(state_dir, ValueError("its metadata is missing or damaged"))
+    return checkpointer, state_dir, metadata.tree["params"]
+
+
+def _unreadable(state_dir: str, e: Exception) -> CheckpointError:
+    return CheckpointError(f"init_checkpoint {state_dir} cannot be read ({describe(e)}); it was "
+                           f"left as is")
+
+
+def _restore_params(checkpointer, state_dir: str, item, restore_args) -> dict:
+    try:
+        return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True))["params"]
+    except Exception as e:  # orbax raises many types for unreadable data
+        raise _unreadable(state_dir, e) from e
 
 
 def load_params(spec: str, abstract_params):
@@ -96,16 +114,25 @@ def load_params(spec: str, abstract_params):
         from moejax.convert import from_hf
 
         _, params = from_hf(spec[len(HF_PREFIX):])
+        params = match_layout(params, abstract_params)  # HF layers are unscanned
         _check_shapes(params, abstract_params, spec)
-        return jax.tree.map(lambda p, a: jax.device_put(p.astype(a.dtype), a.sharding),
-                            params, abstract_params)
+        return _place(params, abstract_params)
     checkpointer, state_dir, saved = _saved_params(spec)
+    if is_scanned(saved) != is_scanned(abstract_params):
+        # Saved with the other model.scan_layers: read on the host, convert.
+        params = match_layout(_dense_params(spec), abstract_params)
+        _check_shapes(params, abstract_params, state_dir)
+        return _place(params, abstract_params)
     _check_shapes(saved, abstract_params, state_dir)
     item = {"params": abstract_params}
-    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True))
-    return restored["params"]
+    return _restore_params(checkpointer, state_dir, item,
+                           ocp.checkpoint_utils.construct_restore_args(item))
+
+
+def _place(params, abstract_params):
+    """Host or device `params` on the devices, as `abstract_params` says."""
+    return jax.tree.map(lambda p, a: jax.device_put(np.asarray(p).astype(a.dtype), a.sharding),
+                        params, abstract_params)
 
 
 def _dense_params(spec: str) -> dict:
@@ -117,8 +144,7 @@ def _dense_params(spec: str) -> dict:
     checkpointer, state_dir, saved = _saved_params(spec)
     item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
     restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore, partial_restore=True))["params"]
+    return _restore_params(checkpointer, state_dir, item, restore)
 
 
 def _fresh_params(model_cfg, seed: int, paths: set[str]) -> dict[str, np.ndarray]:
@@ -144,7 +170,15 @@ def upcycled_params(spec: str, model_cfg, abstract_params, noise: float = 0.0, s
     scaled by (1 + noise * N(0, 1)) elementwise per expert; router params
     (ROUTER_AXES) are a fresh init with `seed`; every other param is copied.
     Raises CheckpointError naming every dense param whose shape does not fit
-    (the dense d_ff must be the experts' d_ff), missing or left over."""
+    (the dense d_ff must be the experts' d_ff), missing or left over.
+    A scanned model (model_cfg.scan_layers) is upcycled in the unscanned
+    layout, then converted."""
+    if model_cfg.scan_layers:
+        flat_cfg = dataclasses.replace(model_cfg, scan_layers=False)
+        host = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                            models.abstract_params(flat_cfg))
+        params = upcycled_params(spec, flat_cfg, host, noise, seed)
+        return _place(match_layout(params, abstract_params), abstract_params)
     target = traverse_util.flatten_dict(models.abstract_params(model_cfg, boxed=True), sep="/")
     routers = {p for p, box in target.items() if set(box.names) & set(ROUTER_AXES)}
     experts = {p for p, box in target.items() if p not in routers and "expert" in box.names}
@@ -175,5 +209,7 @@ def upcycled_params(spec: str, model_cfg, abstract_params, noise: float = 0.0, s
                 value = value * (1.0 + noise * rng.standard_normal(value.shape))
         else:
             value = dense[p]
-        out[p] = jax.device_put(np.asarray(value).astype(placed[p].dtype), placed[p].sharding)
+        value = np.asarray(value).astype(placed[p].dtype)
+        sharding = getattr(placed[p], "sharding", None)
+        out[p] = value if sharding is None else jax.device_put(value, sharding)
     return traverse_util.unflatten_dict(out, sep="/")

@@ -8,6 +8,7 @@ mesh axes ('data', 'model', 'expert'):
   model   mlp / heads / joined_kv / vocab (tensor parallelism)
   expert  experts (expert parallelism); the batch is sharded over
           ('data', 'expert') so expert devices also split the data, as T5X MoE does.
+  (none)  layers: the block axis of scanned layers (model.scan_layers).
 With `expert_axis='data'` experts are sharded over the data axis instead
 and the 'expert' mesh axis should have size 1.
 """
@@ -65,7 +66,7 @@ def logical_rules(expert_axis: str = "expert") -> tuple[tuple[str, object], ...]
     batch = ("data", "expert") if expert_axis == "expert" else "data"
     return (("batch", batch), ("vocab", "model"), ("embed", None), ("mlp", "model"),
             ("heads", "model"), ("kv", None), ("joined_kv", "model"), ("length", None),
-            ("relpos_buckets", None), ("expert", expert_axis),
+            ("relpos_buckets", None), ("expert", expert_axis), ("layers", None),
             *((axis, None) for axis in ROUTER_AXES))
 
 

@@ -51,7 +51,7 @@ def _sums(model: Transformer, params, others, batch, rng, train: bool, z_loss_we
         {"params": params, **others}, **{k: batch[k] for k in FEATURES}, enable_dropout=train,
         rngs={"dropout": dropout_rng, "router": router_rng}, mutable=mutable)
     others = {**others, **({ROUTER_STATE: state[ROUTER_STATE]} if ROUTER_STATE in state else {})}
-    aux, moe_metrics = moe_outputs(state.get(MOE_COLLECTION))
+    aux, moe_metrics = moe_outputs(state.get(MOE_COLLECTION), model.config)
     targets = batch["decoder_target_tokens"]
     weights = (targets > 0).astype(jnp.float32)
     ce, z = token_losses(logits, targets)
