@@ -102,14 +102,26 @@ def config_load_error(argv: list[str]) -> str:
     return f"--config={spec}: cannot load the config file (does it define get_config()?)"
 
 
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+CONFIG_HELP = ("Config fields: --config=FILE --print_config prints every field with its value "
+               "(override any with --config.a.b=VALUE); moejax/train/config.py and "
+               "moejax/models/config.py say what each means.")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with one-line errors for bad flags and configs."""
+    """absl's flag parsing, with one-line errors for bad flags and configs.
+    --help exits 0 (absl's exits 1) and says where the config fields are."""
     from absl import flags
 
     try:
         return flags.FLAGS(argv)
+    except SystemExit as e:
+        if e.code == 1 and any(a in HELP_FLAGS for a in argv[1:]):
+            print(CONFIG_HELP)
+            sys.exit(0)
+        raise
     except BaseException as e:  # ml_collections raises several types while parsing
-        if debug() or isinstance(e, (SystemExit, KeyboardInterrupt)):
+        if debug() or isinstance(e, KeyboardInterrupt):
             raise
         fail(explain_flag_error(e, argv))
 

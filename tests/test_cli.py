@@ -250,3 +250,17 @@ def test_a_user_router_module_that_raises_is_one_line(tmp_path):
         "error: --router 'broken_routers:mine': importing 'broken_routers' failed "
         "(RuntimeError: no GPU here)")
     assert not (tmp_path / "results").exists()
+
+
+def test_help_exits_0_and_print_config_lists_the_fields(tmp_path):
+    for module in ("moejax.train", "moejax.finetune"):
+        out = _run(module, ["--help"])
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "--config=FILE --print_config prints every field" in out.stdout
+    out = _run("moejax.train", [DEFAULT, "--print_config", "--config.model.scan_layers=true",
+                                "--config.steps=7"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert "--config.model.scan_layers=True" in lines and "--config.steps=7" in lines
+    assert "--config.model.encoder_moe.router.name=expert_choice" in lines
+    assert all(line.startswith("--config.") for line in lines)

@@ -46,10 +46,21 @@ def final_params(workdir):
     return step, jax.tree.leaves({k: state[k] for k in ("params", "router_state") if k in state})
 
 
-def test_loss_falls_and_metrics_are_logged(tmp_path):
+def test_loss_falls_and_metrics_are_logged(tmp_path, capsys):
     workdir = str(tmp_path)
     last = train(small(), workdir)
     rows, evals = read_metrics(workdir)
+    # The console: one line per evaluation, then where everything went.
+    printed = capsys.readouterr().out.splitlines()
+    for step in (10, 20, 30):
+        line = f"step {step}: eval loss {evals[step]['eval_loss']:.4f}"
+        assert any(p.startswith(line) and f"accuracy {evals[step]['eval_accuracy']:.4f}" in p
+                   for p in printed), (line, printed)
+    assert any(p.startswith("trained to step 30: 30 steps in ") for p in printed), printed
+    assert f"last train loss {rows[30]['loss']:.4f}, eval loss {evals[30]['eval_loss']:.4f}" in \
+        "\n".join(printed)
+    assert f"checkpoints  {workdir}/checkpoints (latest: step 30)" in printed
+    assert f"plots        python scripts/plot_metrics.py {workdir}" in printed
     assert sorted(rows) == list(range(1, 31)) and sorted(evals) == [10, 20, 30]
     assert rows[30]["loss"] < rows[1]["loss"] - 1.0
     assert evals[30]["eval_loss"] < evals[10]["eval_loss"]
@@ -336,3 +347,19 @@ def test_eval_reports_the_dropless_loss_beside_the_clipped_one():
     assert abs(float(clipped["loss"]) - float(clipped["dropless_loss"])) > 1e-4
     assert float(unclipped["dropless_loss"]) == float(unclipped["loss"])
     assert free.dropless() == free and cfg.dropless() == free  # expert choice encoder kept
+
+
+def test_the_eval_line_shows_task_scores_and_mixture_averages():
+    from moejax.train.console import eval_line
+
+    base = {"eval_loss": 1.23456, "eval_dropless_loss": 1.23456, "eval_accuracy": 0.5,
+            "eval_encoder/layers_1/expert_load": [0.5, 0.5], "eval_moe/dropped_fraction": 0.0}
+    assert eval_line(4, base) == "step 4: eval loss 1.2346, accuracy 0.5000"
+    tuned = {**base, "eval_dropless_loss": 1.2, "eval_glue_sst2/accuracy": 89.25}
+    assert eval_line(4, tuned) == ("step 4: eval loss 1.2346 (dropless 1.2000), accuracy 0.5000; "
+                                   "glue_sst2/accuracy 89.25")
+    mixture = {**base, **{f"eval_glue_t{i}/{m}": 50.0 + i for i in range(4)
+                          for m in ("accuracy", "score")}, "eval_glue_average": 51.5}
+    assert eval_line(4, mixture).endswith("; glue_average 51.50, glue_t0/score 50.00, "
+                                          "glue_t1/score 51.00, glue_t2/score 52.00, "
+                                          "glue_t3/score 53.00")

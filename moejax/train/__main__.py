@@ -15,7 +15,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from moejax import cli
-from moejax.structured import from_mapping
+from moejax.structured import from_mapping, to_mapping
 from moejax.train.config import TrainConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
@@ -30,7 +30,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _UPCYCLE = flags.DEFINE_bool(
     "upcycle", None, "Start this MoE model from the dense init_checkpoint (sparse upcycling: "
     "experts copy the dense FFNs, routers start fresh); overrides config.upcycle.")
-flags.mark_flags_as_required(["config", "workdir"])
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print every config field with its value (after the overrides), one "
+    "per line as --config.FIELD=VALUE, and exit; needs no --workdir.")
+flags.mark_flags_as_required(["config"])
 
 
 def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
@@ -49,6 +52,13 @@ def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
     with cli.input_errors(ValueError, TypeError, OSError, explain=explain):
         cfg = from_mapping(TrainConfig, _CONFIG.value)
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if _PRINT_CONFIG.value:
+        for field, value in flat_fields(to_mapping(cfg)):
+            print(f"--config.{field}={value}")
+        return
+    if not _WORKDIR.value:
+        cli.fail("--workdir is required: the directory for checkpoints, metrics and the "
+                 "tokenizer (a new one, or a run's to resume it)")
     import jax  # after flag parsing, so --help stays fast
 
     if _MULTIHOST.value:
@@ -63,6 +73,15 @@ def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
                           IsADirectoryError, PermissionError, CheckpointError, NonFiniteLoss,
                           WorkdirLocked):
         job(cfg, _WORKDIR.value)
+
+
+def flat_fields(mapping, prefix: str = ""):
+    """('model.encoder_moe.router.k', 2), ... for a nested config mapping."""
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            yield from flat_fields(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def main(argv):

@@ -43,11 +43,17 @@ def describe(e: BaseException, limit: int = 400) -> str:
 
 
 class _OrbaxThreadReports(logging.Filter):
-    """Drops the tracebacks orbax logs from its background threads: the
-    failure reaches the trainer as an exception and is reported there, once."""
+    """Drops the tracebacks orbax logs from its background threads (the
+    failure reaches the trainer as an exception and is reported there,
+    once), and its warning that an item directory (<step>/state, which
+    init checkpoints read) has no step metadata: that lives one level up."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+        if "orbax" not in record.pathname:
+            return True
+        if record.levelno >= logging.ERROR:
+            return False
+        return not str(record.msg).startswith("Metadata file does not exist")
 
 
 def _closed_loop(unraisable) -> bool:

@@ -38,7 +38,7 @@ from moejax.layers.attention import resolve_attention
 from moejax.models import ROUTER_STATE, Transformer, abstract_params
 from moejax.models.decoding import generate
 from moejax.structured import to_mapping
-from moejax.train import optim
+from moejax.train import console, optim
 from moejax.tasks.evaluate import check_eval_data, evaluate_tasks
 from moejax.train.checkpoint import BEST_METRIC, Checkpoints
 from moejax.train.config import TrainConfig
@@ -430,6 +430,8 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
                dynamic_ncols=True)
     tokens_per_step = cfg.batch_size * (cfg.data.inputs_length + cfg.data.targets_length)
     last, held_out, window_start, window_steps = {}, None, time.perf_counter(), 0
+    began, done = time.perf_counter(), start
+    say = bar.write if jax.process_index() == 0 else lambda _: None
     try:
         for step in range(start, cfg.steps):
             batch, data_state = prefetch.next()
@@ -463,6 +465,7 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
                                                 "eval_"))
                 writer.write(done, eval_metrics)
                 last.update(eval_metrics)
+                say(console.eval_line(done, eval_metrics))
             bar.update(1)
             if lock:
                 lock.refresh()
@@ -476,6 +479,10 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
                 log.warning("SIGTERM: saved step %d, exiting", done)
                 break
         checkpoints.wait()  # the run ends when its last checkpoint is complete
+        bar.close()
+        say(console.summary(workdir, start, done, cfg.steps, time.perf_counter() - began,
+                            tokens_per_step, last, checkpoints.latest_step(),
+                            stopped=stop.is_set()))
     finally:
         bar.close()
         checkpoints.close()
