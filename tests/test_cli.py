@@ -264,3 +264,17 @@ def test_help_exits_0_and_print_config_lists_the_fields(tmp_path):
     assert "--config.model.scan_layers=True" in lines and "--config.steps=7" in lines
     assert "--config.model.encoder_moe.router.name=expert_choice" in lines
     assert all(line.startswith("--config.") for line in lines)
+
+
+def test_readme_links_stay_inside_the_repository():
+    """A fresh clone has every file the README links to, and nothing
+    outside it (the router background used to live in ../shared/)."""
+    import re
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert "../" not in readme
+    links = [link for link in re.findall(r"\]\(([^)#\s]+)\)", readme) if "://" not in link]
+    assert "docs/routers.md" in links
+    for link in links:
+        assert os.path.exists(os.path.join(ROOT, link)), link
