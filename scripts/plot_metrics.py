@@ -2,12 +2,21 @@
 
     python scripts/plot_metrics.py WORKDIR [--out WORKDIR/plots]
 
-Writes loss.png (train and eval cross-entropy, and the eval loss with no
-capacity limit), routing.png (dropped-token fraction, experts per token,
-router aux loss), balance.png (max_violation and dead experts per MoE
-layer), expert_load.png (per-layer expert load over time),
-load_heatmap.png (layer x expert load over steps, as a multiple of the
-balanced load) and throughput.png (tokens/s, learning rate). WORKDIR and
+Writes
+  loss.png          cross-entropy (train, eval) and the total loss (plus
+                    z-loss and router aux losses: train, eval, and eval with
+                    no capacity limit);
+  routing.png       per MoE layer: dropped-token fraction, experts per token
+                    (each layer labelled with its stack's router), weighted
+                    router aux loss;
+  balance.png       per MoE layer: max violation (busiest load / mean - 1)
+                    and the fraction of experts given no token, on 0..1;
+  expert_load.png   per MoE layer, each expert's share of the assignments,
+                    from 0, with the balanced share 1/E dashed;
+  load_heatmap.png  layer x expert load over steps, as a multiple of the
+                    balanced load;
+  throughput.png    tokens/s and the learning rate.
+No axis uses an offset, so small differences are not magnified. WORKDIR and
 --out may be on any filesystem etils.epath reaches (gs://, ...).
 """
 from __future__ import annotations
@@ -16,9 +25,12 @@ import argparse
 import io
 import os
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["axes.formatter.useoffset"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
@@ -41,14 +53,33 @@ def series(rows, key):
     return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
 
 
-def panel(ax, rows, keys, title, labels=None):
+def panel(ax, rows, keys, title, labels=None, ylim=None, style="-"):
     for key, label in zip(keys, labels or keys):
         x, y = series(rows, key)
         if x:
-            ax.plot(x, y, label=label)
+            ax.plot(x, y, style, label=label)
     ax.set_title(title)
     ax.set_xlabel("step")
-    ax.legend()
+    if ylim:
+        ax.set_ylim(*ylim)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def routers(workdir: str) -> dict[str, str]:
+    """{'encoder': 'expert_choice', ...} from the run's config.json (labels)."""
+    try:
+        model = json.loads((epath.Path(workdir) / "config.json").read_text())["model"]
+        return {stack: model[f"{stack}_moe"]["router"]["name"] for stack in ("encoder", "decoder")}
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def fraction_limits(rows, keys) -> tuple[float, float]:
+    """0..1 with a margin, or tighter (0 to a bit over the largest value)
+    when every value is small, but never an axis centred on a flat 0."""
+    top = max((v for k in keys for v in series(rows, k)[1]), default=0.0)
+    return (-0.02, 1.02) if top > 0.25 else (-0.005, max(0.05, 1.2 * top))
 
 
 def save(fig, out: str, name: str) -> None:
@@ -90,44 +121,57 @@ def run():
     train, evals = load(args.workdir)
     epath.Path(out).mkdir(parents=True, exist_ok=True)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    panel(ax, train, ["cross_entropy"], "cross-entropy", ["train"])
-    for key, label in (("eval_cross_entropy", "eval"),
-                       ("eval_dropless_loss", "eval loss, no capacity limit")):
-        x, y = series(evals, key)
-        if x:
-            ax.plot(x, y, "o-", label=label)
-            ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panel(axes[0], train, ["cross_entropy"], "cross-entropy", ["train"])
+    panel(axes[0], evals, ["eval_cross_entropy"], "cross-entropy", ["eval"], style="o-")
+    panel(axes[1], train, ["loss"], "total loss (cross-entropy + z-loss + router aux)",
+          ["train"])
+    panel(axes[1], evals, ["eval_loss", "eval_dropless_loss"],
+          "total loss (cross-entropy + z-loss + router aux)",
+          ["eval", "eval, no capacity limit"], style="o-")
     save(fig, out, "loss.png")
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panel(axes[0], train, ["moe/dropped_fraction"], "dropped-token fraction")
-    panel(axes[1], train, ["moe/experts_per_token"], "experts per token")
-    panel(axes[2], train, ["aux_loss"], "router aux loss (weighted)")
+    layers = sorted({k.removesuffix("/expert_load") for r in train for k in r
+                     if k.endswith("/expert_load")})
+    names = routers(args.workdir)
+    labels = [f"{n} ({names[n.split('/')[0]]})" if n.split("/")[0] in names else n
+              for n in layers]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    dropped = [f"{n}/dropped_fraction" for n in layers]
+    panel(axes[0], train, dropped, "dropped-token fraction", labels,
+          ylim=fraction_limits(train, dropped))
+    panel(axes[1], train, [f"{n}/experts_per_token" for n in layers], "experts per token",
+          labels)
+    axes[1].set_ylim(bottom=0)
+    panel(axes[2], train, ["aux_loss"], "router aux loss (weighted, all layers)")
     save(fig, out, "routing.png")
 
-    layers = sorted({k for r in train for k in r if k.endswith("/expert_load")})
     if layers:
-        names = [k.removesuffix("/expert_load") for k in layers]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        panel(axes[0], train, [f"{n}/max_violation" for n in names],
-              "max violation (busiest load / mean - 1)", names)
-        panel(axes[1], train, [f"{n}/dead_experts" for n in names],
-              "fraction of experts with no token", names)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        panel(axes[0], train, [f"{n}/max_violation" for n in layers],
+              "max violation (busiest load / mean - 1)", labels)
+        axes[0].set_ylim(bottom=min(0.0, axes[0].get_ylim()[0]))
+        dead = [f"{n}/dead_experts" for n in layers]
+        panel(axes[1], train, dead, "fraction of experts with no token", labels,
+              ylim=fraction_limits(train, dead))
         save(fig, out, "balance.png")
 
         fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
-        for ax, key in zip(axes[0], layers):
-            steps, loads = series(train, key)
+        for ax, name, label in zip(axes[0], layers, labels):
+            steps, loads = series(train, f"{name}/expert_load")
             loads = np.asarray(loads)
             for e in range(loads.shape[1]):
                 ax.plot(steps, loads[:, e], label=f"expert {e}")
-            ax.set_title(key.removesuffix("/expert_load"))
+            balanced = 1.0 / loads.shape[1]
+            ax.axhline(balanced, color="black", linestyle="--", linewidth=1,
+                       label=f"balanced (1/{loads.shape[1]})")
+            ax.set_ylim(0, max(2 * balanced, 1.1 * float(loads.max())))
+            ax.set_title(label)
             ax.set_xlabel("step")
-            ax.set_ylabel("fraction of assignments")
+            ax.set_ylabel("share of assignments")
         axes[0][-1].legend(fontsize="small")
         save(fig, out, "expert_load.png")
-        load_heatmap(train, layers, out)
+        load_heatmap(train, [f"{n}/expert_load" for n in layers], out)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     panel(axes[0], train, ["tokens_per_s"], "tokens/s")
