@@ -3,10 +3,10 @@ generated corpus, offline, in a few minutes on 2 CPU cores.
 
     python -m moejax.train --config=configs/default.py --workdir=/tmp/moejax_default
 
-Hardware: any CPU (measured on 2 cores, 24 GiB). Runtime: about 3.5 minutes
-for the 1000 steps (~31k tokens/s). Expected: cross-entropy 4.3 -> ~1.0;
-eval loss 2.22 at step 200 and 1.01 at step 1000, after a sharp drop from
-1.64 at step 800.
+Hardware: any CPU (measured on 2 cores, 24 GiB). Runtime: about 3.6 minutes
+for the 1000 steps (~29k tokens/s). Expected: the cross-entropy falls from
+3.5 to 0.89; eval loss 2.30 at step 200, 1.45 at step 600 and 0.90 at step
+1000 (results/readme/figures.json, measured by scripts/readme_figures.py).
 """
 import dataclasses
 

@@ -684,6 +684,31 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+LIVE_EVERY_S = 10.0
+
+
+def live_runs(log_dir: str, count: int) -> str:
+    """'testbed_top2_0 step 340 loss 2.117, ...': the last logged step of the
+    `count` runs under log_dir whose metrics changed most recently."""
+    files = sorted(glob.glob(os.path.join(log_dir, "*", "metrics.jsonl")),
+                   key=lambda f: os.path.getmtime(f) if os.path.exists(f) else 0.0)
+    shown = []
+    for path in files[::-1][:count]:
+        try:
+            with open(path, "rb") as f:
+                start = max(0, os.path.getsize(path) - 4096)
+                f.seek(start)
+                lines = f.read().decode(errors="ignore").splitlines()[1 if start else 0:]
+            rows = [json.loads(line) for line in lines if line.strip().startswith("{")]
+        except (OSError, ValueError):
+            continue
+        train = [r for r in rows if "loss" in r and "eval_loss" not in r]
+        if train:
+            shown.append(f"{os.path.basename(os.path.dirname(path))} step {train[-1]['step']} "
+                         f"loss {train[-1]['loss']:.3f}")
+    return ", ".join(shown) or "compiling"
+
+
 def run_arms(arms: dict[str, Callable[[int], Callable[[], object]]], seeds: int, desc: str,
              jobs: int = 1, log_dir: str | None = None,
              after: dict[str, str] | None = None) -> dict[str, list]:
@@ -735,8 +760,11 @@ def run_arms(arms: dict[str, Callable[[int], Callable[[], object]]], seeds: int,
                                      tempfile.gettempdir(), "moejax_workers"),)) as pool:
             submit = lambda runs: {pool.submit(arms[n](s)): (n, s) for n, s in runs}
             pending = submit(ready)
+            bar.write(f"{desc}: worker logs and runs in {log_dir or tempfile.gettempdir()}")
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=LIVE_EVERY_S, return_when=FIRST_COMPLETED)
+                if not done and log_dir:  # a sign of life between finished runs
+                    bar.set_postfix_str(live_runs(log_dir, jobs))
                 for future in done:
                     name, seed = pending.pop(future)
                     bar.set_postfix_str(f"done {name} seed {seed}")

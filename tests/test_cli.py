@@ -278,3 +278,19 @@ def test_readme_links_stay_inside_the_repository():
     assert "docs/routers.md" in links
     for link in links:
         assert os.path.exists(os.path.join(ROOT, link)), link
+
+
+def test_readme_figures_are_the_measured_ones():
+    """Every figure the README and the config docstrings quote about the
+    default run and the fine-tuning demo is the one scripts/readme_figures.py
+    measured (results/readme/figures.json): a stale figure fails here."""
+    from script_util import load_script
+
+    figures_script = load_script("readme_figures")
+    with open(figures_script.OUT) as f:
+        figures = json.load(f)
+    for file, sentences in figures_script.sentences(figures).items():
+        with open(os.path.join(ROOT, file)) as f:
+            text = " ".join(f.read().split())
+        for sentence in sentences:
+            assert sentence in text, f"{file} does not say {sentence!r}"

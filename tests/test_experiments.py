@@ -3,6 +3,7 @@ helpers against hand-computed values, and a short synthetic run."""
 import dataclasses
 import math
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -157,10 +158,23 @@ def test_leaderboard_ranks_a_user_router_from_its_own_module(tmp_path):
     assert (out_dir / "leaderboard.png").exists()
     table = (out_dir / "table.md").read_text()
     assert "| my_top2 |" in table and "- testbed_top2 (paired" in table
+    assert "- dense (paired, 95% CI) | standing |" in table and "(4 arms trained, 0 reused" in table
+    row = next(line for line in table.splitlines() if line.startswith("| ") and "my_top2" in line)
+    assert re.search(r"\| (ahead of|level with|behind) testbed_top2, (ahead of|level with|behind) "
+                     r"dense", row), row
+    assert "not reproduced" not in table and "| claim |" not in table
     assert sorted(c["claim"] for c in results["claims"]) == [
         "my_top2 beats testbed_top2 (eval loss)", "top_k beats testbed_top2 (eval loss)"]
+    # --only shows just the named router with dense and the reference; the
+    # other stored arm stays in results.json for the next run.
+    args[args.index("my_top2,top_k")] = "my_top2"
     again = _run_module(args, tmp_path)
-    assert "reusing stored results of 4 arms" in again.stdout
+    assert "reusing stored results of 3 arms" in again.stdout
+    rows = [line.split("|")[2].strip() for line in (out_dir / "table.md").read_text().splitlines()
+            if re.match(r"\| \d+ \|", line)]
+    assert sorted(rows) == ["dense", "my_top2", "testbed_top2"]
+    assert set(json.loads((out_dir / "results.json").read_text())["arms"]) == {
+        "dense", "testbed_top2", "top_k", "my_top2"}
 
 
 def test_a_user_routers_leaderboard_never_writes_over_the_committed_one():
@@ -171,9 +185,19 @@ def test_a_user_routers_leaderboard_never_writes_over_the_committed_one():
     assert default_out(["my_routers:my_top1"], ["--out", "/tmp/x"]) is None
     assert default_out(["my_routers:my_top1"], ["--out=/tmp/x"]) is None
     assert default_out([], ["--quick"]) is None  # the shipped routers: the committed table
+    assert default_out([], ["--quick"], "top_k") == user  # a selection is the user's too
+
     ignored = subprocess.run(["git", "check-ignore", "-q", os.path.join(user, "results.json")],
                              cwd=COMMITTED, capture_output=True)
     assert ignored.returncode in (0, 128)  # ignored (128: not a git checkout)
+
+
+def test_leaderboard_standing_words():
+    from experiments.leaderboard.__main__ import standing
+
+    assert standing({"ci95": [-0.3, -0.1]}) == "ahead of"
+    assert standing({"ci95": [0.1, 0.3]}) == "behind"
+    assert standing({"ci95": [-0.1, 0.2]}) == "level with"
 
 
 def test_run_t5_never_resumes_a_run_of_another_config(tmp_path):
@@ -402,3 +426,19 @@ def test_cloze_batch_masks_exactly_the_answer(tmp_path):
         assert answer not in vocab.decode(enc[r]).split("<extra_id_0>")[0].split()[-1:]
         assert list(dec[r, 1:]) == list(tgt[r, :-1]) and dec[r, 0] == 0
         assert (enc[r] == vocab.sentinel(0)).sum() == 1
+
+
+def test_live_runs_shows_the_latest_step_of_the_newest_runs(tmp_path):
+    import json
+    import time
+
+    from experiments.common import live_runs
+
+    assert live_runs(str(tmp_path), 2) == "compiling"
+    for i, name in enumerate(["old_0", "mid_0", "new_0"]):
+        (tmp_path / name).mkdir()
+        rows = [{"step": s, "loss": 5.0 - s / 100} for s in range(1, 40 + i)]
+        rows.append({"step": 39 + i, "eval_loss": 1.0})
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+        os.utime(tmp_path / name / "metrics.jsonl", (time.time() + i, time.time() + i))
+    assert live_runs(str(tmp_path), 2) == "new_0 step 41 loss 4.590, mid_0 step 40 loss 4.600"

@@ -211,20 +211,19 @@ def test_a_source_without_any_example_fails_before_training(tmp_path):
 
 
 def test_a_full_disk_mid_run_stops_with_one_line(tmp_path):
-    """Files capped at 400 kB (RLIMIT_FSIZE, as a full disk: writes fail
+    """Files capped at 390 KiB (ulimit -f, as a full disk: writes fail
     with EFBIG): the tokenizer fits, the first checkpoint does not. The
     background write fails; the run stops with one line naming the step and
     the cause, once, without orbax's thread tracebacks or TensorStore specs."""
-    import resource
-
     workdir = tmp_path / "run"
-    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
                PYTHONPATH=os.path.join(ROOT, "tests"))
-    out = subprocess.run([sys.executable, "-m", "moejax.train", f"--config={CONFIG}",
-                          f"--workdir={workdir}", "--config.steps=8", "--config.eval_every_steps=0",
-                          "--config.checkpoint.every_steps=2"], cwd=ROOT, env=env,
-                         preexec_fn=limit, capture_output=True, text=True, timeout=300)
+    # The shell sets the limit (a preexec_fn would fork this multithreaded process).
+    command = (f"ulimit -f 390 && exec {sys.executable} -m moejax.train --config={CONFIG} "
+               f"--workdir={workdir} --config.steps=8 --config.eval_every_steps=0 "
+               f"--config.checkpoint.every_steps=2")
+    out = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: checkpoint step 2 cannot be written to {workdir}/checkpoints "

@@ -23,8 +23,9 @@ construction:
 - each router with its registered defaults otherwise (capacity factors,
   aux-loss weights), so the table ranks routers as shipped; 'frozen' is
   top-k with the encoder router kept at its init (the decoder's trains).
-Columns: eval loss (95% CI), the paired difference to the reference (95% CI), the
-busiest expert's load x E, the fraction of encoder tokens with no expert
+Columns: eval loss (95% CI), the paired differences to the reference and
+to dense (95% CI), the standing they give (ahead of / level with / behind
+each), the busiest expert's load x E, the fraction of encoder tokens with no expert
 and experts per token (eval, encoder layers). results.json keeps each
 arm's config fingerprint and per-seed numbers: a rerun trains only arms
 whose config changed or that are new (`--rerun` trains everything), so
@@ -35,6 +36,8 @@ adding a router costs its own runs only.
                                                 # whose dense and reference runs it copies
     python -m experiments.leaderboard --only my_router --router my_module:my_router
                                                 # just yours against dense and the reference
+                                                # (--router or --only: written to
+                                                # results/leaderboard/user unless --out)
     python -m experiments.leaderboard --full    # 5 seeds x 5000 steps
 """
 from __future__ import annotations
@@ -128,6 +131,10 @@ def user_routers(specs: list[str]) -> tuple[tuple[str, ...], list[str]]:
     return tuple(modules), names
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def plot(path: str, ranked: list[str], diffs: dict[str, dict]) -> None:
     with figure(path, figsize=(6.5, 0.45 * len(ranked) + 1.5)) as (_, ax):
         y = np.arange(len(ranked))[::-1]
@@ -144,13 +151,20 @@ def plot(path: str, ranked: list[str], diffs: dict[str, dict]) -> None:
 COMMITTED = os.path.join(ROOT, "results", NAME)
 
 
-def default_out(routers: list[str], argv: list[str]) -> str | None:
+def default_out(routers: list[str], argv: list[str], only: str = "") -> str | None:
     """Where a run writes when --out is not given: with user routers
-    (--router), results/leaderboard/user (git-ignored), so the committed
-    table and results.json are never rewritten in a user's clone; else the
-    shared default (None)."""
+    (--router) or a selection (--only), results/leaderboard/user
+    (git-ignored), so the committed table and results.json are never
+    rewritten in a user's clone; else the shared default (None)."""
     given = any(a == "--out" or a.startswith("--out=") for a in argv)
-    return os.path.join(COMMITTED, "user") if routers and not given else None
+    return os.path.join(COMMITTED, "user") if (routers or only) and not given else None
+
+
+def standing(diff: dict) -> str:
+    """A leaderboard's word for a paired eval-loss difference (arm - other):
+    'ahead of' / 'behind' when its 95% interval excludes 0, else 'level with'."""
+    lo, hi = diff["ci95"]
+    return "ahead of" if hi < 0 else "behind" if lo > 0 else "level with"
 
 
 def main():
@@ -163,7 +177,7 @@ def main():
     sys.argv = [sys.argv[0], *rest]
     # Checked before parse_args creates --out: a bad flag leaves nothing behind.
     modules, names = user_routers(known.router)
-    out = default_out(known.router, rest)
+    out = default_out(known.router, rest, known.only)
     if out:
         sys.argv += ["--out", out]
     arms = [*BUILT_IN, *sorted(set(ROUTERS) | set(names))]
@@ -189,14 +203,18 @@ def main():
             with open(stored_path) as f:
                 stored.update(json.load(f).get("arms", {}))
     reuse = {a for a in arms if a in stored and stored[a]["fingerprints"] == prints[a]}
-    # Shown: the selected arms and every stored arm still valid for this config.
-    arms = [a for a in arms if a in selected or a in reuse]
+    # Shown: the selected arms (all, without --only) and, without --only,
+    # every stored arm still valid for this config.
+    # (results.json keeps every valid stored arm either way.)
+    kept_elsewhere = sorted(reuse - set(selected)) if known.only else []
+    arms = selected if known.only else [a for a in arms if a in selected or a in reuse]
+    reuse &= set(arms)
     todo = {a: (lambda seed, a=a: functools.partial(
         run_t5, configs[a][seed], os.path.join(args.out, "runs", f"{slug(a)}_{seed}"),
         imports=modules)) for a in selected if a not in reuse}
     if reuse:
-        print(f"reusing stored results of {len(reuse)} arms (--rerun to train them again): "
-              f"{', '.join(sorted(reuse))}")
+        print(f"reusing stored results of {plural(len(reuse), 'arm')} (--rerun to train them "
+              f"again): {', '.join(sorted(reuse))}")
     fresh = run_arms(todo, args.seeds, NAME, args.jobs, os.path.join(args.out, "runs")) \
         if todo else {}
     results = {a: stored[a]["seeds"] if a in reuse else [summary(r) for r in fresh[a]]
@@ -204,23 +222,33 @@ def main():
     loss = {a: [r["eval_loss"] for r in rs] for a, rs in results.items()}
     pre = stats.precondition("eval_loss", loss[BASELINE], loss["dense"])
     diffs = {a: stats.paired(loss[a], loss[BASELINE]) for a in arms}
+    vs_dense = {a: stats.paired(loss[a], loss["dense"]) for a in arms}
     ranked = sorted(arms, key=lambda a: np.mean(loss[a]))
+    # results.json keeps the experiments' shared verdicts; the table speaks
+    # as a leaderboard (standing against the reference and against dense).
     claims = [stats.claim(f"{a} beats {BASELINE} (eval loss)", pre["passed"], diffs[a])
               for a in ranked if a not in BUILT_IN]
+
+    def stands(a):
+        if a in BUILT_IN:
+            return "-"
+        words = f"{standing(diffs[a])} {BASELINE}, {standing(vs_dense[a])} dense"
+        return words if pre["passed"] else f"{words} (inconclusive: MoE does not beat dense here)"
 
     def col(a, key, digits):
         values = [r[key] for r in results[a]]
         return "-" if values[0] is None else f"{np.mean(values):.{digits}f}"
 
-    rows = [f"| rank | router | eval loss (95% CI) | - {BASELINE} (paired, 95% CI) | diff / SE | "
-            "busiest expert x E | tokens with no expert | experts per token |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [f"| rank | router | eval loss (95% CI) | - {BASELINE} (paired, 95% CI) | - dense "
+            "(paired, 95% CI) | standing | busiest expert x E | tokens with no expert | "
+            "experts per token |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for i, a in enumerate(ranked, 1):
         d = "-" if a == BASELINE else stats.fmt_ci(diffs[a])
-        z = "-" if a == BASELINE else f"{diffs[a]['z']:+.1f}"
-        rows.append(f"| {i} | {a} | {stats.fmt_ci(stats.mean_ci(loss[a]), 3, False)} | {d} | {z} "
-                    f"| {col(a, 'max_load', 2)} | {col(a, 'dropped_fraction', 3)} | "
-                    f"{col(a, 'experts_per_token', 2)} |")
+        dd = "-" if a == "dense" else stats.fmt_ci(vs_dense[a])
+        rows.append(f"| {i} | {a} | {stats.fmt_ci(stats.mean_ci(loss[a]), 3, False)} | {d} | {dd} "
+                    f"| {stands(a)} | {col(a, 'max_load', 2)} | {col(a, 'dropped_fraction', 3)} "
+                    f"| {col(a, 'experts_per_token', 2)} |")
     minutes = (time.time() - start) / 60
     cfg = configs["dense"][0]
     table = "\n".join([
@@ -229,14 +257,16 @@ def main():
         f"decoder top-2 in every MoE arm; each router at its registered defaults. "
         f"{BASELINE}: the testbed's MoE (top-2 in both stacks, renormalised, no capacity "
         f"limit, no aux loss). "
-        f"{minutes:.1f} minutes this run ({len(todo)} arms trained, {len(reuse)} reused; "
-        f"{args.jobs} jobs).", "", *rows, "",
-        stats.precondition_line(pre, f"{BASELINE} vs dense"), "", stats.claims_table(claims)])
+        f"{minutes:.1f} minutes this run ({plural(len(todo), 'arm')} trained, "
+        f"{len(reuse)} reused; {plural(args.jobs, 'job')}). Standing: ahead of / behind where "
+        f"the paired 95% interval of the eval-loss difference excludes 0, else level with.",
+        "", *rows, "", stats.precondition_line(pre, f"{BASELINE} vs dense")])
     plot(os.path.join(args.out, "leaderboard.png"), ranked, diffs)
     write_results(args.out, table, {
         "size": args.size, "seeds": args.seeds, "minutes": minutes, "precondition": pre,
         "claims": claims, "ranking": ranked,
-        "arms": {a: {"fingerprints": prints[a], "seeds": results[a]} for a in arms}})
+        "arms": {**{a: {"fingerprints": prints[a], "seeds": results[a]} for a in arms},
+                 **{a: stored[a] for a in kept_elsewhere}}})
     print(table)
 
 

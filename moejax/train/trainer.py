@@ -268,9 +268,9 @@ def compile_steps(s: Setup) -> Steps:
             # Tracing now (jit reuses the trace at the first call) puts
             # errors that only the model's shapes reveal, such as a group
             # size that does not divide the tokens, before the first step.
-            train_step.lower(abstract, s.batch_spec)
+            train_step.trace(abstract, s.batch_spec)
             if cfg.eval_every_steps:
-                eval_step.lower(model_variables(abstract), s.batch_spec)
+                eval_step.trace(model_variables(abstract), s.batch_spec)
     return Steps(init, state_from, train_step, eval_step, abstract)
 
 
