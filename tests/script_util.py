@@ -10,3 +10,6 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+# XLA's backend optimisation level 0 for every test process (conftest.py says why).
+FAST_COMPILE = "--xla_backend_optimization_level=0"

@@ -21,6 +21,7 @@ from moejax.train.checkpoint import CheckpointError, Checkpoints
 from moejax.train.config import OptimizerConfig, TokenizerConfig
 from moejax.train.metrics import read_metrics
 from moejax.train.trainer import NonFiniteLoss, train
+from script_util import FAST_COMPILE
 from train_config import small
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +29,8 @@ CONFIG = os.path.join(ROOT, "tests", "train_config.py")
 
 
 def launch(workdir, *overrides, devices=1):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                                     f"{FAST_COMPILE}",
                PYTHONPATH=os.path.join(ROOT, "tests"))
     return subprocess.Popen([sys.executable, "-m", "moejax.train", f"--config={CONFIG}",
                              f"--workdir={workdir}", *overrides], cwd=ROOT, env=env,
@@ -216,7 +218,7 @@ def test_a_full_disk_mid_run_stops_with_one_line(tmp_path):
     background write fails; the run stops with one line naming the step and
     the cause, once, without orbax's thread tracebacks or TensorStore specs."""
     workdir = tmp_path / "run"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}",
                PYTHONPATH=os.path.join(ROOT, "tests"))
     # The shell sets the limit (a preexec_fn would fork this multithreaded process).
     command = (f"ulimit -f 390 && exec {sys.executable} -m moejax.train --config={CONFIG} "
