@@ -14,6 +14,7 @@ its whole spec into its messages; MOEJAX_DEBUG=1 keeps both.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import re
 import sys
@@ -56,24 +57,38 @@ class _OrbaxThreadReports(logging.Filter):
         return not str(record.msg).startswith("Metadata file does not exist")
 
 
-def _closed_loop(unraisable) -> bool:
-    """TensorStore completing a read or write after orbax closed the event
-    loop of the operation that failed: an echo of that failure."""
-    return (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed")
+def _echo(unraisable) -> bool:
+    """An echo of a checkpoint failure already reported: TensorStore
+    completing a read or write after orbax closed the event loop of the
+    operation that failed, or one of that operation's other coroutines
+    collected with its error unretrieved."""
+    if isinstance(unraisable.exc_value, RuntimeError) and \
+            str(unraisable.exc_value) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename
 
 
 def quiet_orbax_threads() -> None:
-    """Installs _OrbaxThreadReports on absl's logger and drops the
-    `_closed_loop` echoes (once; not with MOEJAX_DEBUG=1)."""
+    """Installs _OrbaxThreadReports on absl's logger and drops the `_echo`es
+    of failures from sys.unraisablehook (each once, and again if replaced;
+    not with MOEJAX_DEBUG=1)."""
     from moejax.cli import debug
 
-    absl_logger = logging.getLogger("absl")
-    if debug() or any(isinstance(f, _OrbaxThreadReports) for f in absl_logger.filters):
+    if debug():
         return
-    absl_logger.addFilter(_OrbaxThreadReports())
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda u: None if _closed_loop(u) else previous(u)
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxThreadReports) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxThreadReports())
+    if not getattr(sys.unraisablehook, "drops_checkpoint_echoes", False):
+        previous = sys.unraisablehook
+
+        def hook(unraisable):
+            if not _echo(unraisable):
+                previous(unraisable)
+
+        hook.drops_checkpoint_echoes = True
+        sys.unraisablehook = hook
 
 
 def leaf_paths(tree, signature) -> dict[str, object]:
@@ -144,10 +159,12 @@ class Checkpoints:
         """(state, data_state) of `step`, placed like `abstract_state`
         (a tree of jax.ShapeDtypeStruct with shardings)."""
         where = f"{self.directory}/{step}"
+        quiet_orbax_threads()
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types for unreadable data
+            gc.collect()  # the failed read's other coroutines: dropped now, as echoes
             raise CheckpointError(
                 f"checkpoint {where} cannot be restored ({describe(e)}). It was left as is; move "
                 f"it away or use another --workdir.") from e

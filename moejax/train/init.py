@@ -15,6 +15,7 @@ MoE layer is a copy of the dense FFN it replaces, routers start fresh.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 
 import flax.linen as nn
@@ -104,6 +105,7 @@ def _restore_params(checkpointer, state_dir: str, item, restore_args) -> dict:
         return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
             item=item, restore_args=restore_args, partial_restore=True))["params"]
     except Exception as e:  # orbax raises many types for unreadable data
+        gc.collect()  # the failed read's other coroutines: dropped now, as echoes
         raise _unreadable(state_dir, e) from e
 
 
