@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-
 import json
+import os
 
 import matplotlib
 

@@ -148,8 +148,12 @@ def _lines(file: str, what: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def _split_patterns(cfg, split: str) -> str:
+    return cfg.train_files if split == "train" else cfg.eval_files
+
+
 def _split_files(cfg, split: str) -> list[str]:
-    return _files(cfg.train_files if split == "train" else cfg.eval_files, f"data.{split}_files")
+    return _files(_split_patterns(cfg, split), f"data.{split}_files")
 
 
 def check_paths(cfg, splits=("train", "eval")) -> None:
@@ -186,8 +190,8 @@ def make_source(cfg, split: str, shard: int, num_shards: int):
     if cfg.source == "text":
         what = f"data.{split}_files"
         texts = [line for f in _split_files(cfg, split) for line in _lines(f, what)]
-        patterns = cfg.train_files if split == "train" else cfg.eval_files
-        return InMemory(texts, shard, num_shards, cfg.seed, f"{what} {patterns!r}")
+        return InMemory(texts, shard, num_shards, cfg.seed,
+                        f"{what} {_split_patterns(cfg, split)!r}")
     if cfg.source in _REGISTERED:
         return _REGISTERED[cfg.source].make(cfg, split, shard, num_shards)
     import tensorflow as tf  # only the streaming sources need TensorFlow

@@ -118,6 +118,16 @@ class DecoderLayer(_Layer):
                                  decode=decode)
 
 
+def _run_layer(layer, x, args, deterministic: bool, decode: bool, decode_position, max_length):
+    """x through one layer; args: the arrays it takes after x. Only a
+    decoding call passes the cache's keywords (a rematerialised layer is
+    never decoded, and takes positional arguments only)."""
+    if decode:
+        return layer(x, *args, deterministic, decode=True, decode_position=decode_position,
+                     max_length=max_length)
+    return layer(x, *args, deterministic)
+
+
 class _Block(nn.Module):
     """`size` consecutive layers (one period of the stack's MoE pattern):
     what scan_layers repeats. The flags are attributes, static under
@@ -135,14 +145,11 @@ class _Block(nn.Module):
     @nn.compact
     def __call__(self, x, *args):
         """Returns (x, None): the carry and no per-block output."""
+        arrays, position = (args[:-1], args[-1]) if self.decode else (args, None)
         for r in range(self.size):  # the pattern repeats, so index r is layer j * size + r's
             layer = self.layer(self.config, r, self.mesh, self.expert_axis, name=f"layers_{r}")
-            if self.decode:
-                *arrays, position = args
-                x = layer(x, *arrays, self.deterministic, decode=True, decode_position=position,
-                          max_length=self.max_length)
-            else:
-                x = layer(x, *args, self.deterministic)
+            x = _run_layer(layer, x, arrays, self.deterministic, self.decode, position,
+                           self.max_length)
         return x, None
 
 
@@ -194,11 +201,7 @@ class _Stack(nn.Module):
         if not cfg.scan_layers:
             for i in range(count):
                 module = self.layer_class(layer, decode)(**self.layer_args(i))
-                if decode:
-                    x = module(x, *args, deterministic, decode=True,
-                               decode_position=decode_position, max_length=max_length)
-                else:
-                    x = module(x, *args, deterministic)
+                x = _run_layer(module, x, args, deterministic, decode, decode_position, max_length)
             return x
         if not count:
             return x

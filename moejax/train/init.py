@@ -122,7 +122,7 @@ def load_params(spec: str, abstract_params):
     checkpointer, state_dir, saved = _saved_params(spec)
     if is_scanned(saved) != is_scanned(abstract_params):
         # Saved with the other model.scan_layers: read on the host, convert.
-        params = match_layout(_dense_params(spec), abstract_params)
+        params = match_layout(_host_params(checkpointer, state_dir, saved), abstract_params)
         _check_shapes(params, abstract_params, state_dir)
         return _place(params, abstract_params)
     _check_shapes(saved, abstract_params, state_dir)
@@ -143,7 +143,11 @@ def _dense_params(spec: str) -> dict:
         from moejax.convert import from_hf
 
         return jax.tree.map(np.asarray, from_hf(spec[len(HF_PREFIX):])[1])
-    checkpointer, state_dir, saved = _saved_params(spec)
+    return _host_params(*_saved_params(spec))
+
+
+def _host_params(checkpointer, state_dir: str, saved) -> dict:
+    """The params `saved` (their metadata) describes, read as numpy arrays."""
     item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
     restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     return _restore_params(checkpointer, state_dir, item, restore)
@@ -175,12 +179,12 @@ def upcycled_params(spec: str, model_cfg, abstract_params, noise: float = 0.0, s
     (the dense d_ff must be the experts' d_ff), missing or left over.
     A scanned model (model_cfg.scan_layers) is upcycled in the unscanned
     layout, then converted."""
-    if model_cfg.scan_layers:
-        flat_cfg = dataclasses.replace(model_cfg, scan_layers=False)
-        host = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                            models.abstract_params(flat_cfg))
-        params = upcycled_params(spec, flat_cfg, host, noise, seed)
-        return _place(match_layout(params, abstract_params), abstract_params)
+    host = _upcycled_on_host(spec, dataclasses.replace(model_cfg, scan_layers=False), noise, seed)
+    return _place(match_layout(host, abstract_params), abstract_params)
+
+
+def _upcycled_on_host(spec: str, model_cfg, noise: float, seed: int) -> dict:
+    """upcycled_params's values as numpy arrays, for unscanned `model_cfg`."""
     target = traverse_util.flatten_dict(models.abstract_params(model_cfg, boxed=True), sep="/")
     routers = {p for p, box in target.items() if set(box.names) & set(ROUTER_AXES)}
     experts = {p for p, box in target.items() if p not in routers and "expert" in box.names}
@@ -200,7 +204,6 @@ def upcycled_params(spec: str, model_cfg, abstract_params, noise: float = 0.0, s
                               f"shape, with dense FFNs of the experts' shape: {report}")
     fresh = _fresh_params(model_cfg, seed, routers)
     rng = np.random.default_rng(seed)
-    placed = traverse_util.flatten_dict(abstract_params, sep="/")
     out = {}
     for p, box in target.items():
         if p in routers:
@@ -211,7 +214,5 @@ def upcycled_params(spec: str, model_cfg, abstract_params, noise: float = 0.0, s
                 value = value * (1.0 + noise * rng.standard_normal(value.shape))
         else:
             value = dense[p]
-        value = np.asarray(value).astype(placed[p].dtype)
-        sharding = getattr(placed[p], "sharding", None)
-        out[p] = value if sharding is None else jax.device_put(value, sharding)
+        out[p] = np.asarray(value)
     return traverse_util.unflatten_dict(out, sep="/")
