@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from experiments.stats import check_schema
+from experiments.harness.stats import check_schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "experiments", "README.md")

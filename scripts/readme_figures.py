@@ -77,8 +77,8 @@ def sentences(figures: dict) -> dict[str, list[str]]:
     demo = (f"{acc['100']:.1f}% at step 100, {acc['200']:.1f}% at step 200 and "
             f"{acc['300']:.1f}% at step 300 (macro-F1 {f1['300']:.1f})")
     demo_time = f"the demo takes about {5 * round(f['seconds'] / 5):.0f} s"
-    return {"README.md": [f"about {minutes} minutes (1000 steps, {tokens})", ce, evals, demo,
-                          demo_time],
+    return {"README.md": [f"about {minutes} minutes (1000 steps, {tokens})", ce, evals],
+            "docs/finetuning.md": [demo, demo_time],
             "configs/default.py": [f"about {minutes} minutes", tokens, ce, evals],
             "configs/finetune/default.py": [demo, demo_time]}
 

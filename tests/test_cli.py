@@ -218,12 +218,12 @@ def test_experiments_fail_in_one_line_before_writing(args, fragment, files, tmp_
 
 
 def test_readme_router_snippet_passes_the_linter_and_registers(tmp_path):
-    """The README's "Adding a router" snippet, saved as the README says
+    """The README's "Add a router" snippet, saved as the README says
     (`my_routers.py`, in the repository root, so under the project's ruff
     config): `ruff check` passes, and importing it registers `my_top1`."""
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
-    section = readme[readme.index("### Adding a router"):]
+    section = readme[readme.index("## Add a router, rank it"):]
     start = section.index("```python\n") + len("```python\n")
     snippet = section[start:section.index("\n```", start)]
     assert "register_router(" in snippet

@@ -1,5 +1,6 @@
-"""The experiments' shared harness (experiments/common.py): curve and task
-helpers against hand-computed values, and a short synthetic run."""
+"""The experiments' shared harness (experiments/harness/): curve and task
+helpers against hand-computed values, short runs, and every experiment
+end to end at a tiny size."""
 import dataclasses
 import math
 import os
@@ -9,11 +10,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from experiments import stats
-
-from experiments.common import (ClusterTask, mean_curve, numeric_table, routing_counts, slug,
-                                steps_to_reach, t5_config, testbed_config, testbed_moe,
-                                testbed_router, train_synthetic, with_moe)
+from experiments.harness import stats
+from experiments.harness.report import numeric_table, slug, steps_to_reach
+from experiments.harness.synthetic import ClusterTask, routing_counts, train_synthetic
+from experiments.harness.testbed import (t5_config, testbed_config, testbed_moe, testbed_router,
+                                         with_moe)
 from moejax.routing import RouterConfig
 
 
@@ -23,8 +24,6 @@ def test_steps_to_reach_interpolates_between_evaluations():
     assert steps_to_reach(curve, 3.0) == pytest.approx(20.0)
     assert steps_to_reach(curve, 9.0) == 10
     assert steps_to_reach(curve, 1.0) is None
-    assert mean_curve([curve, [(10, 3.0), (20, 1.0), (30, 0.0)]]) == [(10, 4.0), (20, 2.0),
-                                                                     (30, 1.0)]
     assert slug("top-1 (Switch)") == "top_1_switch"
     assert numeric_table("arm", ["a", "b"], {"x": [1.0, 0.25], "y": [2, 3]}, 2) == (
         "| arm | a | b |\n|---|---|---|\n| x | 1.00 | 0.25 |\n| y | 2.00 | 3.00 |")
@@ -90,7 +89,7 @@ def test_testbed_arms_differ_only_in_their_ffns_at_equal_active_flops():
 
 
 def test_digits_task_keeps_test_images_out_of_training():
-    from experiments.fixed import digits_task
+    from experiments.moesart.fixed import digits_task
 
     task = digits_task(seed=3, n_train=300, n_val=100, n_test=200)
     assert task.train.x.shape == (300, 128) and task.test.y.shape == (200, 2)
@@ -108,7 +107,7 @@ def test_digits_task_keeps_test_images_out_of_training():
 
 
 def test_train_fixed_early_stops_at_the_best_validation_point():
-    from experiments.fixed import train_fixed
+    from experiments.moesart.fixed import train_fixed
 
     router = RouterConfig("top_k", num_experts=4, k=2, capacity_factor=None,
                           eval_capacity_factor=None)
@@ -181,11 +180,9 @@ def test_a_user_routers_leaderboard_never_writes_over_the_committed_one():
     from experiments.leaderboard.__main__ import COMMITTED, default_out
 
     user = os.path.join(COMMITTED, "user")
-    assert default_out(["my_routers:my_top1"], ["--quick"]) == user
-    assert default_out(["my_routers:my_top1"], ["--out", "/tmp/x"]) is None
-    assert default_out(["my_routers:my_top1"], ["--out=/tmp/x"]) is None
-    assert default_out([], ["--quick"]) is None  # the shipped routers: the committed table
-    assert default_out([], ["--quick"], "top_k") == user  # a selection is the user's too
+    assert default_out(["my_routers:my_top1"]) == user
+    assert default_out([]) is None  # the shipped routers: the committed table
+    assert default_out([], "top_k") == user  # a selection is the user's too
 
     ignored = subprocess.run(["git", "check-ignore", "-q", os.path.join(user, "results.json")],
                              cwd=COMMITTED, capture_output=True)
@@ -205,7 +202,7 @@ def test_run_t5_never_resumes_a_run_of_another_config(tmp_path):
     since) is trained again from scratch, not resumed or reused."""
     import json
 
-    from experiments.common import run_t5, testbed_config
+    from experiments.harness.runs import run_t5
 
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -220,10 +217,10 @@ def test_run_t5_never_resumes_a_run_of_another_config(tmp_path):
 def test_run_t5_copies_a_finished_run_of_the_same_config(tmp_path, monkeypatch):
     """Another experiment's finished run of the same config is copied, not
     trained again; a run of another config, or one stopped early, is not."""
-    from experiments import common
-    from experiments.common import run_t5, testbed_config
+    from experiments.harness import runs
+    from experiments.harness.runs import run_t5
 
-    monkeypatch.setattr(common, "SHARED_RUNS", str(tmp_path / "*" / "runs" / "*"))
+    monkeypatch.setattr(runs, "SHARED_RUNS", str(tmp_path / "*" / "runs" / "*"))
     cfg = testbed_config("smoke", 0, steps=4, evals=2)
     first = run_t5(cfg, str(tmp_path / "a" / "runs" / "dense_0"))
     (tmp_path / "a" / "runs" / "dense_0" / "marker").write_text("trained in a")
@@ -236,14 +233,14 @@ def test_run_t5_copies_a_finished_run_of_the_same_config(tmp_path, monkeypatch):
     metrics = tmp_path / "a" / "runs" / "dense_0" / "metrics.jsonl"
     metrics.write_text("".join(line for line in metrics.read_text().splitlines(True)
                                if '"step": 4' not in line))  # as if stopped at step 2
-    assert common.finished_twin(cfg, str(tmp_path / "d" / "runs" / "x")) == str(twin)
-    assert common.finished_twin(cfg, str(twin)) is None
+    assert runs.finished_twin(cfg, str(tmp_path / "d" / "runs" / "x")) == str(twin)
+    assert runs.finished_twin(cfg, str(twin)) is None
 
 
 def test_leaderboard_fingerprint_ignores_fields_at_their_defaults():
     """Stored arms stay valid when a config field is added at its default,
     and become stale when any field changes."""
-    from experiments.common import fingerprint, non_default
+    from experiments.harness.runs import fingerprint, non_default
     from experiments.leaderboard.__main__ import arm_config
 
     cfg = arm_config("smoke", 0, "top_k")
@@ -262,7 +259,7 @@ def test_fingerprint_survives_the_saved_config_json(tmp_path):
     import json
 
     from experiments.balancing.__main__ import balance_config, upcycle_config
-    from experiments.common import _saved_fingerprint, fingerprint
+    from experiments.harness.runs import fingerprint, saved_fingerprint
     from experiments.dynamic_top_p.__main__ import lang_config
     from experiments.leaderboard.__main__ import arm_config
     from moejax.routing import ROUTERS
@@ -277,10 +274,10 @@ def test_fingerprint_survives_the_saved_config_json(tmp_path):
         workdir = tmp_path / str(i)
         workdir.mkdir()
         (workdir / "config.json").write_text(json.dumps(to_mapping(cfg), indent=2))
-        assert _saved_fingerprint(str(workdir)) == fingerprint(cfg)
+        assert saved_fingerprint(str(workdir)) == fingerprint(cfg)
         prints.add(fingerprint(cfg))
     assert len(prints) == len(configs)
-    assert _saved_fingerprint(str(tmp_path / "missing")) is None
+    assert saved_fingerprint(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.parametrize("name", ["testbed", "learning_to_route", "expert_choice", "moesart",
@@ -324,7 +321,7 @@ def test_experiments_readme_summary_matches_the_committed_results():
 def test_code_version_marks_changed_code_but_not_rewritten_results(tmp_path):
     """The stamp is the commit, "-dirty" only for changed code: an
     experiment rewrites its committed plots before its results.json."""
-    from experiments.common import code_version
+    from experiments.harness.report import code_version
 
     git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t",
                                         *args], cwd=tmp_path, check=True, capture_output=True,
@@ -352,7 +349,7 @@ def test_run_arms_starts_a_run_only_after_the_run_it_needs(jobs, tmp_path):
     import functools
     import pathlib
 
-    from experiments.common import run_arms
+    from experiments.harness.runs import run_arms
 
     arms = {
         "write": lambda seed: functools.partial(
@@ -369,7 +366,7 @@ def test_run_arms_starts_a_run_only_after_the_run_it_needs(jobs, tmp_path):
 
 
 def test_workers_die_with_their_parent(tmp_path):
-    """A killed experiment leaves no worker training on (experiments.worker)."""
+    """A killed experiment leaves no worker training on (experiments.harness.worker)."""
     import os
     import signal
     import subprocess
@@ -380,7 +377,7 @@ def test_workers_die_with_their_parent(tmp_path):
     script.write_text(
         "import multiprocessing, sys, time\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
-        "from experiments import worker\n"
+        "from experiments.harness import worker\n"
         "if __name__ == '__main__':\n"
         "    ctx = multiprocessing.get_context('spawn')\n"
         f"    with ProcessPoolExecutor(1, mp_context=ctx, initializer=worker.init,\n"
@@ -412,7 +409,7 @@ def _running(pid: int) -> bool:
 
 
 def test_cloze_batch_masks_exactly_the_answer(tmp_path):
-    from experiments.common import cloze_batch
+    from experiments.harness.probes import cloze_batch
     from moejax.data import knowledge, tokenizer
 
     docs = [knowledge.knowledge_document(0, 16, 1, i) for i in range(6)]
@@ -432,7 +429,7 @@ def test_live_runs_shows_the_latest_step_of_the_newest_runs(tmp_path):
     import json
     import time
 
-    from experiments.common import live_runs
+    from experiments.harness.runs import live_runs
 
     assert live_runs(str(tmp_path), 2) == "compiling"
     for i, name in enumerate(["old_0", "mid_0", "new_0"]):
@@ -442,3 +439,26 @@ def test_live_runs_shows_the_latest_step_of_the_newest_runs(tmp_path):
         (tmp_path / name / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
         os.utime(tmp_path / name / "metrics.jsonl", (time.time() + i, time.time() + i))
     assert live_runs(str(tmp_path), 2) == "new_0 step 41 loss 4.590, mid_0 step 40 loss 4.600"
+
+
+def test_the_documented_experiment_runs_on_the_harness(tmp_path):
+    """docs/experiments.md's example experiment, as a user would save it:
+    under 40 lines, and it runs (arms, analysis, plots) at a tiny size; then
+    --replot redraws its plot from results.json alone."""
+    import json
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "experiments.md")) as f:
+        code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]
+    assert len(code.splitlines()) <= 40
+    (tmp_path / "my_question").mkdir()
+    (tmp_path / "my_question" / "__main__.py").write_text(code)
+    out_dir = tmp_path / "out"
+    _run_module(["my_question", "--smoke", "--jobs", "2", "--out", str(out_dir)], tmp_path)
+    results = json.loads((out_dir / "results.json").read_text())
+    stats.check_schema(results)
+    assert set(results["final_eval_loss"]) == {"dense", "top-2", "top-4"}
+    assert results["claims"][0]["claim"] == "top-4 beats top-2 (eval loss)"
+    (out_dir / "eval_loss.png").unlink()
+    _run_module(["my_question", "--replot", "--out", str(out_dir)], tmp_path)
+    assert (out_dir / "eval_loss.png").stat().st_size > 0

@@ -477,8 +477,8 @@ def test_a_new_router_is_one_kernel_and_one_registration():
     from moejax.routing import register_router
     from moejax.routing.base import load_balance_loss, token_choice_inputs, token_choice_result
 
-    def lowest_index_route(logits, *, mask, rng, cfg, train):  # always expert 0, weight 1
-        inputs = token_choice_inputs(logits, mask, cfg, train)
+    def lowest_index_route(logits, *, mask, rng, cfg, train, bias=None, segment=None):
+        inputs = token_choice_inputs(logits, mask, cfg, train, segment)  # expert 0, weight 1
         expert = jnp.zeros(logits.shape[:2] + (1,), jnp.int32)
         losses = {"load_balance_loss": load_balance_loss(inputs.probs, expert, inputs.mask)}
         ones = jnp.ones(expert.shape)
@@ -498,6 +498,14 @@ def test_a_new_router_is_one_kernel_and_one_registration():
             register_router("always_zero", lowest_index_route)
     finally:
         ROUTERS.pop("always_zero")
+    # A kernel of another signature is refused when registered, by name.
+    old = lambda logits, *, mask, rng, cfg, train: None
+    with pytest.raises(ValueError, match=r"router 'old' kernel .* lacks the keyword\(s\) "
+                                         r"bias, segment"):
+        register_router("old", old)
+    assert "old" not in ROUTERS
+    register_router("open", lambda logits, **kwargs: None)  # **kwargs takes them all
+    ROUTERS.pop("open")
 
 
 @pytest.mark.parametrize("score_fn,groups,topk_groups,k,scaling,with_bias", [

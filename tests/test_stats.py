@@ -1,11 +1,11 @@
-"""experiments/stats.py: paired intervals against scipy's paired t-test,
+"""experiments/harness/stats.py: paired intervals against scipy's paired t-test,
 the verdict rule on hand-made cases, and the results schema."""
 import math
 
 import pytest
 from scipy import stats as sps
 
-from experiments import stats
+from experiments.harness import stats
 
 
 def test_paired_interval_matches_scipy_paired_t_test():

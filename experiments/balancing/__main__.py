@@ -1,7 +1,7 @@
 """Balancing and upcycling on the routing testbed.
 
 Two questions researchers ask of DeepSeek-era MoE recipes, on the
-capacity-bound testbed (`experiments.common.testbed_config`), with paired
+capacity-bound testbed (`experiments.harness.testbed.testbed_config`), with paired
 seeds (seed s: the same chains, data order and init in every arm).
 
 1. Auxiliary-loss-free balancing (Wang et al. 2024; DeepSeek-V3). Arms, all
@@ -39,16 +39,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 
 import numpy as np
 
-from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, testbed_config, testbed_moe,
-                                testbed_router, parse_args, plot_curves,
-                                run_arms, run_t5, slug, write_results)
+from experiments.harness import stats
+from experiments.harness.experiment import Experiment, Report, main
+from experiments.harness.plots import plot_curves
+from experiments.harness.report import slug
+from experiments.harness.runs import run_t5
+from experiments.harness.testbed import (TESTBED_EXPERTS, testbed_config, testbed_moe,
+                                         testbed_router)
 
-NAME = "balancing"
 BIAS_RATE = 1e-3
 BALANCE_WEIGHT = 1e-2
 BALANCE_ARMS = ("dense", "no balancing", "load-balance loss", "aux-loss-free bias")
@@ -109,22 +110,21 @@ def rows_table(final: dict, arms, baseline: str, extra=None) -> list[str]:
     return rows
 
 
-def main():
-    args = parse_args(NAME, __doc__)
-    start = time.time()
+def arms(args):
     runs_dir = os.path.join(args.out, "runs")
     pretrained = lambda seed: os.path.join(runs_dir, f"pretrain_{seed}")
-    arms = {arm: (lambda seed, arm=arm: functools.partial(
+    calls = {arm: (lambda seed, arm=arm: functools.partial(
         run_t5, balance_config(args.size, seed, arm),
         os.path.join(runs_dir, f"{slug(arm)}_{seed}"))) for arm in BALANCE_ARMS}
-    arms["pretrain"] = lambda seed: functools.partial(
+    calls["pretrain"] = lambda seed: functools.partial(
         run_t5, pretrain_config(args.size, seed), pretrained(seed))
-    arms.update({arm: (lambda seed, arm=arm: functools.partial(
+    calls.update({arm: (lambda seed, arm=arm: functools.partial(
         run_t5, upcycle_config(args.size, seed, arm, pretrained(seed)),
         os.path.join(runs_dir, f"{slug(arm)}_{seed}"))) for arm in UPCYCLE_ARMS})
-    # The dense-continued and upcycled runs start from their seed's pretrained checkpoint.
-    runs = run_arms(arms, args.seeds, NAME, args.jobs,
-                    after={CONTINUED: "pretrain", UPCYCLED: "pretrain"})
+    return calls
+
+
+def analyse(args, runs) -> Report:
     final = {arm: [r["eval"][-1][1] for r in rs] for arm, rs in runs.items()}
     maxvio = {arm: [violation(r) for r in runs[arm]] for arm in (NONE, LOSS, BIAS)}
 
@@ -146,11 +146,7 @@ def main():
     ]
     cfg = testbed_config(args.size, 0)
     pre_steps, up_steps = UPCYCLE_STEPS[args.size]
-    minutes = (time.time() - start) / 60
-    table = "\n".join([
-        f"`--{args.size}`: {args.seeds} paired seeds on the routing testbed (batch "
-        f"{cfg.batch_size}, Markov corpus); {minutes:.1f} minutes on this machine "
-        f"({args.jobs} jobs).", "",
+    sections = [
         f"**Balancing** ({cfg.steps} steps; MoE: E={TESTBED_EXPERTS}, top-2 of d_ff "
         f"{cfg.model.d_ff // 2}, sigmoid scores, no capacity limit; load-balance weight "
         f"{BALANCE_WEIGHT:g}, bias update rate {BIAS_RATE:g}). max_violation: eval, averaged "
@@ -160,23 +156,27 @@ def main():
         f"**Upcycling** (dense pretrained {pre_steps} steps, then {up_steps} steps each; MoE: "
         f"E={TESTBED_EXPERTS}, top-1 of d_ff {cfg.model.d_ff}).", "",
         *rows_table(final, UPCYCLE_ARMS, SCRATCH), "",
-        stats.precondition_line(pre_upcycle, "upcycling"), "",
-        stats.claims_table(claims)])
-    plot_curves(os.path.join(args.out, "balancing_eval_loss.png"),
-                "Balancing: eval loss", {a: [r["eval"] for r in runs[a]] for a in BALANCE_ARMS},
-                "eval loss (span corruption)")
-    plot_curves(os.path.join(args.out, "upcycling_eval_loss.png"),
-                f"Upcycling: eval loss after {pre_steps} dense steps",
-                {a: [r["eval"] for r in runs[a]] for a in UPCYCLE_ARMS},
-                "eval loss (span corruption)")
-    write_results(args.out, table, {
-        "size": args.size, "seeds": args.seeds, "minutes": minutes,
-        "precondition": {"balancing": pre_balance, "upcycling": pre_upcycle},
-        "claims": claims, "final_eval_loss": final, "eval_max_violation": maxvio,
-        "steps": {"balancing": cfg.steps, "pretrain": pre_steps, "upcycle": up_steps},
-        "curves": {arm: [r["eval"] for r in rs] for arm, rs in runs.items()}})
-    print(table)
+        stats.precondition_line(pre_upcycle, "upcycling"), ""]
+    return Report(
+        {"balancing": pre_balance, "upcycling": pre_upcycle}, claims,
+        f"Routing testbed (batch {cfg.batch_size}, Markov corpus).", sections,
+        {"final_eval_loss": final, "eval_max_violation": maxvio,
+         "steps": {"balancing": cfg.steps, "pretrain": pre_steps, "upcycle": up_steps},
+         "curves": {arm: [r["eval"] for r in rs] for arm, rs in runs.items()}})
 
+
+def plots(results: dict, out: str) -> None:
+    curves = results["curves"]
+    plot_curves(os.path.join(out, "balancing_eval_loss.png"), "Balancing: eval loss",
+                {a: curves[a] for a in BALANCE_ARMS}, "eval loss (span corruption)")
+    plot_curves(os.path.join(out, "upcycling_eval_loss.png"),
+                f"Upcycling: eval loss after {results['steps']['pretrain']} dense steps",
+                {a: curves[a] for a in UPCYCLE_ARMS}, "eval loss (span corruption)")
+
+
+# The dense-continued and upcycled runs start from their seed's pretrained checkpoint.
+EXPERIMENT = Experiment("balancing", __doc__, arms, analyse, plots,
+                        after={CONTINUED: "pretrain", UPCYCLED: "pretrain"})
 
 if __name__ == "__main__":
-    main()
+    main(EXPERIMENT)

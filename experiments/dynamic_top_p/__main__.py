@@ -38,19 +38,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 
 import numpy as np
 from scipy import stats as sps
 
-from experiments import stats
-from experiments.common import (ClusterTask, figure, testbed_config, testbed_moe,
-                                testbed_router, numeric_table, parse_args,
-                                plot_curves, run_arms, run_t5, slug, train_synthetic,
-                                write_results)
+from experiments.harness import stats
+from experiments.harness.experiment import Experiment, Report, main
+from experiments.harness.plots import figure, plot_curves
+from experiments.harness.report import numeric_table, slug
+from experiments.harness.runs import run_t5
+from experiments.harness.synthetic import ClusterTask, train_synthetic
+from experiments.harness.testbed import testbed_config, testbed_moe, testbed_router
 from moejax.routing import RouterConfig
 
-NAME = "dynamic_top_p"
 E = 8
 WIDTHS = (2, 8, 32, 128)
 THRESHOLDS = (0.25, 0.4, 0.6)
@@ -108,21 +108,36 @@ def plot_tradeoff(path: str, experts: dict[str, np.ndarray], mse: dict[str, np.n
         ax.legend(fontsize=8)
 
 
-def main():
-    args = parse_args(NAME, __doc__)
-    start = time.time()
-    steps = {"quick": 800, "full": 4000, "smoke": 30}[args.size]
-    arms = {("synthetic", a): (lambda seed, a=a: synth_call(seed, a, steps)) for a in SYNTH}
-    arms.update({("language", a): (lambda seed, a=a: functools.partial(
+def steps(size: str) -> int:
+    return {"quick": 800, "full": 4000, "smoke": 30}[size]
+
+
+def arms(args):
+    calls = {("synthetic", a): (lambda seed, a=a: synth_call(seed, a, steps(args.size)))
+             for a in SYNTH}
+    calls.update({("language", a): (lambda seed, a=a: functools.partial(
         run_t5, lang_config(args.size, seed, a),
         os.path.join(args.out, "runs", f"{slug(a)}_{seed}")))
         for a in LANG})
-    runs = run_arms(arms, args.seeds, NAME, args.jobs, os.path.join(args.out, "runs"))
-    synth = {a: runs[("synthetic", a)] for a in SYNTH}
+    return calls
+
+
+def synthetic_numbers(synth: dict[str, list[dict]]):
+    """(test MSE [S], experts per token [S] (mean over layers), experts per
+    token by cluster [S, clusters] (mean of both layers)) per arm."""
+    mse = {a: np.array([r["test_loss"] for r in rs]) for a, rs in synth.items()}
+    experts = {a: np.array([np.mean(r["experts_per_token"]) for r in rs])
+               for a, rs in synth.items()}
+    per_cluster = {a: np.array([np.mean(r["experts_per_token_per_cluster"], axis=0) for r in rs])
+                   for a, rs in synth.items()}
+    return mse, experts, per_cluster
+
+
+def analyse(args, runs) -> Report:
+    synth = {a: [dataclasses.asdict(r) for r in runs[("synthetic", a)]] for a in SYNTH}
     t5 = {a: runs[("language", a)] for a in LANG}
 
-    mse = {a: np.array([r.test_loss for r in rs]) for a, rs in synth.items()}
-    experts = {a: np.array([np.mean(r.experts_per_token) for r in rs]) for a, rs in synth.items()}
+    mse, experts, per_cluster = synthetic_numbers(synth)
     k_experts = np.stack([experts[a] for a in TOP_K], 1)
     k_mse = np.stack([mse[a] for a in TOP_K], 1)
     pre_synth = stats.precondition("test_mse", mse["top-2"], mse["dense"])
@@ -146,8 +161,6 @@ def main():
             f"synthetic: a top-p arm uses <= 90% of top-2's experts per token ({best}, the "
             "fewest: experts - 0.9 x top-2's < 0)", pre_synth["passed"],
             stats.paired(experts[best], 0.9 * experts["top-2"]), part="synthetic"))
-    per_cluster = {a: np.array([np.mean(r.experts_per_token_per_cluster, axis=0) for r in rs])
-                   for a, rs in synth.items()}  # [seeds, clusters], mean of both layers
     rho = np.array([sps.spearmanr(WIDTHS, row)[0] if np.ptp(row) > 0 else 0.0
                     for row in per_cluster[DIFFICULTY_ARM]])
     claims.append(stats.claim(
@@ -168,7 +181,7 @@ def main():
     rows = ["| arm | test MSE (95% CI) | arm - top-2 (95% CI) | experts/token (layer 1, 2) | "
             "MSE - top-k curve (95% CI) |", "|---|---|---|---|---|"]
     for a, rs in synth.items():
-        layers = np.mean([r.experts_per_token for r in rs], axis=0)
+        layers = np.mean([r["experts_per_token"] for r in rs], axis=0)
         diff = "-" if a == "top-2" else stats.fmt_ci(stats.paired(mse[a], mse["top-2"]), 4)
         curve = (stats.fmt_ci(stats.paired(below_curve(experts[a], mse[a], k_experts, k_mse),
                                            np.zeros(args.seeds)), 4) if a in TOP_P else "-")
@@ -177,7 +190,7 @@ def main():
     widths = [f"width {w}" for w in WIDTHS]
     cluster_table = numeric_table("arm", widths, {a: per_cluster[a].mean(0) for a in TOP_P}, 2)
     loss_table = numeric_table("arm", widths, {
-        a: np.mean([r.test_loss_per_cluster for r in synth[a]], axis=0) for a in TOP_K}, 4)
+        a: np.mean([r["test_loss_per_cluster"] for r in synth[a]], axis=0) for a in TOP_K}, 4)
     layer_names = list(t5_layers(t5["top-2"][0]))
     lang_rows = ["| arm | eval loss (95% CI) | arm - top-2 (95% CI) | experts/token "
                  f"({', '.join(layer_names)}) |", "|---|---|---|---|"]
@@ -187,20 +200,26 @@ def main():
             f"{np.mean([t5_layers(r)[n] for r in t5[a]]):.2f}" for n in layer_names)
         lang_rows.append(f"| {a} | {stats.fmt_ci(stats.mean_ci(loss[a]), 3, False)} | {diff} | "
                          f"{per_layer} |")
-    minutes = (time.time() - start) / 60
     cfg = testbed_config(args.size, 0)
-    table = "\n".join([
-        f"`--{args.size}`: {args.seeds} paired seeds, {minutes:.1f} minutes on this machine "
-        f"({args.jobs} jobs); no capacity limit anywhere.", "",
-        f"**Synthetic**: E={E}, 2 MoE layers, {steps} steps.", "", *rows, "",
+    sections = [
+        f"**Synthetic**: E={E}, 2 MoE layers, {steps(args.size)} steps.", "", *rows, "",
         stats.precondition_line(pre_synth, "synthetic: top-2 vs dense"), "",
         "Experts per token by cluster (mean of both layers and seeds):", "", cluster_table, "",
         "Test MSE by cluster (difficulty check):", "", loss_table, "",
         f"**Language** (routing testbed, {cfg.steps} steps, E=16 of d_ff 64):", "", *lang_rows, "",
-        stats.precondition_line(pre_lang, "language: top-2 vs dense"), "",
-        stats.claims_table(claims)])
-    plot_tradeoff(os.path.join(args.out, "synthetic_tradeoff.png"), experts, mse)
-    with figure(os.path.join(args.out, "synthetic_experts_per_cluster.png"),
+        stats.precondition_line(pre_lang, "language: top-2 vs dense"), ""]
+    return Report(
+        {"synthetic": pre_synth, "language": pre_lang}, claims,
+        "No capacity limit anywhere.", sections,
+        {"steps": steps(args.size), "widths": WIDTHS, "best_top_p": best, "synthetic": synth,
+         "language": {a: [{"eval": r["eval"], "experts_per_token_per_layer": t5_layers(r)}
+                          for r in rs] for a, rs in t5.items()}})
+
+
+def plots(results: dict, out: str) -> None:
+    mse, experts, per_cluster = synthetic_numbers(results["synthetic"])
+    plot_tradeoff(os.path.join(out, "synthetic_tradeoff.png"), experts, mse)
+    with figure(os.path.join(out, "synthetic_experts_per_cluster.png"),
                 figsize=(6, 3.8)) as (_, ax):
         for w, marker in zip(ENTROPY_WEIGHTS, "s^D"):
             for p in THRESHOLDS:
@@ -215,17 +234,12 @@ def main():
         ax.set_ylabel("experts per token (95% CI)")
         ax.set_title("Synthetic: experts per token by difficulty")
         ax.legend(fontsize=6, ncol=2)
-    plot_curves(os.path.join(args.out, "t5_eval_loss.png"), "Routing testbed: eval loss",
-                {a: [r["eval"] for r in rs] for a, rs in t5.items()}, "eval loss")
-    write_results(args.out, table, {
-        "size": args.size, "seeds": args.seeds, "steps": steps, "minutes": minutes,
-        "widths": WIDTHS, "precondition": {"synthetic": pre_synth, "language": pre_lang},
-        "claims": claims, "best_top_p": best,
-        "synthetic": {a: [dataclasses.asdict(r) for r in rs] for a, rs in synth.items()},
-        "language": {a: [{"eval": r["eval"], "experts_per_token_per_layer": t5_layers(r)}
-                         for r in rs] for a, rs in t5.items()}})
-    print(table)
+    plot_curves(os.path.join(out, "t5_eval_loss.png"), "Routing testbed: eval loss",
+                {a: [r["eval"] for r in rs] for a, rs in results["language"].items()},
+                "eval loss")
 
+
+EXPERIMENT = Experiment("dynamic_top_p", __doc__, arms, analyse, plots)
 
 if __name__ == "__main__":
-    main()
+    main(EXPERIMENT)

@@ -5,7 +5,7 @@ expert takes its top C = 2T/E tokens of a group) reaches GShard top-2's
 final loss in at most half the steps (the paper: > 2x faster convergence),
 with balanced load and no token dropped for capacity.
 
-Setup: the routing testbed (`experiments.common.testbed_config`), and in
+Setup: the routing testbed (`experiments.harness.testbed.testbed_config`), and in
 every MoE arm the same experts: E=16 of d_ff 64 in every FFN of both
 stacks. Only the encoder's router changes between arms; the decoder routes
 with the testbed's top-2 in every MoE arm (expert choice is not causal, so
@@ -44,17 +44,18 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 
 import numpy as np
 
-from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, encoder_layers, figure, testbed_config,
-                                testbed_moe, testbed_router, numeric_table,
-                                parse_args, plot_curves, run_arms, run_t5, slug, steps_to_reach,
-                                with_moe, write_results)
+from experiments.harness import stats
+from experiments.harness.experiment import Experiment, Report, main
+from experiments.harness.plots import figure, plot_curves
+from experiments.harness.probes import encoder_layers
+from experiments.harness.report import numeric_table, slug, steps_to_reach
+from experiments.harness.runs import run_t5
+from experiments.harness.testbed import (TESTBED_EXPERTS, testbed_config, testbed_moe,
+                                         testbed_router, with_moe)
 
-NAME = "expert_choice"
 E = TESTBED_EXPERTS
 GROUP = 512
 TOKEN_CHOICE = dict(capacity_factor=1.25, eval_capacity_factor=2.0, load_balance_weight=0.01,
@@ -122,13 +123,13 @@ def plot_histograms(path: str, hists: dict[str, np.ndarray]) -> None:
         ax.legend()
 
 
-def main():
-    args = parse_args(NAME, __doc__)
-    start = time.time()
-    runs = run_arms({arm: (lambda seed, arm=arm: functools.partial(
+def arms(args):
+    return {arm: (lambda seed, arm=arm: functools.partial(
         run_t5, arm_config(args.size, seed, arm),
-        os.path.join(args.out, "runs", f"{slug(arm)}_{seed}"))) for arm in ARMS},
-        args.seeds, NAME, args.jobs, os.path.join(args.out, "runs"))
+        os.path.join(args.out, "runs", f"{slug(arm)}_{seed}"))) for arm in ARMS}
+
+
+def analyse(args, runs) -> Report:
     steps = arm_config(args.size, 0, "dense").steps
     final = {arm: [r["eval"][-1][1] for r in rs] for arm, rs in runs.items()}
     pre = stats.precondition("eval_loss", final[BASELINE], final["dense"])
@@ -168,26 +169,25 @@ def main():
     hists = {arm: histogram(runs[arm]) for arm in ROUTERS}
     hist_table = numeric_table("arm", [f"{n} experts" for n in range(5)] + ["5+"],
                                {a: [*h[:5], h[5:].sum()] for a, h in hists.items()}, 3)
-    minutes = (time.time() - start) / 60
-    table = "\n".join([
-        f"`--{args.size}`: {args.seeds} paired seeds, {steps} steps of the routing testbed; "
-        f"E={E} experts of d_ff 64 in every MoE arm, encoder groups of {GROUP} tokens; "
-        f"{minutes:.1f} minutes on this machine ({args.jobs} jobs). Speed-up: top-2's steps / "
-        "steps to reach top-2's final loss, per seed (never reached = 1.0).", "",
-        *rows, "", stats.precondition_line(pre, BASELINE), "", stats.claims_table(claims),
-        "Experts per encoder token at the last evaluation (mean over layers and seeds):", "",
-        hist_table, ""])
-    plot_curves(os.path.join(args.out, "eval_loss.png"),
-                "Routing testbed: encoder router at equal experts",
-                {arm: [r["eval"] for r in rs] for arm, rs in runs.items()}, "eval loss")
-    plot_histograms(os.path.join(args.out, "experts_per_token.png"), hists)
-    write_results(args.out, table, {
-        "size": args.size, "seeds": args.seeds, "steps": steps, "minutes": minutes,
-        "precondition": pre, "claims": claims, "summary": summary,
+    setup = (f"{steps} steps of the routing testbed; E={E} experts of d_ff 64 in every MoE arm, "
+             f"encoder groups of {GROUP} tokens. Speed-up: top-2's steps / steps to reach "
+             "top-2's final loss, per seed (never reached = 1.0).")
+    return Report(pre, claims, setup, [*rows, "", stats.precondition_line(pre, BASELINE), ""], {
+        "steps": steps, "summary": summary,
         "experts_per_token_hist": {a: h.tolist() for a, h in hists.items()},
-        "curves": {a: [r["eval"] for r in rs] for a, rs in runs.items()}})
-    print(table)
+        "curves": {a: [r["eval"] for r in rs] for a, rs in runs.items()}},
+        notes=["Experts per encoder token at the last evaluation (mean over layers and seeds):",
+               "", hist_table, ""])
 
+
+def plots(results: dict, out: str) -> None:
+    plot_curves(os.path.join(out, "eval_loss.png"),
+                "Routing testbed: encoder router at equal experts", results["curves"], "eval loss")
+    plot_histograms(os.path.join(out, "experts_per_token.png"),
+                    {a: np.array(h) for a, h in results["experts_per_token_hist"].items()})
+
+
+EXPERIMENT = Experiment("expert_choice", __doc__, arms, analyse, plots)
 
 if __name__ == "__main__":
-    main()
+    main(EXPERIMENT)

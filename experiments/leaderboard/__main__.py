@@ -7,7 +7,7 @@
 
 Every registered router (and the ones named by --router, imported from
 their modules) is trained on the routing testbed
-(`experiments.common.testbed_config`) with paired seeds, and ranked by
+(`experiments.harness.testbed.testbed_config`) with paired seeds, and ranked by
 final eval loss. Each arm is compared, paired by seed, with the reference
 MoE 'testbed_top2': the testbed's own top-2 in both stacks (renormalised
 weights, no capacity limit, no aux loss), the arm whose margin over dense
@@ -42,20 +42,22 @@ adding a router costs its own runs only.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-from experiments import stats
-from experiments.common import (ROOT, TESTBED_EXPERTS, encoder_layers, figure, fingerprint,
-                                testbed_config, testbed_moe, parse_args,
-                                run_arms, run_t5, slug, with_moe, write_results)
+from experiments.harness import args as shared_args
+from experiments.harness import stats
+from experiments.harness.args import ROOT
+from experiments.harness.plots import figure
+from experiments.harness.probes import encoder_layers
+from experiments.harness.report import slug, write_results
+from experiments.harness.runs import fingerprint, run_arms, run_t5
+from experiments.harness.testbed import TESTBED_EXPERTS, testbed_config, testbed_moe, with_moe
 from moejax import cli
 from moejax.routing import ROUTERS, RouterConfig
 
@@ -151,13 +153,12 @@ def plot(path: str, ranked: list[str], diffs: dict[str, dict]) -> None:
 COMMITTED = os.path.join(ROOT, "results", NAME)
 
 
-def default_out(routers: list[str], argv: list[str], only: str = "") -> str | None:
+def default_out(routers: list[str], only: str = "") -> str | None:
     """Where a run writes when --out is not given: with user routers
     (--router) or a selection (--only), results/leaderboard/user
     (git-ignored), so the committed table and results.json are never
     rewritten in a user's clone; else the shared default (None)."""
-    given = any(a == "--out" or a.startswith("--out=") for a in argv)
-    return os.path.join(COMMITTED, "user") if (routers or only) and not given else None
+    return os.path.join(COMMITTED, "user") if routers or only else None
 
 
 def standing(diff: dict) -> str:
@@ -167,31 +168,34 @@ def standing(diff: dict) -> str:
     return "ahead of" if hi < 0 else "behind" if lo > 0 else "level with"
 
 
-def main():
-    # The leaderboard's own flags, taken off before the shared ones are parsed.
-    extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--router", action="append", default=[])
-    extra.add_argument("--rerun", action="store_true")
-    extra.add_argument("--only", default="")
-    known, rest = extra.parse_known_args()
-    sys.argv = [sys.argv[0], *rest]
-    # Checked before parse_args creates --out: a bad flag leaves nothing behind.
-    modules, names = user_routers(known.router)
-    out = default_out(known.router, rest, known.only)
-    if out:
-        sys.argv += ["--out", out]
+def main(argv: list[str] | None = None):
+    parser = shared_args.parser(NAME, __doc__)
+    parser.add_argument("--router", action="append", default=[], metavar="MODULE:NAME",
+                        help="a router your module registers (repeatable)")
+    parser.add_argument("--only", default="", metavar="ROUTER,ROUTER",
+                        help="just these routers, with dense and the reference")
+    parser.add_argument("--rerun", action="store_true", help="ignore stored results")
+    args = parser.parse_args(argv)
+    # Checked before prepare creates --out: a bad flag leaves nothing behind.
+    modules, names = user_routers(args.router)
+    args.out = args.out or default_out(args.router, args.only)
     arms = [*BUILT_IN, *sorted(set(ROUTERS) | set(names))]
     selected = arms
-    if known.only:
-        only = set(known.only.split(",")) | set(names)
+    if args.only:
+        only = set(args.only.split(",")) | set(names)
         unknown = only - set(arms)
         if unknown:
             cli.fail(f"--only names unknown routers {sorted(unknown)}; "
                      f"registered: {', '.join(arms[len(BUILT_IN):])}")
         selected = [a for a in arms if a in only | set(BUILT_IN)]
-    args = parse_args(NAME, __doc__ + "\nextra flags: --router module:name (repeatable), "
-                      "--only router,router (just these, with dense and the reference), "
-                      "--rerun (ignore stored results)")
+    args = shared_args.prepare(args)
+    if args.replot:
+        with open(os.path.join(args.out, "results.json")) as f:
+            stored = json.load(f)
+        loss = {a: [r["eval_loss"] for r in stored["arms"][a]["seeds"]] for a in stored["ranking"]}
+        plot(os.path.join(args.out, "leaderboard.png"), stored["ranking"],
+             {a: stats.paired(loss[a], loss[BASELINE]) for a in stored["ranking"]})
+        return
     start = time.time()
     configs = {a: [arm_config(args.size, s, a) for s in range(args.seeds)] for a in arms}
     prints = {a: [fingerprint(c) for c in cs] for a, cs in configs.items()}
@@ -199,15 +203,15 @@ def main():
     stored = {}
     for stored_path in dict.fromkeys([os.path.join(COMMITTED, "results.json"),
                                       os.path.join(args.out, "results.json")]):
-        if os.path.exists(stored_path) and not known.rerun:
+        if os.path.exists(stored_path) and not args.rerun:
             with open(stored_path) as f:
                 stored.update(json.load(f).get("arms", {}))
     reuse = {a for a in arms if a in stored and stored[a]["fingerprints"] == prints[a]}
     # Shown: the selected arms (all, without --only) and, without --only,
     # every stored arm still valid for this config.
     # (results.json keeps every valid stored arm either way.)
-    kept_elsewhere = sorted(reuse - set(selected)) if known.only else []
-    arms = selected if known.only else [a for a in arms if a in selected or a in reuse]
+    kept_elsewhere = sorted(reuse - set(selected)) if args.only else []
+    arms = selected if args.only else [a for a in arms if a in selected or a in reuse]
     reuse &= set(arms)
     todo = {a: (lambda seed, a=a: functools.partial(
         run_t5, configs[a][seed], os.path.join(args.out, "runs", f"{slug(a)}_{seed}"),

@@ -7,7 +7,7 @@ lower loss than the same MoE with a frozen random router or a hash router.
 The mechanism predicts that the learned-vs-frozen gap shrinks when the
 clusters are so far apart that a random hyperplane already separates them.
 
-Synthetic part (`experiments.common.ClusterTask`): K=4 clusters in 16
+Synthetic part (`experiments.harness.synthetic.ClusterTask`): K=4 clusters in 16
 dimensions, each seed drawing its own teacher (centres and target
 networks); one top-1 MoE layer of E=8 experts of 16 hidden units routing
 the raw inputs (no norm or learnable scale in front of the router), no
@@ -15,7 +15,7 @@ capacity limit; separation swept over SEPARATIONS. Arms: dense (one FFN of
 16 hidden units: equal active FLOPs), learned (switch), frozen random
 (the router kept at its init), hash (token ids hashed to experts).
 
-Language part (the routing testbed, `experiments.common.testbed_config`):
+Language part (the routing testbed, `experiments.harness.testbed.testbed_config`):
 dense vs MoE (E=16, top-2 of d_ff 64) with a learned router vs the same
 router frozen at init (freeze_router) vs a hash router (top-1 of d_ff 128,
 equal active FLOPs) vs a learned top-1 router over the hash arm's experts
@@ -32,18 +32,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 
 import numpy as np
 
-from experiments import stats
-from experiments.common import (ClusterTask, TESTBED_EXPERTS, figure, testbed_config,
-                                testbed_moe, testbed_router, parse_args,
-                                plot_curves, run_arms, run_t5, slug, train_synthetic,
-                                write_results)
+from experiments.harness import stats
+from experiments.harness.experiment import Experiment, Report, main
+from experiments.harness.plots import figure, plot_curves
+from experiments.harness.report import slug
+from experiments.harness.runs import run_t5
+from experiments.harness.synthetic import ClusterTask, train_synthetic
+from experiments.harness.testbed import (TESTBED_EXPERTS, testbed_config, testbed_moe,
+                                         testbed_router)
 from moejax.routing import RouterConfig
 
-NAME = "learning_to_route"
 SEPARATIONS = (0.5, 1.0, 4.0)
 MAIN_SEPARATION = 1.0
 SYNTH_ARMS = ("dense", "learned", "frozen random", "hash")
@@ -73,66 +74,34 @@ def lang_config(size: str, seed: int, arm: str):
     return dataclasses.replace(testbed_moe(cfg), freeze_router=arm == "frozen random")
 
 
-def heatmaps(path: str, runs: dict[str, list]) -> None:
-    arms = [a for a in SYNTH_ARMS if a != "dense"]
-    snaps = runs["learned"][0].confusion
-    with figure(path, len(arms), len(snaps), figsize=(2.2 * len(snaps), 2.2 * len(arms)),
-                dpi=110) as (fig, axes):
-        for r, arm in enumerate(arms):
-            for c, (step, table) in enumerate(runs[arm][0].confusion):
-                ax = axes[r, c]
-                ax.imshow(np.array(table), vmin=0, vmax=1, cmap="viridis")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(f"step {step}", fontsize=9)
-                if c == 0:
-                    ax.set_ylabel(f"{arm}\ncluster", fontsize=9)
-                if r == len(arms) - 1:
-                    ax.set_xlabel("expert", fontsize=9)
-        # The scale in words: a colour bar does not fit the grid's tight layout.
-        fig.suptitle(f"P(expert | cluster), separation {MAIN_SEPARATION:g}, seed 0\n"
-                     "colour: dark purple 0 ... yellow 1 (viridis)")
+def steps(size: str) -> int:
+    return {"quick": 800, "full": 4000, "smoke": 30}[size]
 
 
-def gap_plot(path: str, gaps: dict[float, dict]) -> None:
-    with figure(path) as (_, ax):
-        seps = sorted(gaps)
-        for other, marker in (("frozen random", "o"), ("hash", "s")):
-            mean = [gaps[s][other]["mean"] for s in seps]
-            lo = [gaps[s][other]["ci95"][0] for s in seps]
-            hi = [gaps[s][other]["ci95"][1] for s in seps]
-            ax.errorbar(seps, mean, yerr=[np.subtract(mean, lo), np.subtract(hi, mean)],
-                        marker=marker, capsize=3, label=f"learned - {other}")
-        ax.axhline(0, color="gray", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xticks(seps, [f"{v:g}" for v in seps])  # the separations run, not decades
-        ax.minorticks_off()
-        ax.set_xlabel("cluster separation")
-        ax.set_ylabel("paired test-MSE difference (95% CI)")
-        ax.set_title("Learned router's advantage vs cluster separation")
-        ax.legend()
-
-
-def main():
-    args = parse_args(NAME, __doc__)
-    start = time.time()
-    steps = {"quick": 800, "full": 4000, "smoke": 30}[args.size]
-    arms = {}
+def arms(args):
+    calls = {}
     for sep in SEPARATIONS:
         for arm in SYNTH_ARMS:
-            arms[(sep, arm)] = lambda seed, sep=sep, arm=arm: functools.partial(
+            calls[(sep, arm)] = lambda seed, sep=sep, arm=arm: functools.partial(
                 train_synthetic, ClusterTask(widths=(16,) * 4, separation=sep, seed=seed),
-                synth_router(arm), steps=steps, seed=seed, d_ff=16)
+                synth_router(arm), steps=steps(args.size), seed=seed, d_ff=16)
     for arm in LANG_ARMS:
-        arms[("T5", arm)] = lambda seed, arm=arm: functools.partial(
+        calls[("T5", arm)] = lambda seed, arm=arm: functools.partial(
             run_t5, lang_config(args.size, seed, arm),
             os.path.join(args.out, "runs", f"t5_{slug(arm)}_{seed}"), routing_nmi=arm != "dense")
-    runs = run_arms(arms, args.seeds, NAME, args.jobs, os.path.join(args.out, "runs"))
+    return calls
 
-    mse = {key: [r.test_loss for r in rs] for key, rs in runs.items() if key[0] != "T5"}
-    gaps = {sep: {o: stats.paired(mse[(sep, "learned")], mse[(sep, o)])
+
+def learned_gaps(mse: dict) -> dict[float, dict]:
+    """{separation: {other arm: paired(learned, other)}} of the test MSEs
+    mse[(separation, arm)]."""
+    return {sep: {o: stats.paired(mse[(sep, "learned")], mse[(sep, o)])
                   for o in ("frozen random", "hash", "dense")} for sep in SEPARATIONS}
+
+
+def analyse(args, runs) -> Report:
+    mse = {key: [r.test_loss for r in rs] for key, rs in runs.items() if key[0] != "T5"}
+    gaps = learned_gaps(mse)
     main_sep, wide = MAIN_SEPARATION, max(SEPARATIONS)
     pre_synth = stats.precondition("test_mse", mse[(main_sep, "learned")],
                                    mse[(main_sep, "dense")])
@@ -181,41 +150,84 @@ def main():
             f"{v:.2f}" for v in np.mean([r["nmi"] for r in t5[arm]], axis=0)))
         lang_rows.append(f"| {arm} | {stats.fmt_ci(stats.mean_ci(loss[arm]), 3, False)} | {diff} "
                          f"| {per_layer} |")
-    minutes = (time.time() - start) / 60
-    table = "\n".join([
-        f"`--{args.size}`: {args.seeds} paired seeds, {minutes:.1f} minutes on this machine "
-        f"({args.jobs} jobs). Intervals are 95% t intervals over seeds.", "",
-        f"**Synthetic**: K=4 clusters, E=8 top-1 experts of 16 units, {steps} steps; each seed "
-        "its own teacher.", "", *rows, "",
+    sections = [
+        f"**Synthetic**: K=4 clusters, E=8 top-1 experts of 16 units, {steps(args.size)} steps; "
+        "each seed its own teacher.", "", *rows, "",
         stats.precondition_line(pre_synth, "synthetic, separation 1"), "",
         f"**Language** (routing testbed): {cfg.steps} steps; MoE E={TESTBED_EXPERTS} top-2 of "
         f"d_ff {cfg.model.d_ff // 2}; hash and learned top-1: top-1 of d_ff {cfg.model.d_ff}.",
-        "", *lang_rows, "",
-        stats.precondition_line(pre_lang, "language"), "",
-        stats.claims_table(claims)])
-    plot_curves(os.path.join(args.out, "synthetic_test_loss.png"),
-                f"Clustered regression (separation {main_sep:g}): test loss",
-                {a: [r.loss_curve for r in runs[(main_sep, a)]] for a in SYNTH_ARMS}, "test MSE",
-                log_y=True, band="ci")
-    plot_curves(os.path.join(args.out, "synthetic_nmi.png"),
-                f"Routing purity (NMI cluster/expert), separation {main_sep:g}",
-                {a: [[(s, v[0]) for s, v in r.nmi] for r in runs[(main_sep, a)]]
-                 for a in SYNTH_ARMS if a != "dense"}, "NMI", band="ci")
-    heatmaps(os.path.join(args.out, "synthetic_confusion.png"),
-             {a: runs[(main_sep, a)] for a in SYNTH_ARMS})
-    gap_plot(os.path.join(args.out, "synthetic_gap_vs_separation.png"), gaps)
-    plot_curves(os.path.join(args.out, "t5_eval_loss.png"),
-                "Routing testbed: eval loss", {a: [r["eval"] for r in rs] for a, rs in t5.items()},
-                "eval loss (span corruption)", band="ci")
-    write_results(args.out, table, {
-        "size": args.size, "seeds": args.seeds, "minutes": minutes,
-        "precondition": {"synthetic": pre_synth, "language": pre_lang}, "claims": claims,
-        "synthetic": {f"{sep:g}/{arm}": [dataclasses.asdict(r) for r in runs[(sep, arm)]]
-                      for sep in SEPARATIONS for arm in SYNTH_ARMS},
-        "language": {arm: [{"eval": r["eval"], "nmi": r.get("nmi", [])} for r in rs]
-                     for arm, rs in t5.items()}})
-    print(table)
+        "", *lang_rows, "", stats.precondition_line(pre_lang, "language"), ""]
+    return Report(
+        {"synthetic": pre_synth, "language": pre_lang}, claims,
+        "Intervals are 95% t intervals over seeds.", sections,
+        {"synthetic": {f"{sep:g}/{arm}": [dataclasses.asdict(r) for r in runs[(sep, arm)]]
+                       for sep in SEPARATIONS for arm in SYNTH_ARMS},
+         "language": {arm: [{"eval": r["eval"], "nmi": r.get("nmi", [])} for r in rs]
+                      for arm, rs in t5.items()}})
 
+
+def heatmaps(path: str, runs: dict[str, list[dict]]) -> None:
+    arms = [a for a in SYNTH_ARMS if a != "dense"]
+    snaps = runs["learned"][0]["confusion"]
+    with figure(path, len(arms), len(snaps), figsize=(2.2 * len(snaps), 2.2 * len(arms)),
+                dpi=110) as (fig, axes):
+        for r, arm in enumerate(arms):
+            for c, (step, table) in enumerate(runs[arm][0]["confusion"]):
+                ax = axes[r, c]
+                ax.imshow(np.array(table), vmin=0, vmax=1, cmap="viridis")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"step {step}", fontsize=9)
+                if c == 0:
+                    ax.set_ylabel(f"{arm}\ncluster", fontsize=9)
+                if r == len(arms) - 1:
+                    ax.set_xlabel("expert", fontsize=9)
+        # The scale in words: a colour bar does not fit the grid's tight layout.
+        fig.suptitle(f"P(expert | cluster), separation {MAIN_SEPARATION:g}, seed 0\n"
+                     "colour: dark purple 0 ... yellow 1 (viridis)")
+
+
+def gap_plot(path: str, gaps: dict[float, dict]) -> None:
+    with figure(path) as (_, ax):
+        seps = sorted(gaps)
+        for other, marker in (("frozen random", "o"), ("hash", "s")):
+            mean = [gaps[s][other]["mean"] for s in seps]
+            lo = [gaps[s][other]["ci95"][0] for s in seps]
+            hi = [gaps[s][other]["ci95"][1] for s in seps]
+            ax.errorbar(seps, mean, yerr=[np.subtract(mean, lo), np.subtract(hi, mean)],
+                        marker=marker, capsize=3, label=f"learned - {other}")
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(seps, [f"{v:g}" for v in seps])  # the separations run, not decades
+        ax.minorticks_off()
+        ax.set_xlabel("cluster separation")
+        ax.set_ylabel("paired test-MSE difference (95% CI)")
+        ax.set_title("Learned router's advantage vs cluster separation")
+        ax.legend()
+
+
+def plots(results: dict, out: str) -> None:
+    synth, main_sep = results["synthetic"], MAIN_SEPARATION
+    at = lambda sep: {a: synth[f"{sep:g}/{a}"] for a in SYNTH_ARMS}
+    mse = {(sep, a): [r["test_loss"] for r in rs] for sep in SEPARATIONS
+           for a, rs in at(sep).items()}
+    plot_curves(os.path.join(out, "synthetic_test_loss.png"),
+                f"Clustered regression (separation {main_sep:g}): test loss",
+                {a: [r["loss_curve"] for r in rs] for a, rs in at(main_sep).items()}, "test MSE",
+                log_y=True, band="ci")
+    plot_curves(os.path.join(out, "synthetic_nmi.png"),
+                f"Routing purity (NMI cluster/expert), separation {main_sep:g}",
+                {a: [[(s, v[0]) for s, v in r["nmi"]] for r in rs]
+                 for a, rs in at(main_sep).items() if a != "dense"}, "NMI", band="ci")
+    heatmaps(os.path.join(out, "synthetic_confusion.png"), at(main_sep))
+    gap_plot(os.path.join(out, "synthetic_gap_vs_separation.png"), learned_gaps(mse))
+    plot_curves(os.path.join(out, "t5_eval_loss.png"), "Routing testbed: eval loss",
+                {a: [r["eval"] for r in rs] for a, rs in results["language"].items()},
+                "eval loss (span corruption)", band="ci")
+
+
+EXPERIMENT = Experiment("learning_to_route", __doc__, arms, analyse, plots)
 
 if __name__ == "__main__":
-    main()
+    main(EXPERIMENT)

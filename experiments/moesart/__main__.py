@@ -6,7 +6,7 @@ dense softmax mixture with small bias) generalises better than top-k,
 V-MoE, expert choice and X-MoE at the same k.
 
 The paper's gains are out-of-sample on finite training sets, so the tasks
-have a fixed training set and a generalisation gap (`experiments.fixed`):
+have a fixed training set and a generalisation gap (`experiments.moesart.fixed`):
 two-digit classification built from scikit-learn's `load_digits` (two
 tasks, the left and the right digit) and clustered regression with a fixed
 training sample, each seed its own split. One MoE layer of E=8 experts of
@@ -34,14 +34,13 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import time
 
-from experiments import stats
-from experiments.common import parse_args, plot_curves, run_arms, write_results
-from experiments.fixed import TASKS, train_fixed
+from experiments.harness import stats
+from experiments.harness.experiment import Experiment, Report, main
+from experiments.harness.plots import plot_curves
+from experiments.moesart.fixed import TASKS, train_fixed
 from moejax.routing import RouterConfig
 
-NAME = "moesart"
 E, K = 8, 2
 STEPS = {"digits": 400, "clusters": 1600}
 SCALE = {"quick": 1, "full": 3, "smoke": 0.05}
@@ -83,24 +82,38 @@ def select(results: list[list[dict]]) -> dict:
             "choice": best}
 
 
-def main():
-    args = parse_args(NAME, __doc__, default_seeds={"quick": 10, "full": 20, "smoke": 2})
-    start = time.time()
-    calls, grids = {}, {}
-    lrs = LRS[:1] if args.size == "smoke" else LRS
-    for task, arm in itertools.product(TASKS, ARMS):
-        steps = max(20, int(STEPS[task] * SCALE[args.size]))
-        grid = routers(arm, args.size == "smoke")
-        grids[(task, arm)] = list(itertools.product(range(len(grid)), lrs))
-        for g, (r, lr) in enumerate(grids[(task, arm)]):
-            calls[(task, arm, g)] = lambda _, task=task, r=grid[r], lr=lr, steps=steps: (
-                functools.partial(train_fixed, task, args.seeds, r, lr=lr, steps=steps))
-    # One call trains every seed of a grid point (vmapped), so run_arms sees one "seed".
-    out = run_arms(calls, 1, NAME, args.jobs, os.path.join(args.out, "runs"))
-    chosen = {key: select([out[(*key, g)][0] for g in range(len(grid))])
-              for key, grid in grids.items()}
+def steps(task: str, size: str) -> int:
+    return max(20, int(STEPS[task] * SCALE[size]))
 
-    claims, pres, sections = [], {}, []
+
+def learning_rates(size: str) -> tuple[float, ...]:
+    return LRS[:1] if size == "smoke" else LRS
+
+
+def grid(task: str, arm: str, size: str) -> list[tuple[int, float]]:
+    """(lambda index, learning rate) of every point an arm's grid trains."""
+    return list(itertools.product(range(len(routers(arm, size == "smoke"))),
+                                  learning_rates(size)))
+
+
+def arms(args):
+    calls = {}
+    for task, arm in itertools.product(TASKS, ARMS):
+        configs = routers(arm, args.size == "smoke")
+        for g, (r, lr) in enumerate(grid(task, arm, args.size)):
+            # One call trains every seed of a grid point (vmapped).
+            calls[(task, arm, g)] = lambda _, task=task, r=configs[r], lr=lr: (
+                functools.partial(train_fixed, task, args.seeds, r, lr=lr,
+                                  steps=steps(task, args.size)))
+    return calls
+
+
+def analyse(args, out) -> Report:
+    grids = {(task, arm): grid(task, arm, args.size)
+             for task, arm in itertools.product(TASKS, ARMS)}
+    chosen = {key: select([out[(*key, g)] for g in range(len(points))])
+              for key, points in grids.items()}
+    claims, pres, sections, curves = [], {}, [], {}
     for task in TASKS:
         loss = {arm: chosen[(task, arm)]["test_loss"] for arm in ARMS}
         metric = "test cross-entropy (both digits)" if task == "digits" else "test MSE"
@@ -123,34 +136,36 @@ def main():
                               for g in c["choice"])
             rows.append(f"| {arm} | {stats.fmt_ci(stats.mean_ci(loss[arm]), 4, False)} | {diff} | "
                         f"{acc}{picks} |")
-        steps = max(20, int(STEPS[task] * SCALE[args.size]))
-        sections += [f"**{task}** ({steps} steps, early-stopped on validation):", "", *rows, "",
-                     stats.precondition_line(pre, task), ""]
-        best_runs = {arm: [out[(task, arm, chosen[(task, arm)]["choice"][s])][0][s]["val"]
-                           for s in range(args.seeds)] for arm in ARMS}
-        plot_curves(os.path.join(args.out, f"{task}_validation_loss.png"),
-                    f"{task}: validation loss of each seed's chosen run", best_runs,
-                    f"validation {'cross-entropy' if task == 'digits' else 'MSE'}",
-                    log_y=True)  # the first steps' drop would flatten where the arms differ
-    minutes = (time.time() - start) / 60
+            curves[f"{task}/{arm}"] = [out[(task, arm, g)][s]["val"]
+                                       for s, g in enumerate(c["choice"])]
+        sections += [f"**{task}** ({steps(task, args.size)} steps, early-stopped on validation):",
+                     "", *rows, "", stats.precondition_line(pre, task), ""]
     used = {n: (f, v[:1] if args.size == "smoke" else v) for n, (f, v) in LAMBDAS.items()}
     lambdas = "; ".join(f"{ARMS_BY[n]}: {f} in {v}" for n, (f, v) in used.items())
-    table = "\n".join([
-        f"`--{args.size}`: {args.seeds} paired seeds, k={K} of E={E}; learning rate in {lrs} and "
-        f"lambda ({lambdas}) chosen per seed on validation; {minutes:.1f} minutes on this machine "
-        f"({args.jobs} jobs). Diffs are MOESART - arm (negative = MOESART better).", "",
-        *sections, stats.claims_table(claims)])
-    write_results(args.out, table, {
-        "size": args.size, "seeds": args.seeds, "minutes": minutes, "precondition": pres,
-        "claims": claims, "learning_rates": lrs,
+    lrs = learning_rates(args.size)
+    setup = (f"k={K} of E={E}; learning rate in {lrs} and lambda ({lambdas}) chosen per seed on "
+             "validation. Diffs are MOESART - arm (negative = MOESART better).")
+    return Report(pres, claims, setup, sections, {
+        "learning_rates": lrs,
         "lambdas": {n: {"field": f, "values": v} for n, (f, v) in used.items()},
         "chosen": {f"{t}/{a}": c for (t, a), c in chosen.items()},
         "runs": {f"{t}/{a}/{g}": [{k: r[k] for k in ("best_step", "best_val", "test_loss")}
-                                  for r in out[(t, a, g)][0]] for (t, a, g) in out}})
-    print(table)
+                                  for r in out[(t, a, g)]] for (t, a, g) in out},
+        "validation_curves": curves})
+
+
+def plots(results: dict, out: str) -> None:
+    for task in TASKS:
+        plot_curves(os.path.join(out, f"{task}_validation_loss.png"),
+                    f"{task}: validation loss of each seed's chosen run",
+                    {arm: results["validation_curves"][f"{task}/{arm}"] for arm in ARMS},
+                    f"validation {'cross-entropy' if task == 'digits' else 'MSE'}",
+                    log_y=True)  # the first steps' drop would flatten where the arms differ
 
 
 ARMS_BY = {v: k for k, v in ARMS.items()}
+EXPERIMENT = Experiment("moesart", __doc__, arms, analyse, plots,
+                        default_seeds={"quick": 10, "full": 20, "smoke": 2}, vmapped=True)
 
 if __name__ == "__main__":
-    main()
+    main(EXPERIMENT)

@@ -2,7 +2,7 @@
 
 A router comparison means something only where experts pay off. This
 experiment measures that precondition on the standard testbed every
-routing experiment uses (`experiments.common.testbed_config`): the tiny
+routing experiment uses (`experiments.harness.testbed.testbed_config`): the tiny
 T5 (d_model 64, 2+2 layers) pretrained with span corruption on the
 `markov` corpus (8 domains, each a random second-order word chain whose
 8 x 32**2 contexts at `--full`, 8 x 16**2 at `--quick`, hold more than a
@@ -32,13 +32,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 
-from experiments import stats
-from experiments.common import (TESTBED_EXPERTS, TESTBED_K, testbed_config, testbed_moe,
-                                parse_args, plot_curves, run_arms, run_t5, slug, write_results)
+from experiments.harness import stats
+from experiments.harness.experiment import Experiment, Report, main
+from experiments.harness.plots import plot_curves
+from experiments.harness.report import slug
+from experiments.harness.runs import run_t5
+from experiments.harness.testbed import (TESTBED_EXPERTS, TESTBED_K, testbed_config,
+                                         testbed_moe)
 
-NAME = "testbed"
 ARMS = ("dense", "MoE, learned router", "MoE, frozen random router")
 DENSE, MOE, FROZEN = ARMS
 
@@ -51,14 +53,14 @@ def arm_config(size: str, seed: int, arm: str):
     return dataclasses.replace(cfg, freeze_router=arm == FROZEN)
 
 
-def main():
-    args = parse_args(NAME, __doc__)
-    start = time.time()
-    runs = run_arms({arm: (lambda seed, arm=arm: functools.partial(
+def arms(args):
+    return {arm: (lambda seed, arm=arm: functools.partial(
         run_t5, arm_config(args.size, seed, arm),
         os.path.join(args.out, "runs", f"{slug(arm)}_{seed}"), fact_recall=True))
-        for arm in ARMS},
-        args.seeds, NAME, args.jobs)
+        for arm in ARMS}
+
+
+def analyse(args, runs) -> Report:
     final = {arm: [r["eval"][-1][1] for r in rs] for arm, rs in runs.items()}
     recall = {arm: [r["recall"]["accuracy"] for r in rs] for arm, rs in runs.items()}
     pre = stats.precondition("eval_loss", final[MOE], final[DENSE])
@@ -79,31 +81,28 @@ def main():
         d = stats.paired(final[arm], final[DENSE])
         rows.append(f"| {arm} | {own} | {stats.fmt_ci(d)} | {d['z']:+.1f} | {own_recall} "
                     f"| {stats.fmt_ci(stats.paired(recall[arm], recall[DENSE]))} |")
-    table = "\n".join([
-        f"`--{args.size}`: {args.seeds} paired seeds, {cfg.steps} steps of batch {cfg.batch_size} "
+    setup = (
+        f"{cfg.steps} steps of batch {cfg.batch_size} "
         f"(inputs {cfg.data.inputs_length} / targets {cfg.data.targets_length} tokens), "
         f"Markov corpus with {cfg.data.markov_words} words per domain; MoE: "
-        f"E={TESTBED_EXPERTS}, top-{TESTBED_K} of d_ff={cfg.model.d_ff // TESTBED_K}; "
-        f"{(time.time() - start) / 60:.1f} minutes on this machine ({args.jobs} jobs). "
-        "Diffs are arm - dense "
-        "(negative = lower loss than dense). Recall: the fraction of held-out words "
-        "(each after the first two of a document) that the model, given the word masked "
-        "alone, predicts exactly (`experiments.common.t5_fact_recall`; a model that "
-        "knows the chain and reads only the words before gets 0.75).", "",
-        *rows, "",
-        stats.precondition_line(pre), "", stats.claims_table(claims)])
-    plot_curves(os.path.join(args.out, "eval_loss.png"), "Markov corpus, tiny T5",
-                {arm: [r["eval"] for r in rs] for arm, rs in runs.items()},
-                "eval loss (span corruption)")
-    write_results(args.out, table, {
-        "size": args.size, "seeds": args.seeds, "steps": cfg.steps,
-        "precondition": pre, "claims": claims,
+        f"E={TESTBED_EXPERTS}, top-{TESTBED_K} of d_ff={cfg.model.d_ff // TESTBED_K}. "
+        "Diffs are arm - dense (negative = lower loss than dense). Recall: the fraction of "
+        "held-out words (each after the first two of a document) that the model, given the "
+        "word masked alone, predicts exactly (`experiments.harness.probes.t5_fact_recall`; a "
+        "model that knows the chain and reads only the words before gets 0.75).")
+    return Report(pre, claims, setup, [*rows, "", stats.precondition_line(pre), ""], {
+        "steps": cfg.steps,
         "paired": {"learned_vs_frozen": learned_vs_frozen, "frozen_vs_dense": frozen_vs_dense},
         "final_eval_loss": final, "fact_recall": recall,
-        "curves": {arm: [r["eval"] for r in rs] for arm, rs in runs.items()},
-        "minutes": (time.time() - start) / 60})
-    print(table)
+        "curves": {arm: [r["eval"] for r in rs] for arm, rs in runs.items()}})
 
+
+def plots(results: dict, out: str) -> None:
+    plot_curves(os.path.join(out, "eval_loss.png"), "Markov corpus, tiny T5",
+                results["curves"], "eval loss (span corruption)")
+
+
+EXPERIMENT = Experiment("testbed", __doc__, arms, analyse, plots)
 
 if __name__ == "__main__":
-    main()
+    main(EXPERIMENT)

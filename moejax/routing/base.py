@@ -152,7 +152,9 @@ BALANCE_SCOPES = ("group", "sequence", "batch")
 
 def balance_segment(cfg, num_groups: int, group_size: int, sequence_length: int | None) -> int:
     """Tokens per load-balance segment of cfg.balance_scope: a group (T), a
-    sequence (`sequence_length`) or everything routed together (G * T)."""
+    sequence (`sequence_length`) or everything routed together (G * T).
+    The one place the scope is read: `route` passes the result to every
+    kernel as `segment`."""
     scope = cfg.balance_scope
     if scope == "batch":
         return num_groups * group_size
@@ -165,12 +167,11 @@ def balance_segment(cfg, num_groups: int, group_size: int, sequence_length: int 
 
 
 def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool,
-                        sequence_length: int | None = None) -> TokenChoiceInputs:
+                        segment: int | None = None) -> TokenChoiceInputs:
     """The shared prologue of token-choice routers: checks the inputs, casts
     to float32, scores with cfg.score_fn, the capacity
     C = ceil(cf * T * k / E) of the train or eval capacity factor, and the
-    load-balance segment of cfg.balance_scope (sequence_length: tokens per
-    sequence, needed for the 'sequence' scope)."""
+    load-balance segment (the kernel's `segment`; None: a group of T)."""
     mask = check_logits(logits, mask, cfg.num_experts)
     logits = logits.astype(jnp.float32)
     t, e = logits.shape[1:]
@@ -181,7 +182,7 @@ def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool,
         scores = probs = jax.nn.softmax(logits, axis=-1)
     return TokenChoiceInputs(mask, logits, probs, scores,
                              compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train)),
-                             balance_segment(cfg, logits.shape[0], t, sequence_length))
+                             segment or t)
 
 
 def assign_slots(expert: Array, request: Array, capacity: int, num_experts: int,

@@ -84,7 +84,8 @@ def capped_assignment(scores, mask, capacity: int, cap: int, entropy: float = EC
     return jnp.where(mask[:, None, :], jnp.exp(log_a), 0.0)
 
 
-def expert_choice_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
+def expert_choice_route(logits, *, mask, rng, cfg, train, bias=None, segment=None
+                        ) -> RoutingResult:
     """Each expert takes its top-C tokens of the group (by S[:, e], or with
     cfg.max_experts_per_token = b, by the EC-CAP assignment).
 
@@ -92,8 +93,8 @@ def expert_choice_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     C = ceil(capacity_factor * T / E) (at most T); ties go to the earlier
     token. Padding tokens are never chosen (an expert of a mostly padded
     group gets fewer than C tokens). Combine weight = S[t, e]. Balanced by
-    construction: the only aux loss is the z-loss. `rng` is unused
-    (deterministic).
+    construction: the only aux loss is the z-loss. `rng`, `bias` and
+    `segment` are unused (deterministic, no balance loss).
     """
     mask = check_logits(logits, mask, cfg.num_experts)
     cf = cfg.capacity_factor_for(train)

@@ -13,7 +13,8 @@ def second_expert_keep_probability(g1, g2):
     return jnp.minimum(1.0, 2.0 * g2 / (g1 + g2))
 
 
-def gshard_top2_route(logits, *, mask, rng, cfg, train, sequence_length=None) -> RoutingResult:
+def gshard_top2_route(logits, *, mask, rng, cfg, train, bias=None, segment=None
+                      ) -> RoutingResult:
     """Top-1 always; the second-best expert kept at random in training.
 
     logits: float [G, T, E]; mask: bool [G, T]. In training the second
@@ -23,9 +24,9 @@ def gshard_top2_route(logits, *, mask, rng, cfg, train, sequence_length=None) ->
     place to capacity keeps its other weight as is). All first choices take
     capacity before any second choice. The load-balance loss counts both
     top-2 experts, as GShard's and flaxformer's do (before random routing),
-    per cfg.balance_scope.
+    per `segment` tokens. `bias` is unused (the registry refuses one).
     """
-    inputs = token_choice_inputs(logits, mask, cfg, train, sequence_length)
+    inputs = token_choice_inputs(logits, mask, cfg, train, segment)
     gates, expert = jax.lax.top_k(inputs.probs, 2)
     if train:
         u = jax.random.uniform(require_rng(rng, cfg.name), gates.shape[:-1])

@@ -99,9 +99,10 @@ def adjusted_weights(logits, expert, count, first, weighting: str, rng=None):
     return jax.nn.softmax(adjusted, -1)
 
 
-def moesart_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
+def moesart_route(logits, *, mask, rng, cfg, train, bias=None, segment=None) -> RoutingResult:
     """logits: float [G, T, E]; mask: bool [G, T]; k = cfg.k; see the module
-    docstring. Capacity is sized for k experts per token."""
+    docstring. Capacity is sized for k experts per token. `bias` and
+    `segment` are unused (its regulariser is per group)."""
     inputs = token_choice_inputs(logits, mask, cfg, train)
     k = cfg.k
     if train:

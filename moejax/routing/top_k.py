@@ -8,8 +8,7 @@ from moejax.routing.base import (RoutingResult, balance_losses, masked_mean, req
                                  token_choice_inputs, token_choice_result, z_loss)
 
 
-def top_k_route(logits, *, mask, rng, cfg, train, bias=None,
-                sequence_length=None) -> RoutingResult:
+def top_k_route(logits, *, mask, rng, cfg, train, bias=None, segment=None) -> RoutingResult:
     """Each token takes its k best-scored experts (Switch when k = 1).
 
     logits: float [G, T, E]; mask: bool [G, T] (False = padding); bias:
@@ -25,11 +24,11 @@ def top_k_route(logits, *, mask, rng, cfg, train, bias=None,
     max probability. Aux losses: load balance over every chosen expert
     (flaxformer's `_load_balancing_loss`; with sigmoid scores P_e is the
     mean normalised score, as DeepSeek-V3's balance loss has it) and the
-    router z-loss; the balance loss per cfg.balance_scope (sequence_length:
-    tokens per sequence, for the 'sequence' scope). `rng` is unused (Switch
-    jitter acts on the router's inputs, in the scorer).
+    router z-loss; the balance loss per `segment` tokens (cfg.balance_scope,
+    computed by `route`). `rng` is unused (Switch jitter acts on the
+    router's inputs, in the scorer).
     """
-    inputs = token_choice_inputs(logits, mask, cfg, train, sequence_length)
+    inputs = token_choice_inputs(logits, mask, cfg, train, segment)
     expert = select_experts(inputs.scores, cfg, bias)
     weight = jnp.take_along_axis(inputs.scores, expert, axis=-1)
     losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert,
@@ -114,7 +113,7 @@ def validate_xmoe(cfg) -> None:
                          f"{cfg.xmoe_dim} and {cfg.xmoe_temperature}")
 
 
-def vmoe_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
+def vmoe_route(logits, *, mask, rng, cfg, train, bias=None, segment=None) -> RoutingResult:
     """V-MoE (Riquelme et al. 2021): top-k of softmax(logits + N(0,
     noise_std^2)) in training (noise_std defaults to 1/E; no noise in
     evaluation), weights = those noisy probabilities, always
@@ -125,6 +124,7 @@ def vmoe_route(logits, *, mask, rng, cfg, train) -> RoutingResult:
     weighted by load_balance_weight / 2 (V-MoE's aux = lambda * (L_imp +
     L_load) / 2), and the router z-loss. Without noise (evaluation, or
     noise_std = 0) the load loss has no smooth form and is reported as 0.
+    Its losses are per group: `segment` and `bias` are unused.
     """
     noise = 1.0 / cfg.num_experts if cfg.noise_std is None else cfg.noise_std
     inputs = token_choice_inputs(logits, mask, cfg, train)

@@ -14,7 +14,7 @@ def validate(cfg) -> None:
         raise ValueError(f"threshold must be in (0, 1], got {cfg.threshold}")
 
 
-def top_p_route(logits, *, mask, rng, cfg, train, sequence_length=None) -> RoutingResult:
+def top_p_route(logits, *, mask, rng, cfg, train, bias=None, segment=None) -> RoutingResult:
     """Each token takes the smallest set of experts whose probability reaches
     cfg.threshold.
 
@@ -26,9 +26,10 @@ def top_p_route(logits, *, mask, rng, cfg, train, sequence_length=None) -> Routi
     drops. Aux losses: load balance over the selected experts, z-loss and
     the entropy loss mean(-sum_e p_e log p_e), weighted by
     cfg.entropy_weight, which sharpens the router so that fewer experts are
-    needed; the balance loss per cfg.balance_scope. `rng` is unused.
+    needed; the balance loss per `segment` tokens. `rng` and `bias` are
+    unused.
     """
-    inputs = token_choice_inputs(logits, mask, cfg, train, sequence_length)
+    inputs = token_choice_inputs(logits, mask, cfg, train, segment)
     max_k = cfg.max_experts_per_token or cfg.num_experts
     sorted_p, expert = jax.lax.top_k(inputs.probs, max_k)
     before = jnp.cumsum(sorted_p, axis=-1) - sorted_p

@@ -9,7 +9,7 @@ seed drawing its own split:
   and the right digit; loss = the sum of the two cross-entropies). The
   1797 images are split 60/20/20 into train/validation/test pools, so test
   pairs are made of images never seen in training.
-- `cluster_task`: the clustered regression of `experiments.common` (K=8
+- `cluster_task`: the clustered regression of `experiments.harness.synthetic` (K=8
   clusters, each its own tanh target) with a fixed training sample.
 
 `train_fixed` trains `ClusterMoE` on one task for all seeds in one vmapped
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.common import ClusterMoE, ClusterTask
+from experiments.harness.synthetic import ClusterMoE, ClusterTask
 from moejax.layers import MOE_COLLECTION
 from moejax.models import moe_outputs
 from moejax.routing import RouterConfig

@@ -1,0 +1,205 @@
+"""The README and docs/ against the code: every link resolves inside the
+repository, and every command they show names a module or script that
+exists, flags it defines, config files that exist and config fields that
+TrainConfig has. (The commands that train are run by their own tests:
+the first-hour figures, the experiments end to end, the leaderboard.)"""
+import dataclasses
+import glob
+import os
+import re
+import shlex
+import typing
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = ["README.md", *sorted(os.path.relpath(p, ROOT)
+                              for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+# Words in a command that stand for a value the reader picks.
+PLACEHOLDERS = {"DIR", "FILE", "HF_DIR", "TPU", "ZONE", "CONFIG", "WORKDIR", "..."}
+# Modules a page tells the reader to write (test_experiments runs the one
+# docs/experiments.md shows).
+USER_MODULES = {"my_question"}
+
+
+def _read(page: str) -> str:
+    with open(os.path.join(ROOT, page)) as f:
+        return f.read()
+
+
+def commands(page: str) -> list[str]:
+    """The shell commands of a page: each line of its bash blocks (with
+    backslash continuations joined, comments dropped) and each inline code
+    span that starts like a command, split at && ; |."""
+    text = _read(page)
+    lines = []
+    for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S):
+        lines += block.replace("\\\n", " ").splitlines()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    spans = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]
+    lines += [span if span.startswith(("python", "bash", "moejax-")) or "=" in span.split()[0]
+              else "python " + span for span in spans
+              if re.match(r"(\w+=\S+ )*(python |bash |moejax-|scripts/\w+\.py)", span)]
+    out = []
+    for line in lines:
+        line = re.sub(r"\s#.*$", "", line).strip()
+        line = re.sub(r"\[([^\]]*)\]", r"\1", line)  # optional parts: [--flag=x ...]
+        out += [part.strip() for part in re.split(r"&&|;|\|", line) if part.strip()]
+    return out
+
+
+def _sources(paths: list[str]) -> str:
+    text = ""
+    for path in paths:
+        for file in ([path] if path.endswith(".py") else
+                     glob.glob(os.path.join(path, "**", "*.py"), recursive=True)):
+            with open(os.path.join(ROOT, file)) as f:
+                text += f.read()
+    return text
+
+
+def _config_field(path: str) -> bool:
+    """Whether --config.<path> names a TrainConfig field (nested dataclasses)."""
+    from moejax.train.config import TrainConfig
+
+    cls = TrainConfig
+    for name in path.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return False
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if name not in fields:
+            return False
+        hints = typing.get_type_hints(cls)
+        cls = hints[name]
+        cls = next((a for a in typing.get_args(cls) if dataclasses.is_dataclass(a)), cls)
+    return True
+
+
+def check_command(command: str) -> list[str]:
+    """What is wrong with one documented command ([] when nothing)."""
+    words = shlex.split(command)
+    while words and re.match(r"\w+=", words[0]):  # SECTIONS=train bash ...
+        words = words[1:]
+    if not words:
+        return []
+    prog, args = words[0], words[1:]
+    problems = []
+    if prog in ("python", "python3", "python3.11") and args[:1] == ["-m"]:
+        module, args = args[1], args[2:]
+        if module in ("venv", "pip", "pytest") or module in USER_MODULES:
+            return []
+        sources = [module.replace(".", "/") + ".py"]
+        if os.path.isdir(os.path.join(ROOT, module.replace(".", "/"))):
+            sources = [module.replace(".", "/")]
+        if not os.path.exists(os.path.join(ROOT, sources[0])):
+            return [f"no module {module}"]
+        if module.startswith("experiments."):
+            sources.append("experiments/harness/args.py")
+        if module in ("moejax.train", "moejax.finetune"):
+            sources.append("moejax/train/__main__.py")
+    elif prog in ("python", "python3", "bash"):
+        script, args = args[0], args[1:]
+        if not os.path.exists(os.path.join(ROOT, script)):
+            return [f"no script {script}"]
+        sources = [script]
+        if script.endswith(".py"):  # the sibling modules a script imports
+            sources += [f"scripts/{m}.py" for m in re.findall(r"^from (\w+) import|^import (\w+)",
+                                                               _sources([script]), re.M)
+                        for m in m if m and os.path.exists(os.path.join(ROOT, "scripts",
+                                                                        f"{m}.py"))]
+    elif prog.startswith("moejax-"):
+        sources = ["moejax/train/__main__.py", "moejax/finetune/__main__.py"]
+    else:  # venv, pip, ruff, cat, ...: not ours
+        return []
+    text = _sources(sources)
+    for arg in args:
+        if not arg.startswith("--"):
+            continue
+        flag, _, value = arg[2:].partition("=")
+        if flag.startswith("config."):
+            if not _config_field(flag[len("config."):]):
+                problems.append(f"{arg}: no such TrainConfig field")
+        elif not re.search(rf"[\"']{re.escape(flag)}[\"']|[\"']--{re.escape(flag)}[\"']", text):
+            problems.append(f"{arg}: flag not defined in {', '.join(sources)}")
+        if flag == "config" and value not in PLACEHOLDERS:
+            file = value.split(":")[0]
+            if not os.path.exists(os.path.join(ROOT, file)):
+                problems.append(f"{arg}: no config file {file}")
+    return problems
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_documented_commands_name_what_exists(page):
+    found = commands(page)
+    problems = [f"{page}: `{c}`: {p}" for c in found for p in check_command(c)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_docs_check_catches_what_it_checks():
+    """The checker finds the pages' commands and fails on a missing script,
+    module, flag, field and file."""
+    found = {page: commands(page) for page in PAGES}
+    assert "python -m experiments.leaderboard --router my_routers:my_top1 --only my_top1" in \
+        found["README.md"]
+    assert "bash scripts/gpu_check.sh" in found["docs/dispatch.md"]  # an inline span
+    assert sum(map(len, found.values())) > 20
+    assert check_command("python scripts/no_such.py") == ["no script scripts/no_such.py"]
+    assert check_command("python -m experiments.nope --quick") == ["no module experiments.nope"]
+    assert check_command("python -m experiments.testbed --quick --fast")[0].startswith(
+        "--fast: flag not defined")
+    assert check_command("python -m moejax.train --config=configs/default.py "
+                         "--config.model.encoder_moe.router.nme=x") == [
+        "--config.model.encoder_moe.router.nme=x: no such TrainConfig field"]
+    assert check_command("python -m moejax.train --config=configs/none.py") == [
+        "--config=configs/none.py: no config file configs/none.py"]
+    assert check_command("python -m moejax.train --config=configs/default.py --workdir=DIR "
+                         "--config.model.encoder_moe.router.name=top_k") == []
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_links_stay_inside_the_repository(page):
+    """Every relative link of a page names a file of a fresh clone, and an
+    anchor a heading of the page it points to."""
+    text = _read(page)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if "://" in target:
+            continue
+        path, _, anchor = target.partition("#")
+        file = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), path)) if path \
+            else os.path.join(ROOT, page)
+        assert file.startswith(ROOT + os.sep) and os.path.exists(file), f"{page}: {target}"
+        if anchor and file.endswith(".md"):
+            with open(file) as f:
+                slugs = {re.sub(r"[^\w\- ]", "", h.lower()).strip().replace(" ", "-")
+                         for h in re.findall(r"^#+ (.+)$", f.read(), re.M)}
+            assert anchor in slugs, f"{page}: {target}: no heading #{anchor}"
+
+
+def test_benchmark_figures_are_the_committed_ones():
+    """The training-throughput and scanned-layer figures the docs quote are
+    the ones results/bench/train_cpu_2cores.json (scripts/bench_train.py)
+    holds: a rerun that changes the file without the docs fails here."""
+    import json
+
+    with open(os.path.join(ROOT, "results", "bench", "train_cpu_2cores.json")) as f:
+        runs = {r["config"]: r for r in json.load(f)["results"]}
+    default, switch = runs["default"], runs["switch-reduced"]
+    scanned = switch["variants"]["scan_layers=True,remat=none"]
+    unscanned = switch["variants"]["scan_layers=False,remat=none"]
+    quoted = {
+        "docs/benchmarks.md": [
+            f"the default runs {default['loop_step_s'] * 1e3:.1f} ms/step "
+            f"({default['tokens_per_s'] / 1e3:.1f}k tokens/s, "
+            f"{default['outside_fraction'] * 100:.1f}% of the step outside",
+            f"batch 16 runs {switch['loop_step_s'] * 1e3:.1f} ms/step "
+            f"({switch['tokens_per_s'] / 1e3:.1f}k tokens/s, "
+            f"{switch['outside_fraction'] * 100:.1f}% outside)"],
+        "docs/model.md": [
+            f"compile {scanned['compile_s']:.1f} s scanned vs {unscanned['compile_s']:.1f} s, "
+            f"step {scanned['jitted_step_s'] * 1e3:.0f} vs "
+            f"{unscanned['jitted_step_s'] * 1e3:.0f} ms"],
+    }
+    for page, sentences in quoted.items():
+        text = " ".join(_read(page).split())
+        for sentence in sentences:
+            assert sentence in text, f"{page} does not say {sentence!r}"
