@@ -12,8 +12,13 @@ import dataclasses
 
 from moejax.models import presets
 from moejax.structured import config_dict
-from moejax.train.config import (CheckpointConfig, DataConfig, OptimizerConfig, TokenizerConfig,
-                                 TrainConfig)
+from moejax.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    OptimizerConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
 
 
 def get_config():

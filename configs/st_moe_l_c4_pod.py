@@ -10,8 +10,14 @@ and two localhost processes, not at this scale.
 """
 from moejax.models import presets
 from moejax.structured import config_dict
-from moejax.train.config import (CheckpointConfig, DataConfig, MeshConfig, OptimizerConfig,
-                                 TokenizerConfig, TrainConfig)
+from moejax.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    MeshConfig,
+    OptimizerConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
 
 
 def get_config():

@@ -18,8 +18,14 @@ import dataclasses
 from moejax.models import presets
 from moejax.routing import RouterConfig
 from moejax.structured import config_dict
-from moejax.train.config import (CheckpointConfig, DataConfig, MeshConfig, OptimizerConfig,
-                                 TokenizerConfig, TrainConfig)
+from moejax.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    MeshConfig,
+    OptimizerConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
 
 ROUTERS = ("switch", "top2", "expert_choice")
 

@@ -13,7 +13,8 @@ import os
 import re
 import runpy
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 DEBUG_ENV = "MOEJAX_DEBUG"
 EXIT_INPUT_ERROR = 2

@@ -24,8 +24,8 @@ import numpy as np
 from flax import traverse_util
 
 from moejax.ffn import input_kernel_names
-from moejax.models.scan import unscan_tree
 from moejax.models.config import MoeConfig, T5Config
+from moejax.models.scan import unscan_tree
 from moejax.models.t5 import abstract_params
 from moejax.routing import RouterConfig
 

@@ -13,7 +13,8 @@ import importlib.util
 import os
 import re
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 

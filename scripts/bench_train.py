@@ -28,10 +28,9 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
-
 import jax.numpy as jnp
 
 from moejax.data.pipeline import Pipeline

@@ -61,7 +61,7 @@ def run(model, params, *args, rngs=None, **kwargs):
     return _jitted(model, static)(params, rngs, args, arrays)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(model, static):
     static = {k: list(v) if k == "mutable" else v for k, v in static}
     return jax.jit(lambda p, r, a, kw: model.apply({"params": p}, *a, rngs=r, **kw, **static))

@@ -7,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from model_util import init, tiny_config, tokens
-from moejax.layers.attention import (AttentionBias, MultiHeadAttention, resolve_attention,
-                                     stack_bias)
+
+from moejax.layers.attention import AttentionBias, MultiHeadAttention, resolve_attention, stack_bias
 from moejax.models import T5Config, abstract_params
 from moejax.models.decoding import generate
 

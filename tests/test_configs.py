@@ -2,7 +2,6 @@
 import os
 
 import pytest
-
 from script_util import ROOT, load_script
 
 param_counts = load_script("param_counts")

@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from model_util import init, run, tiny_config, tokens
+
 from moejax.models.decoding import generate, length_penalty
 
 EOS = 1

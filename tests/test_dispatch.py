@@ -1,12 +1,12 @@
 """Dispatch modes against each other and against a loop-over-assignments reference."""
 import flax.linen as nn
+import gmm_kernels
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import gmm_kernels
 import reference as ref
+
 from moejax.dispatch import moe_ffn
 from moejax.dispatch.pallas import GpuTiles, Megablox, MosaicGpu
 from moejax.layers import MoeLayer

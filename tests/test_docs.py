@@ -96,7 +96,7 @@ def check_command(command: str) -> list[str]:
         if module.startswith("experiments."):
             sources.append("experiments/harness/args.py")
         if module in ("moejax.train", "moejax.finetune"):
-            sources.append("moejax/train/__main__.py")
+            sources.append("moejax/train/entry.py")
     elif prog in ("python", "python3", "bash"):
         script, args = args[0], args[1:]
         if not os.path.exists(os.path.join(ROOT, script)):
@@ -108,7 +108,7 @@ def check_command(command: str) -> list[str]:
                         for m in m if m and os.path.exists(os.path.join(ROOT, "scripts",
                                                                         f"{m}.py"))]
     elif prog.startswith("moejax-"):
-        sources = ["moejax/train/__main__.py", "moejax/finetune/__main__.py"]
+        sources = ["moejax/train/entry.py", "moejax/finetune/__main__.py"]
     else:  # venv, pip, ruff, cat, ...: not ours
         return []
     text = _sources(sources)

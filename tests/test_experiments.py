@@ -13,8 +13,13 @@ import pytest
 from experiments.harness import stats
 from experiments.harness.report import numeric_table, slug, steps_to_reach
 from experiments.harness.synthetic import ClusterTask, routing_counts, train_synthetic
-from experiments.harness.testbed import (t5_config, testbed_config, testbed_moe, testbed_router,
-                                         with_moe)
+from experiments.harness.testbed import (
+    t5_config,
+    testbed_config,
+    testbed_moe,
+    testbed_router,
+    with_moe,
+)
 from moejax.routing import RouterConfig
 
 
@@ -259,8 +264,8 @@ def test_fingerprint_survives_the_saved_config_json(tmp_path):
     import json
 
     from experiments.balancing.__main__ import balance_config, upcycle_config
-    from experiments.harness.runs import fingerprint, saved_fingerprint
     from experiments.dynamic_top_p.__main__ import lang_config
+    from experiments.harness.runs import fingerprint, saved_fingerprint
     from experiments.leaderboard.__main__ import arm_config
     from moejax.routing import ROUTERS
     from moejax.structured import to_mapping
@@ -417,7 +422,7 @@ def test_cloze_batch_masks_exactly_the_answer(tmp_path):
     enc, dec, tgt, weights = cloze_batch(vocab, docs, 64, 16)
     clozes = [c for d in docs for c in d.cloze() if len(vocab.encode(c[0])) + 1 < 64]
     assert len(enc) == len(clozes) > 0
-    for r, (before, answer, after) in enumerate(clozes):
+    for r, (_before, answer, _after) in enumerate(clozes):
         assert vocab.decode(tgt[r]) == f"<extra_id_0> {answer} <extra_id_1>"
         assert vocab.decode(tgt[r][weights[r] > 0]) == answer
         assert answer not in vocab.decode(enc[r]).split("<extra_id_0>")[0].split()[-1:]

@@ -19,13 +19,13 @@ import pytest
 from etils import epath
 from fsspec.implementations.local import LocalFileSystem
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from train_config import small
 
 from moejax.files import AppendLog, write_atomic
 from moejax.train import trainer
 from moejax.train.checkpoint import Checkpoints
 from moejax.train.init import checkpoint_step_dir, tokenizer_of
 from moejax.train.metrics import read_metrics
-from train_config import small
 
 
 class FakeGCS(LocalFileSystem):

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
+from train_config import small
 
 from moejax.data import corpus, tokenizer
 from moejax.layers import MoeLayer
@@ -23,7 +24,6 @@ from moejax.train.checkpoint import CheckpointError, Checkpoints
 from moejax.train.config import DataConfig, OptimizerConfig, TokenizerConfig
 from moejax.train.init import load_params, tokenizer_of
 from moejax.train.trainer import compile_steps, evaluate_only, setup, train
-from train_config import small
 
 
 def sst2_config(**overrides):
@@ -215,6 +215,7 @@ def test_upcycled_model_starts_with_the_dense_models_logits(tmp_path):
     are fresh; noise makes the experts differ; a dense FFN of another width
     is named in the error."""
     from model_util import init, tokens
+
     from moejax.models import Transformer
     from moejax.train.init import upcycled_params
 

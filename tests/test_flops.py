@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 from jax.extend import core as jex
-
 from model_util import init, tiny_config
+
 from moejax.models import MoeConfig, T5Config
 from moejax.models.flops import forward_flops, train_flops_per_example
 from moejax.routing import RouterConfig

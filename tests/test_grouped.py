@@ -4,12 +4,12 @@ The Pallas kernels run on CPU: megablox in interpret mode; Mosaic GPU's
 padding and tiling with stand-in kernels (tests/gmm_kernels.py) that check
 the real kernels' shape constraints, since Mosaic GPU needs a Hopper GPU.
 """
+import gmm_kernels
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import gmm_kernels
 from moejax.dispatch import grouped_kernel, resolve_mode
 from moejax.dispatch.blocks import Blocks, block_layout, block_size_for
 from moejax.dispatch.choice import available_grouped_matmuls, default_grouped_matmul
@@ -184,7 +184,7 @@ def test_auto_is_scatter_on_accelerators_and_priced_on_cpu():
     for backend in ("gpu", "tpu"):
         assert resolve_mode("auto", dropless, backend=backend) == "scatter"
     assert resolve_mode("auto", dropless, expert_parallel=True) == "scatter"
-    with pytest.raises(ValueError, match="dispatch mode must be one of"):
+    with pytest.raises(ValueError, match="dispatch must be one of"):
         resolve_mode("dense", dropless)
 
 

@@ -3,17 +3,16 @@ give the same encoder outputs, logits, chosen experts and greedy decodes."""
 import dataclasses
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-
-import jax
-import jax.numpy as jnp
 from flax import traverse_util
-
 from model_util import init, run, tokens
 from script_util import load_script
+
 from moejax import convert
 from moejax.layers.attention import relative_position_buckets
 from moejax.models import MoeConfig, T5Config, Transformer, abstract_params

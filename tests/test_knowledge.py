@@ -4,8 +4,8 @@ import re
 
 import numpy as np
 import pytest
-
 from corpus_util import held_out_split
+
 from moejax.data import knowledge
 from moejax.train.config import DataConfig
 

@@ -7,10 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 import reference as ref
-from moejax.layers import (FIXED_ROUTER_AXIS, MOE_COLLECTION, ROUTER_AXES, ROUTER_STATE,
-                           MlpBlock, MoeLayer)
+
+from moejax.layers import (
+    FIXED_ROUTER_AXIS,
+    MOE_COLLECTION,
+    ROUTER_AXES,
+    ROUTER_STATE,
+    MlpBlock,
+    MoeLayer,
+)
 from moejax.routing import ROUTERS, RouterConfig
 from moejax.train import optim
 

@@ -4,8 +4,8 @@ import collections
 
 import numpy as np
 import pytest
-
 from corpus_util import held_out_split
+
 from moejax.data import markov
 from moejax.data.knowledge import DOMAINS
 from moejax.train.config import DataConfig

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from model_util import init, run, tiny_config, tokens
+
 from moejax.models import MoeConfig, T5Config, Transformer, moe_outputs
 from moejax.routing import RouterConfig
 from moejax.structured import from_mapping

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import reference as ref
+
 from moejax import routing
 from moejax.routing import ROUTERS, RouterConfig, compute_capacity
 from moejax.routing.expert_choice import EC_CAP_ENTROPY, EC_CAP_ITERATIONS
@@ -170,7 +170,7 @@ def test_ec_cap_fills_capacity_that_truncation_leaves_empty(logits):
 def test_expert_choice_gives_every_expert_exactly_c_tokens(logits):
     r = route("expert_choice", logits, eval_capacity_factor=2.0)
     per_expert = np.zeros((G, E), int)
-    for (g, t, e) in as_dict(r):
+    for (g, _t, e) in as_dict(r):
         per_expert[g, e] += 1
     assert (per_expert == math.ceil(2.0 * T / E)).all()
 
@@ -401,7 +401,7 @@ def test_padding_is_never_routed_and_not_counted(logits, mask):
     for name in ROUTERS:
         kw = {"eval_capacity_factor": 2.0}
         r = route(name, logits, mask, **kw)
-        for (g, t, e) in as_dict(r):
+        for (g, t, _e) in as_dict(r):
             assert mask[g, t], (name, g, t)
         # Statistics are unchanged by what the padded positions hold.
         junk = 40 * np.random.default_rng(1).normal(size=logits.shape)

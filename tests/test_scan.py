@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from model_util import init, tiny_config, tokens
+from train_config import small
+
 from moejax.models import MoeConfig, Transformer, abstract_params, moe_outputs
 from moejax.models.decoding import generate
 from moejax.models.scan import is_scanned, match_layout, scan_tree, unscan_tree
-from train_config import small
 
 # 4+4 layers: MoE in layers 1 and 3 of each stack (blocks of 2); dense: blocks of 1.
 MOE = tiny_config(num_encoder_layers=4, num_decoder_layers=4)

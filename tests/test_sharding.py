@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-
 from model_util import init, tiny_config, tokens
+
 from moejax.models import Transformer, abstract_params
 from moejax.routing import ROUTERS, get_router
 from moejax.train.partitioning import Layout, logical_rules, make_mesh, sharding_context, shardings
@@ -119,6 +119,7 @@ def test_batch_balance_loss_spans_the_global_batch():
     batch (numpy reference from the router's own logits), the same on one
     device and sharded over (8,1,1) and (2,2,2) meshes; 'group' differs."""
     import reference as ref
+
     from moejax.routing import RouterConfig
 
     base = tiny_config(encoder_router="top_k", decoder_router="top_k", num_heads=4,
@@ -153,5 +154,5 @@ def test_batch_balance_loss_spans_the_global_batch():
         mesh, rules = make_mesh(shape), logical_rules()
         sharded = jax.device_put(params, shardings(boxed, mesh, rules))
         with sharding_context(mesh, rules):
-            value, _ = jax.jit(lambda p: losses(Transformer(cfg, mesh=mesh), p))(sharded)
+            value, _ = jax.jit(lambda p, mesh=mesh: losses(Transformer(cfg, mesh=mesh), p))(sharded)
         assert float(value) == pytest.approx(want, rel=1e-5), shape

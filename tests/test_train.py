@@ -13,7 +13,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from script_util import FAST_COMPILE
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from train_config import small
 
 from moejax.data import corpus, tokenizer
 from moejax.models import MoeConfig
@@ -21,8 +23,6 @@ from moejax.train.checkpoint import CheckpointError, Checkpoints
 from moejax.train.config import OptimizerConfig, TokenizerConfig
 from moejax.train.metrics import read_metrics
 from moejax.train.trainer import NonFiniteLoss, train
-from script_util import FAST_COMPILE
-from train_config import small
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "train_config.py")
@@ -318,6 +318,7 @@ def test_eval_reports_the_dropless_loss_beside_the_clipped_one():
     differs from the clipped loss when capacity drops tokens, and is the
     loss itself where nothing is limited (expert choice keeps its capacity)."""
     from model_util import init, tiny_config, tokens
+
     from moejax.models import Transformer
     from moejax.routing import RouterConfig
     from moejax.train.step import make_eval_step

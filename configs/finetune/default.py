@@ -18,8 +18,13 @@ init checkpoint's workdir.
 import os
 
 from moejax.structured import config_dict, from_mapping, load_config_file
-from moejax.train.config import (CheckpointConfig, DataConfig, OptimizerConfig, TokenizerConfig,
-                                 TrainConfig)
+from moejax.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    OptimizerConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
 
 
 def get_config():

@@ -22,8 +22,13 @@ import dataclasses
 from moejax.models import presets
 from moejax.structured import config_dict
 from moejax.tasks import tasks_of
-from moejax.train.config import (CheckpointConfig, DataConfig, MeshConfig, OptimizerConfig,
-                                 TrainConfig)
+from moejax.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    MeshConfig,
+    OptimizerConfig,
+    TrainConfig,
+)
 
 
 def get_config(task: str = "glue_mixture"):

@@ -47,8 +47,7 @@ from experiments.harness.experiment import Experiment, Report, main
 from experiments.harness.plots import plot_curves
 from experiments.harness.report import slug
 from experiments.harness.runs import run_t5
-from experiments.harness.testbed import (TESTBED_EXPERTS, testbed_config, testbed_moe,
-                                         testbed_router)
+from experiments.harness.testbed import TESTBED_EXPERTS, testbed_config, testbed_moe, testbed_router
 
 BIAS_RATE = 1e-3
 BALANCE_WEIGHT = 1e-2

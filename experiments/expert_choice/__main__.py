@@ -53,8 +53,13 @@ from experiments.harness.plots import figure, plot_curves
 from experiments.harness.probes import encoder_layers
 from experiments.harness.report import numeric_table, slug, steps_to_reach
 from experiments.harness.runs import run_t5
-from experiments.harness.testbed import (TESTBED_EXPERTS, testbed_config, testbed_moe,
-                                         testbed_router, with_moe)
+from experiments.harness.testbed import (
+    TESTBED_EXPERTS,
+    testbed_config,
+    testbed_moe,
+    testbed_router,
+    with_moe,
+)
 
 E = TESTBED_EXPERTS
 GROUP = 512

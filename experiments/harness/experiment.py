@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from experiments.harness import stats
 from experiments.harness.args import parse_args

@@ -10,6 +10,7 @@ import optax
 from flax import traverse_util
 from sklearn.metrics import normalized_mutual_info_score
 
+from moejax.data.sources import held_out_documents
 from moejax.layers import MOE_COLLECTION
 
 
@@ -30,23 +31,6 @@ def _trained(cfg, workdir: str):
         Transformer(cfg.model)
 
 
-def _held_out_documents(cfg, documents: int):
-    """The first `documents` held-out documents of a generated corpus with
-    domains ('knowledge' or 'markov'): objects with .text, .domain and
-    .cloze() (before, answer, after) triples."""
-    from moejax.data import knowledge, markov
-    from moejax.data.sources import EVAL_SEED_OFFSET
-
-    d = cfg.data
-    if d.source == "markov":
-        return markov.walks(d.seed, d.markov_words, d.seed + EVAL_SEED_OFFSET, documents)
-    if d.source != "knowledge":
-        raise ValueError(f"routing NMI and recall need data.source 'knowledge' or 'markov' "
-                         f"(a corpus with domains), got {d.source!r}")
-    return [knowledge.knowledge_document(d.seed, d.knowledge_entities, d.seed + EVAL_SEED_OFFSET, i)
-            for i in range(documents)]
-
-
 def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
     """NMI between a held-out document's domain and the expert its tokens
     choose first (argmax of the router logits), per encoder MoE layer, for the
@@ -58,7 +42,7 @@ def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
 
     d = cfg.data
     vocab, variables, model = _trained(cfg, workdir)
-    docs = _held_out_documents(cfg, documents)
+    docs = held_out_documents(cfg.data, documents)
     tokens = np.zeros((documents, d.inputs_length), np.int32)
     for row, doc in enumerate(docs):
         ids = vocab.encode(doc.text)[:d.inputs_length]
@@ -117,7 +101,7 @@ def t5_fact_recall(cfg, workdir: str, documents: int = 256) -> dict:
     eval loss mixes facts with copied names and template words; this
     isolates what was memorised."""
     vocab, variables, model = _trained(cfg, workdir)
-    enc, dec, tgt, weights = cloze_batch(vocab, _held_out_documents(cfg, documents),
+    enc, dec, tgt, weights = cloze_batch(vocab, held_out_documents(cfg.data, documents),
                                          cfg.data.inputs_length, cfg.data.targets_length)
     logits = model.apply(variables, jnp.asarray(enc), jnp.asarray(dec), jnp.asarray(tgt))
     ce = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(tgt)))

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import subprocess
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:

@@ -13,7 +13,7 @@ import os
 import shutil
 import statistics
 import tempfile
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from experiments.harness.args import ROOT
 from experiments.harness.probes import t5_fact_recall, t5_routing_nmi

@@ -17,7 +17,7 @@ The verdict rule (one for every experiment):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats

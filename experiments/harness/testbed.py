@@ -13,8 +13,13 @@ def t5_config(size: str, seed: int, steps: int | None = None, evals: int = 5, **
     inputs 64 / targets 16, batch 16, constant-after-warmup Adafactor;
     `steps` (default 150 quick, 1000 full) with `evals` evaluations."""
     from moejax.models import presets
-    from moejax.train.config import (CheckpointConfig, DataConfig, OptimizerConfig,
-                                     TokenizerConfig, TrainConfig)
+    from moejax.train.config import (
+        CheckpointConfig,
+        DataConfig,
+        OptimizerConfig,
+        TokenizerConfig,
+        TrainConfig,
+    )
 
     steps = steps or {"quick": 150, "full": 1000}[size]
     cfg = TrainConfig(

@@ -41,8 +41,7 @@ from experiments.harness.plots import figure, plot_curves
 from experiments.harness.report import slug
 from experiments.harness.runs import run_t5
 from experiments.harness.synthetic import ClusterTask, train_synthetic
-from experiments.harness.testbed import (TESTBED_EXPERTS, testbed_config, testbed_moe,
-                                         testbed_router)
+from experiments.harness.testbed import TESTBED_EXPERTS, testbed_config, testbed_moe, testbed_router
 from moejax.routing import RouterConfig
 
 SEPARATIONS = (0.5, 1.0, 4.0)

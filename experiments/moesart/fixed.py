@@ -96,7 +96,7 @@ def _groups(a: np.ndarray) -> np.ndarray:
     return a[:n].reshape(-1, GROUP, *a.shape[1:])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _programs(router: RouterConfig, d_ff: int, in_dim: int, out_dim: int, loss_kind: str):
     """(init, step, evaluate), jitted and vmapped over seeds; cached so that
     every learning rate of a grid reuses one compilation."""

@@ -38,8 +38,7 @@ from experiments.harness.experiment import Experiment, Report, main
 from experiments.harness.plots import plot_curves
 from experiments.harness.report import slug
 from experiments.harness.runs import run_t5
-from experiments.harness.testbed import (TESTBED_EXPERTS, TESTBED_K, testbed_config,
-                                         testbed_moe)
+from experiments.harness.testbed import TESTBED_EXPERTS, TESTBED_K, testbed_config, testbed_moe
 
 ARMS = ("dense", "MoE, learned router", "MoE, frozen random router")
 DENSE, MOE, FROZEN = ARMS

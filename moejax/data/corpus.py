@@ -13,6 +13,7 @@ import functools
 import numpy as np
 
 from moejax.data import seeded_rng
+from moejax.data.sources import generated, register_source, validate_generated
 
 TOPICS = {
     "sea": ("sailor ship harbor wave captain island anchor gull storm tide",
@@ -73,3 +74,7 @@ def documents(seed: int, count: int) -> tuple[str, ...]:
     """The first `count` documents, generated once per process (the
     tokenizer, the training stream and evaluation all read them)."""
     return tuple(document(seed, i) for i in range(count))
+
+
+register_source("embedded", generated(lambda cfg, seed, count: documents(seed, count)),
+                validate_generated)

@@ -38,6 +38,7 @@ import re
 import numpy as np
 
 from moejax.data import seeded_rng
+from moejax.data.sources import EVAL_SEED_OFFSET, generated, register_source, validate_generated
 
 # Each domain spells its words from its own consonants and vowels.
 DOMAINS = {
@@ -186,3 +187,18 @@ def knowledge_document(kb_seed: int, entities: int, doc_seed: int, index: int) -
 def documents(kb_seed: int, entities: int, doc_seed: int, count: int) -> tuple[str, ...]:
     """The texts of the first `count` documents, generated once per process."""
     return tuple(knowledge_document(kb_seed, entities, doc_seed, i).text for i in range(count))
+
+
+def _validate(cfg) -> None:
+    validate_generated(cfg)
+    if not 2 <= cfg.knowledge_entities <= MAX_ENTITIES:
+        raise ValueError(f"knowledge_entities must be in [2, {MAX_ENTITIES}] (names are 3 "
+                         f"syllables of a domain's letters), got {cfg.knowledge_entities}")
+
+
+# One knowledge base (cfg.seed); held-out documents restate it.
+register_source(
+    "knowledge", generated(lambda cfg, seed, count: documents(
+        cfg.seed, cfg.knowledge_entities, seed, count)), _validate,
+    held_out=lambda cfg, count: [knowledge_document(
+        cfg.seed, cfg.knowledge_entities, cfg.seed + EVAL_SEED_OFFSET, i) for i in range(count)])

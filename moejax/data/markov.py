@@ -33,6 +33,7 @@ import numpy as np
 
 from moejax.data import seeded_rng
 from moejax.data.knowledge import DOMAINS, MAX_ENTITIES, domain_words
+from moejax.data.sources import EVAL_SEED_OFFSET, generated, register_source, validate_generated
 
 SUCCESSORS = 2
 SUCCESSOR_PROBS = np.array([0.75, 0.25])
@@ -100,3 +101,18 @@ def walks(chain_seed: int, words: int, doc_seed: int, count: int) -> list[Walk]:
 def documents(chain_seed: int, words: int, doc_seed: int, count: int) -> tuple[str, ...]:
     """The texts of the first `count` documents, generated once per process."""
     return tuple(w.text for w in walks(chain_seed, words, doc_seed, count))
+
+
+def _validate(cfg) -> None:
+    validate_generated(cfg)
+    if not SUCCESSORS <= cfg.markov_words <= MAX_WORDS:
+        raise ValueError(f"markov_words must be in [{SUCCESSORS}, {MAX_WORDS}] (words are 3 "
+                         f"syllables of a domain's letters), got {cfg.markov_words}")
+
+
+# One set of chains (cfg.seed); held-out documents walk the same chains.
+register_source(
+    "markov", generated(lambda cfg, seed, count: documents(
+        cfg.seed, cfg.markov_words, seed, count)), _validate,
+    held_out=lambda cfg, count: walks(cfg.seed, cfg.markov_words, cfg.seed + EVAL_SEED_OFFSET,
+                                      count))

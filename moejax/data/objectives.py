@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def _span_counts(length: int, noise_density: float, mean_span: float) -> tuple[i
     return num_noise, num_spans
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def span_corruption_lengths(inputs_length: int, noise_density: float,
                             mean_span: float) -> tuple[int, int]:
     """(raw tokens per example, targets length): the longest raw chunk whose

@@ -13,7 +13,9 @@ batch on one host or many.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+import queue
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -161,3 +163,27 @@ class Pipeline:
 
     def state(self) -> list[dict]:
         return [dataclasses.asdict(p) for p in self.positions]
+
+
+class Prefetch:
+    """Builds the next batches (and their pipeline positions) in a thread
+    while the device runs the current step."""
+
+    def __init__(self, pipeline: Pipeline, depth: int = 2):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.pipeline = pipeline
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            for batch in self.pipeline:
+                self.queue.put((batch, self.pipeline.state()))
+        except Exception as e:  # surfaced in the training thread
+            self.queue.put(e)
+
+    def next(self):
+        item = self.queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item

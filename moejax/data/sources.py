@@ -9,8 +9,10 @@
   tfrecord  local TFRecord files of tf.train.Example with a text feature.
   tfds      any tensorflow-datasets text dataset (C4: 'c4/en').
   task      a fine-tuning task or mixture, as (input text, target text)
-            pairs: registered by the tasks package (`register_source`), so this
-            layer does not depend on the one above it.
+            pairs (moejax.tasks registers it when imported; the fine-tuning
+            entry point and the trainer import it).
+Every source registers itself (`register_source`) beside what it reads:
+the generated corpora in their modules, the file and stream sources here.
 `iterate(start)` yields (index, text) from the shard's `start`-th document,
 so a pipeline resumes without re-reading what it consumed (streams skip).
 """
@@ -18,14 +20,14 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Callable, Iterator, NamedTuple, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 from etils import epath
 
-from moejax.data import corpus, knowledge, markov, seeded_rng
+from moejax.data import seeded_rng
 from moejax.files import is_local
 
-BUILTIN_SOURCES = ("embedded", "knowledge", "markov", "tfds", "text", "tfrecord")
 # The generated corpora's held-out documents: the same generator, another seed.
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -57,33 +59,78 @@ def check_tfds_prepared(name: str, split: str, data_dir: str | None) -> None:
         raise not_prepared(name, split, data_dir, f"there is no {pattern} under {root}.")
 
 
-class RegisteredSource(NamedTuple):
+class Source(NamedTuple):
     make: Callable  # (DataConfig, split, shard, num_shards) -> a source with iterate()
-    validate: Callable | None  # (DataConfig) -> None, raises ValueError naming the field
+    validate: Callable | None = None  # (DataConfig) -> None, raises ValueError naming the field
+    check: Callable | None = None  # (DataConfig, split) -> None: its files or dataset exist
+    held_out: Callable | None = None  # (DataConfig, count) -> held-out documents with domains
 
 
-_REGISTERED: dict[str, RegisteredSource] = {}
+SOURCES: dict[str, Source] = {}
 
 
-def register_source(name: str, make: Callable, validate: Callable | None = None) -> None:
+def register_source(name: str, make: Callable, validate: Callable | None = None,
+                    check: Callable | None = None, held_out: Callable | None = None) -> None:
     """Makes DataConfig(source=name) build its source with make(cfg, split,
-    shard, num_shards); validate(cfg) checks the fields only it reads."""
-    if name in BUILTIN_SOURCES or name in _REGISTERED:
+    shard, num_shards); validate(cfg) checks the fields only it reads,
+    check(cfg, split) that its data exists before training starts, and
+    held_out(cfg, count) gives a corpus with domains's first `count`
+    held-out documents as objects (.text, .domain, .cloze())."""
+    if name in SOURCES:
         raise ValueError(f"data source {name!r} is already registered")
-    _REGISTERED[name] = RegisteredSource(make, validate)
+    SOURCES[name] = Source(make, validate, check, held_out)
 
 
 def source_names() -> tuple[str, ...]:
-    return BUILTIN_SOURCES + tuple(_REGISTERED)
+    return tuple(SOURCES)
+
+
+def get_source(name: str) -> Source:
+    if name not in SOURCES:
+        hint = " (registered by moejax.tasks: import it first)" if name == "task" else ""
+        raise ValueError(f"source must be one of {source_names()}, got {name!r}{hint}")
+    return SOURCES[name]
 
 
 def validate_source(cfg) -> None:
     """Raises ValueError for an unknown cfg.source or fields its source rejects."""
-    if cfg.source not in source_names():
-        raise ValueError(f"source must be one of {source_names()}, got {cfg.source!r}")
-    registered = _REGISTERED.get(cfg.source)
-    if registered and registered.validate:
-        registered.validate(cfg)
+    source = get_source(cfg.source)
+    if source.validate:
+        source.validate(cfg)
+
+
+def held_out_documents(cfg, count: int):
+    """The first `count` held-out documents of DataConfig `cfg`'s corpus, as
+    objects with .text, .domain and .cloze() (before, answer, after)
+    triples: what routing-by-domain probes read. Only the generated
+    corpora with domains ('knowledge', 'markov') have them."""
+    source = get_source(cfg.source)
+    if source.held_out is None:
+        with_domains = sorted(n for n, s in SOURCES.items() if s.held_out)
+        raise ValueError(f"held-out documents with domains need data.source in {with_domains}, "
+                         f"got {cfg.source!r}")
+    return source.held_out(cfg, count)
+
+
+def generated(texts: Callable[[int, int], Sequence[str]]) -> Callable:
+    """make() of a generated corpus: texts(cfg, doc_seed, count) of one corpus
+    (fixed by cfg.seed); the train split draws documents with cfg.seed, the
+    held-out split with cfg.seed + EVAL_SEED_OFFSET."""
+    def make(cfg, split: str, shard: int, num_shards: int) -> InMemory:
+        if split == "train":
+            seed, count, field = cfg.seed, cfg.embedded_documents, "embedded_documents"
+        else:
+            seed, count = cfg.seed + EVAL_SEED_OFFSET, cfg.embedded_eval_documents
+            field = "embedded_eval_documents"
+        return InMemory(texts(cfg, seed, count), shard, num_shards, cfg.seed,
+                        f"data.source={cfg.source!r} ({split} split, data.{field}={count})")
+    return make
+
+
+def validate_generated(cfg) -> None:
+    for name in ("embedded_documents", "embedded_eval_documents"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 
 
 class InMemory:
@@ -157,61 +204,61 @@ def _split_files(cfg, split: str) -> list[str]:
 
 
 def check_paths(cfg, splits=("train", "eval")) -> None:
-    """Fails early when a local source's files, a tfds dataset or a task's
-    tfds data are missing (FileNotFoundError, DatasetNotPrepared)."""
-    for split in splits:
-        if cfg.source in ("text", "tfrecord"):
-            _split_files(cfg, split)
-        elif cfg.source == "tfds":
-            if not cfg.tfds_name:
-                raise ValueError("data.source='tfds' needs data.tfds_name (e.g. 'c4/en:3.1.0')")
-            check_tfds_prepared(cfg.tfds_name, cfg.train_split if split == "train"
-                                else cfg.eval_split, cfg.tfds_data_dir)
-        elif cfg.source == "task":
-            make_source(cfg, split, 0, 1)  # reads (and caches) the task's examples
+    """Fails early when a source's files, a tfds dataset or a task's tfds
+    data are missing (FileNotFoundError, DatasetNotPrepared)."""
+    check = get_source(cfg.source).check
+    for split in splits if check else ():
+        check(cfg, split)
 
 
 def make_source(cfg, split: str, shard: int, num_shards: int):
     """The source for `split` ('train' or 'eval') of DataConfig `cfg`."""
-    if cfg.source in ("embedded", "knowledge", "markov"):
-        if split == "train":
-            seed, count = cfg.seed, cfg.embedded_documents
-        else:  # held out: another seed of the same generator
-            seed, count = cfg.seed + EVAL_SEED_OFFSET, cfg.embedded_eval_documents
-        if cfg.source == "embedded":
-            texts = corpus.documents(seed, count)
-        elif cfg.source == "knowledge":  # one knowledge base (cfg.seed); held out restates it
-            texts = knowledge.documents(cfg.seed, cfg.knowledge_entities, seed, count)
-        else:  # one set of chains (cfg.seed); held-out documents walk the same chains
-            texts = markov.documents(cfg.seed, cfg.markov_words, seed, count)
-        count_field = "embedded_documents" if split == "train" else "embedded_eval_documents"
-        return InMemory(texts, shard, num_shards, cfg.seed,
-                        f"data.source={cfg.source!r} ({split} split, data.{count_field}={count})")
-    if cfg.source == "text":
-        what = f"data.{split}_files"
-        texts = [line for f in _split_files(cfg, split) for line in _lines(f, what)]
-        return InMemory(texts, shard, num_shards, cfg.seed,
-                        f"{what} {_split_patterns(cfg, split)!r}")
-    if cfg.source in _REGISTERED:
-        return _REGISTERED[cfg.source].make(cfg, split, shard, num_shards)
+    return get_source(cfg.source).make(cfg, split, shard, num_shards)
+
+
+def _text(cfg, split: str, shard: int, num_shards: int) -> InMemory:
+    what = f"data.{split}_files"
+    texts = [line for f in _split_files(cfg, split) for line in _lines(f, what)]
+    return InMemory(texts, shard, num_shards, cfg.seed, f"{what} {_split_patterns(cfg, split)!r}")
+
+
+def _tensorflow():
     import tensorflow as tf  # only the streaming sources need TensorFlow
 
     tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators JAX owns
-    if cfg.source == "tfrecord":
-        files = _split_files(cfg, split)
-        spec = {cfg.text_key: tf.io.FixedLenFeature([], tf.string)}
-        return TfStream(lambda: tf.data.TFRecordDataset(files).shard(num_shards, shard).map(
-            lambda r: tf.io.parse_single_example(r, spec)), cfg.text_key)
-    if cfg.source == "tfds":
-        import tensorflow_datasets as tfds
+    return tf
 
-        if not cfg.tfds_name:
-            raise ValueError("data.source='tfds' needs data.tfds_name (e.g. 'c4/en:3.1.0')")
-        name_split = cfg.train_split if split == "train" else cfg.eval_split
-        sub_split = tfds.even_splits(name_split, n=num_shards)[shard]
-        return TfStream(lambda: tfds.load(
-            cfg.tfds_name, split=sub_split, data_dir=cfg.tfds_data_dir or None,
-            shuffle_files=False,
-            read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)),
-            cfg.text_key)
-    raise ValueError(f"data.source must be one of {source_names()}, got {cfg.source!r}")
+
+def _tfrecord(cfg, split: str, shard: int, num_shards: int) -> TfStream:
+    tf = _tensorflow()
+    files = _split_files(cfg, split)
+    spec = {cfg.text_key: tf.io.FixedLenFeature([], tf.string)}
+    return TfStream(lambda: tf.data.TFRecordDataset(files).shard(num_shards, shard).map(
+        lambda r: tf.io.parse_single_example(r, spec)), cfg.text_key)
+
+
+def _tfds_split(cfg, split: str) -> str:
+    return cfg.train_split if split == "train" else cfg.eval_split
+
+
+def _tfds(cfg, split: str, shard: int, num_shards: int) -> TfStream:
+    _tensorflow()
+    import tensorflow_datasets as tfds
+
+    sub_split = tfds.even_splits(_tfds_split(cfg, split), n=num_shards)[shard]
+    return TfStream(lambda: tfds.load(
+        cfg.tfds_name, split=sub_split, data_dir=cfg.tfds_data_dir or None,
+        shuffle_files=False,
+        read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)),
+        cfg.text_key)
+
+
+def _validate_tfds(cfg) -> None:
+    if not cfg.tfds_name:
+        raise ValueError("data.source='tfds' needs data.tfds_name (e.g. 'c4/en:3.1.0')")
+
+
+register_source("text", _text, check=_split_files)
+register_source("tfrecord", _tfrecord, check=_split_files)
+register_source("tfds", _tfds, validate=_validate_tfds, check=lambda cfg, split: (
+    check_tfds_prepared(cfg.tfds_name, _tfds_split(cfg, split), cfg.tfds_data_dir)))

@@ -14,15 +14,21 @@ are decided by the router, not by the dispatch.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from moejax.dispatch import buffers as buf
-from moejax.dispatch.choice import (MODES, available_grouped_matmuls, default_grouped_matmul,
-                                    grouped_kernel, resolve_mode)
+from moejax.dispatch.choice import (
+    MODES,
+    available_grouped_matmuls,
+    check_dispatch,
+    default_grouped_matmul,
+    grouped_kernel,
+    resolve_mode,
+)
 from moejax.dispatch.dropless import dropless_matmul, sort_by_expert
 from moejax.dispatch.expert_parallel import expert_parallel_ffn
 from moejax.dispatch.grouped import IMPLEMENTATIONS as GROUPED_MATMULS
@@ -32,7 +38,7 @@ from moejax.routing.base import RoutingResult
 
 def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mode: str = "auto",
             grouped_matmul: str | None = None, mesh: Mesh | None = None,
-            expert_axis: str | None = None, data_axes: Sequence[str] = ("data",),
+            expert_axis: str | None = None, data_axes: Sequence[str] | None = None,
             hidden_dropout: Callable | None = None):
     """Mixture of expert FFNs.
 
@@ -88,5 +94,6 @@ def moe_ffn(x, routing: RoutingResult, params, *, activations: Sequence[str], mo
         return buf.scatter_from_buffers(out, routing, t)
 
 
-__all__ = ["GROUPED_MATMULS", "MODES", "available_grouped_matmuls", "default_grouped_matmul",
-           "expert_parallel_ffn", "grouped_kernel", "moe_ffn", "resolve_mode"]
+__all__ = ["GROUPED_MATMULS", "MODES", "available_grouped_matmuls", "check_dispatch",
+           "default_grouped_matmul", "expert_parallel_ffn", "grouped_kernel", "moe_ffn",
+           "resolve_mode"]

@@ -37,11 +37,22 @@ BLOCKED_ROW_COST = 2.0
 MOSAIC_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
+def check_dispatch(mode: str, grouped_matmul=None) -> None:
+    """The one check of a dispatch mode and grouped-matmul kernel name (or
+    Kernel instance, or None: the backend's default); MoeConfig, MoeLayer
+    and moe_ffn call it."""
+    if mode not in MODES:
+        raise ValueError(f"dispatch must be one of {MODES}, got {mode!r}")
+    if not (grouped_matmul is None or isinstance(grouped_matmul, Kernel)
+            or grouped_matmul in IMPLEMENTATIONS):
+        raise ValueError(f"grouped_matmul must be one of {IMPLEMENTATIONS} or None, got "
+                         f"{grouped_matmul!r}")
+
+
 def resolve_mode(mode: str, r: RoutingResult, expert_parallel: bool = False,
                  backend: str | None = None) -> str:
     """The concrete mode `auto` stands for (see the module docstring)."""
-    if mode not in MODES:
-        raise ValueError(f"dispatch mode must be one of {MODES}, got {mode!r}")
+    check_dispatch(mode)
     if mode != "auto":
         return mode
     if expert_parallel or (backend or jax.default_backend()) != "cpu":

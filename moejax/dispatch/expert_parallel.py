@@ -9,26 +9,30 @@ so results match it exactly.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from moejax.ffn import ffn
 
 
 def expert_parallel_ffn(buffers, params, activations: Sequence[str], *, mesh: Mesh,
-                        expert_axis: str = "expert", data_axes: Sequence[str] = ("data",),
+                        expert_axis: str = "expert", data_axes: Sequence[str] | None = None,
                         hidden_dropout: Callable | None = None):
     """Runs the expert FFN on buffers [E, G, C, d] with experts sharded over
     `expert_axis`; groups are sharded over the `data_axes` present in the
-    mesh and `expert_axis`. Expert weights are replicated over other axes.
+    mesh (None: 'data'; MoeLayer passes the batch's axes of the active
+    logical rules, i.e. the trainer's Layout) and `expert_axis`.
+    Expert weights are replicated over other axes.
     `hidden_dropout(h, stream)` is applied to each device's local hidden
     activations, with the device's index over the group axes as `stream`.
     """
     if expert_axis not in mesh.shape:
         raise ValueError(f"expert_axis {expert_axis!r} is not a mesh axis; mesh axes: "
                          f"{tuple(mesh.shape)}")
+    data_axes = ("data",) if data_axes is None else data_axes
     group_axes = (*(a for a in data_axes if a in mesh.shape and a != expert_axis), expert_axis)
     n_groups = 1
     for a in group_axes:

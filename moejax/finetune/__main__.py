@@ -13,8 +13,7 @@ from __future__ import annotations
 from absl import flags
 
 from moejax import cli
-
-from moejax.train.__main__ import _UPCYCLE, run_job
+from moejax.train.entry import run_job
 
 _INIT = flags.DEFINE_string("init_checkpoint", None,
                             "Params to start from (overrides config.init_checkpoint): a moejax "
@@ -25,8 +24,7 @@ _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Only decode and score data.e
 def main(argv):
     from moejax.train.trainer import evaluate_only, train
 
-    run_job(argv, evaluate_only if _EVAL_ONLY.value else train, init_checkpoint=_INIT.value,
-            upcycle=_UPCYCLE.value)
+    run_job(argv, evaluate_only if _EVAL_ONLY.value else train, init_checkpoint=_INIT.value)
 
 
 def run():

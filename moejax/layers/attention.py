@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax

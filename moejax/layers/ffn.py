@@ -1,7 +1,8 @@
 """Dense T5 feed-forward block (no biases), the MoE layer's dense counterpart."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

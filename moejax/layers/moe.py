@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from moejax.dispatch import GROUPED_MATMULS, MODES, moe_ffn
+from moejax.dispatch import check_dispatch, moe_ffn
 from moejax.dispatch.grouped import Kernel
 from moejax.ffn import check_activations, input_kernel_names
 from moejax.layers.ffn import MlpBlock
@@ -33,6 +34,16 @@ def expert_dropout(rng, keep: float, h, stream=0):
     shapes, so one key would drop the same positions on every device."""
     mask = jax.random.bernoulli(jax.random.fold_in(rng, stream), keep, h.shape)
     return jnp.where(mask, h / keep, 0).astype(h.dtype)
+
+
+def batch_mesh_axes() -> tuple[str, ...] | None:
+    """The mesh axes the active logical rules (the trainer's Layout, see
+    moejax.train.partitioning) split the batch over; None outside any rules
+    context. Expert parallelism shards its groups over them."""
+    for name, axes in nn.get_logical_axis_rules():
+        if name == "batch":
+            return (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return None
 
 
 class MoeLayer(nn.Module):
@@ -96,12 +107,7 @@ class MoeLayer(nn.Module):
     @nn.compact
     def __call__(self, x, *, mask=None, token_ids=None, deterministic: bool = True):
         activations = check_activations(self.activations)
-        if self.dispatch not in MODES:
-            raise ValueError(f"dispatch must be one of {MODES}, got {self.dispatch!r}")
-        if not (self.grouped_matmul is None or isinstance(self.grouped_matmul, Kernel)
-                or self.grouped_matmul in GROUPED_MATMULS):
-            raise ValueError(f"grouped_matmul must be one of {GROUPED_MATMULS} or None, got "
-                             f"{self.grouped_matmul!r}")
+        check_dispatch(self.dispatch, self.grouped_matmul)
         b, l, d = x.shape
         if mask is not None and mask.shape != (b, l):
             raise ValueError(f"mask shape {mask.shape} must be (batch, length)=({b}, {l})")
@@ -138,7 +144,8 @@ class MoeLayer(nn.Module):
                                                1.0 - self.dropout_rate)
         y = moe_ffn(xg, result, self._expert_params(d), activations=activations,
                     mode=self.dispatch, grouped_matmul=self.grouped_matmul, mesh=self.mesh,
-                    expert_axis=self.expert_axis, hidden_dropout=hidden_dropout)
+                    expert_axis=self.expert_axis, data_axes=batch_mesh_axes(),
+                    hidden_dropout=hidden_dropout)
         y = y.reshape(b, l, d)
         if self.num_shared_experts:
             with jax.named_scope("shared_experts"):

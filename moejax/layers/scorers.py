@@ -9,7 +9,7 @@ rng, train) -> float32 logits [G, T, E].
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -7,7 +7,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from moejax.dispatch import GROUPED_MATMULS, MODES
+from moejax.dispatch import check_dispatch
 from moejax.ffn import check_activations
 from moejax.layers.attention import FUSED
 from moejax.layers.attention import IMPLEMENTATIONS as ATTENTION
@@ -76,11 +76,7 @@ class MoeConfig:
             check_activations(self.activations)
         if self.group_size is not None and self.group_size < 1:
             raise ValueError(f"group_size must be >= 1 or None, got {self.group_size}")
-        if self.dispatch not in MODES:
-            raise ValueError(f"dispatch must be one of {MODES}, got {self.dispatch!r}")
-        if self.grouped_matmul is not None and self.grouped_matmul not in GROUPED_MATMULS:
-            raise ValueError(f"grouped_matmul must be one of {GROUPED_MATMULS} or None, got "
-                             f"{self.grouped_matmul!r}")
+        check_dispatch(self.dispatch, self.grouped_matmul)
 
     def is_moe_layer(self, i: int) -> bool:
         offset = self.interval - 1 if self.offset is None else self.offset

@@ -12,7 +12,7 @@ Conversion needs no config: a scanned tree's k is its number of layers_r.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

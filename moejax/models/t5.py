@@ -17,8 +17,13 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from moejax.layers import MOE_COLLECTION, ROUTER_STATE, MlpBlock, MoeLayer
-from moejax.layers.attention import (MultiHeadAttention, RelativePositionBias, additive_mask,
-                                     resolve_attention, stack_bias)
+from moejax.layers.attention import (
+    MultiHeadAttention,
+    RelativePositionBias,
+    additive_mask,
+    resolve_attention,
+    stack_bias,
+)
 from moejax.matmul import matmul
 from moejax.models.config import REMAT_POLICIES, MoeConfig, T5Config
 from moejax.models.scan import BLOCKS, layer_name

@@ -29,8 +29,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, check_logits, compute_capacity,
-                                 routing_metrics, weighted_sum, z_loss)
+from moejax.routing.base import (
+    RoutingResult,
+    check_logits,
+    compute_capacity,
+    routing_metrics,
+    weighted_sum,
+    z_loss,
+)
 
 EC_CAP_ITERATIONS = 200
 # lambda in units of the standard deviation of S over the group's real

@@ -4,8 +4,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, balance_losses, require_rng, token_choice_inputs,
-                                 token_choice_result)
+from moejax.routing.base import (
+    RoutingResult,
+    balance_losses,
+    require_rng,
+    token_choice_inputs,
+    token_choice_result,
+)
 
 
 def second_expert_keep_probability(g1, g2):

@@ -38,8 +38,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, masked_mean, require_rng, token_choice_inputs,
-                                 token_choice_result, z_loss)
+from moejax.routing.base import (
+    RoutingResult,
+    masked_mean,
+    require_rng,
+    token_choice_inputs,
+    token_choice_result,
+    z_loss,
+)
 
 WEIGHTINGS = ("small_random", "zero", "renormalized", "raw")
 SAMPLINGS = ("without_replacement", "with_replacement")

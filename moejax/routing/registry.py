@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from moejax.routing.base import RoutingResult, balance_segment, check_logits
+
 
 @dataclasses.dataclass(frozen=True)
 class RouterSpec:

@@ -4,8 +4,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, balance_losses, masked_mean, require_rng,
-                                 token_choice_inputs, token_choice_result, z_loss)
+from moejax.routing.base import (
+    RoutingResult,
+    balance_losses,
+    masked_mean,
+    require_rng,
+    token_choice_inputs,
+    token_choice_result,
+    z_loss,
+)
 
 
 def top_k_route(logits, *, mask, rng, cfg, train, bias=None, segment=None) -> RoutingResult:

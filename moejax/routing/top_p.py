@@ -4,8 +4,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.base import (RoutingResult, balance_losses, entropy, masked_mean,
-                                 token_choice_inputs, token_choice_result)
+from moejax.routing.base import (
+    RoutingResult,
+    balance_losses,
+    entropy,
+    masked_mean,
+    token_choice_inputs,
+    token_choice_result,
+)
 from moejax.routing.top_k import normalize
 
 

@@ -9,7 +9,8 @@ splits; MNLI has two (matched and mismatched).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

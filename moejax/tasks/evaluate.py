@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np

@@ -19,10 +19,17 @@ from __future__ import annotations
 import collections
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
-from moejax.tasks.base import (EvalSet, Task, classification, eval_sets, register,
-                               register_mixture, tfds_loader)
+from moejax.tasks.base import (
+    EvalSet,
+    Task,
+    classification,
+    eval_sets,
+    register,
+    register_mixture,
+    tfds_loader,
+)
 
 
 def _fields(prefix: str, keys: Sequence[str], rename: dict[str, str] | None = None):

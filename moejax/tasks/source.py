@@ -9,14 +9,14 @@ n-th example of that order. Items are (input text, target text) pairs.
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 from moejax.data import seeded_rng
 from moejax.data.sources import register_source
 from moejax.tasks.base import Task, tasks_of
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_split(task: Task, split: str, data_dir: str) -> tuple[dict, ...]:
     """A task split's raw examples, read once per process."""
     return tuple(task.load(split, data_dir))
@@ -62,4 +62,6 @@ def _validate(cfg) -> None:
                          f"got {cfg.eval_split!r}")
 
 
-register_source("task", _make, _validate)
+# Checking a split reads (and caches) the task's examples: a dataset that is
+# not prepared fails before training.
+register_source("task", _make, _validate, check=lambda cfg, split: _make(cfg, split, 0, 1))

@@ -1,93 +1,18 @@
 """python -m moejax.train --config=configs/default.py --workdir=DIR [--config.x.y=v ...]
 
 Also installed as the `moejax-train` command. Resumes from DIR's latest
-checkpoint when there is one.
+checkpoint when there is one. The flags: moejax.train.entry.
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
-import sys
-from typing import Callable
-
-from absl import flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
-
 from moejax import cli
-from moejax.structured import from_mapping, to_mapping
-from moejax.train.config import TrainConfig
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, tokenizer.")
-_MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() first (one process per host). On Cloud "
-    "TPU and SLURM the coordinator is detected; elsewhere pass the three flags below.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_UPCYCLE = flags.DEFINE_bool(
-    "upcycle", None, "Start this MoE model from the dense init_checkpoint (sparse upcycling: "
-    "experts copy the dense FFNs, routers start fresh); overrides config.upcycle.")
-_PRINT_CONFIG = flags.DEFINE_bool(
-    "print_config", False, "Print every config field with its value (after the overrides), one "
-    "per line as --config.FIELD=VALUE, and exit; needs no --workdir.")
-flags.mark_flags_as_required(["config"])
-
-
-def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
-    """Parses the config (plus `overrides` of top-level TrainConfig fields
-    that are not None), starts multi-host JAX when asked, and runs
-    job(cfg, workdir); input errors exit with one line (moejax.cli)."""
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {argv[1:]}; every option is a --flag")
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("moejax").setLevel(logging.INFO)
-    # ml_collections reports a config file that failed to load (OSError) on
-    # first use of the value, not while parsing.
-    explain = lambda e: cli.config_load_error(sys.argv) if isinstance(e, OSError) \
-        else f"config: {e}"
-    with cli.input_errors(ValueError, TypeError, OSError, explain=explain):
-        cfg = from_mapping(TrainConfig, _CONFIG.value)
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    if _PRINT_CONFIG.value:
-        for field, value in flat_fields(to_mapping(cfg)):
-            print(f"--config.{field}={value}")
-        return
-    if not _WORKDIR.value:
-        cli.fail("--workdir is required: the directory for checkpoints, metrics and the "
-                 "tokenizer (a new one, or a run's to resume it)")
-    import jax  # after flag parsing, so --help stays fast
-
-    if _MULTIHOST.value:
-        # CPU processes need gloo for cross-process collectives; GPU/TPU ignore it.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    from moejax.train.checkpoint import CheckpointError
-    from moejax.train.lock import WorkdirLocked
-    from moejax.train.trainer import NonFiniteLoss
-
-    with cli.input_errors(ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                          IsADirectoryError, PermissionError, CheckpointError, NonFiniteLoss,
-                          WorkdirLocked):
-        job(cfg, _WORKDIR.value)
-
-
-def flat_fields(mapping, prefix: str = ""):
-    """('model.encoder_moe.router.k', 2), ... for a nested config mapping."""
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            yield from flat_fields(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+from moejax.train.entry import run_job
 
 
 def main(argv):
     from moejax.train.trainer import train
 
-    run_job(argv, train, upcycle=_UPCYCLE.value)
+    run_job(argv, train)
 
 
 def run():

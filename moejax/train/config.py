@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from moejax.data import knowledge, markov
 from moejax.data.objectives import OBJECTIVES
-import moejax.tasks  # noqa: F401  (registers data source 'task')
 from moejax.data.sources import validate_source
 from moejax.models.config import T5Config
 
@@ -78,17 +76,6 @@ class DataConfig:
         if min(self.inputs_length, self.targets_length) < 2:
             raise ValueError(f"inputs_length and targets_length must be >= 2, got "
                              f"{self.inputs_length}, {self.targets_length}")
-        if not 2 <= self.knowledge_entities <= knowledge.MAX_ENTITIES:
-            raise ValueError(f"knowledge_entities must be in [2, {knowledge.MAX_ENTITIES}] "
-                             f"(names are 3 syllables of a domain's letters), got "
-                             f"{self.knowledge_entities}")
-        if not markov.SUCCESSORS <= self.markov_words <= markov.MAX_WORDS:
-            raise ValueError(f"markov_words must be in [{markov.SUCCESSORS}, {markov.MAX_WORDS}] "
-                             f"(words are 3 syllables of a domain's letters), got "
-                             f"{self.markov_words}")
-        for name in ("embedded_documents", "embedded_eval_documents"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.noise_density < 1:
             raise ValueError(f"noise_density must be in (0, 1), got {self.noise_density}")
 

@@ -28,10 +28,15 @@ from flax import traverse_util
 
 from moejax import models
 from moejax.files import absolute
-from moejax.models.scan import is_scanned, match_layout
 from moejax.layers import ROUTER_AXES
-from moejax.train.checkpoint import (CheckpointError, describe, leaf_paths, mismatch_report,
-                                     quiet_orbax_threads)
+from moejax.models.scan import is_scanned, match_layout
+from moejax.train.checkpoint import (
+    CheckpointError,
+    describe,
+    leaf_paths,
+    mismatch_report,
+    quiet_orbax_threads,
+)
 
 HF_PREFIX = "hf:"
 

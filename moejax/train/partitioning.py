@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -104,7 +104,7 @@ class Layout:
 
     @classmethod
     def create(cls, data: int = 1, model: int = 1, expert: int = 1, expert_axis: str = "expert",
-               devices=None) -> "Layout":
+               devices=None) -> Layout:
         """The layout of a ('data', 'model', 'expert') mesh of these sizes
         (one may be -1: the devices left over)."""
         return cls(make_mesh({"data": data, "model": model, "expert": expert}, devices),

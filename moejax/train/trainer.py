@@ -14,11 +14,11 @@ import dataclasses
 import json
 import logging
 import os
-import queue
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -30,23 +30,24 @@ from tqdm import tqdm
 
 from moejax.data import tokenizer as tok
 from moejax.data.objectives import Objective
-from moejax.data.pipeline import Pipeline
-from moejax.data.sources import check_paths, make_source
+from moejax.data.pipeline import Pipeline, Prefetch
+from moejax.data.sources import check_paths
 from moejax.dispatch import grouped_kernel
-from moejax.files import absolute, check_writable, write_atomic
+from moejax.files import absolute, check_writable
 from moejax.layers.attention import resolve_attention
 from moejax.models import ROUTER_STATE, Transformer, abstract_params
 from moejax.models.decoding import generate
 from moejax.structured import to_mapping
-from moejax.train import console, optim
 from moejax.tasks.evaluate import check_eval_data, evaluate_tasks
+from moejax.train import console, optim
 from moejax.train.checkpoint import BEST_METRIC, Checkpoints
 from moejax.train.config import TrainConfig
+from moejax.train.init import load_params, upcycled_params
 from moejax.train.lock import WorkdirLock, WorkdirLocked
-from moejax.train.init import load_params, tokenizer_of, upcycled_params
 from moejax.train.metrics import MetricWriter, flatten
 from moejax.train.partitioning import Layout
 from moejax.train.step import make_eval_step, make_train_step, model_variables
+from moejax.train.vocabulary import vocabulary
 
 log = logging.getLogger("moejax.train")
 
@@ -68,38 +69,6 @@ class Setup:
     shards: list[int]
     num_shards: int
     batch_spec: dict[str, jax.ShapeDtypeStruct] | None  # a global batch; None for --eval_only
-
-
-def _vocabulary(cfg: TrainConfig, workdir: str, num_shards: int) -> tok.Vocabulary:
-    """tokenizer.path; else the workdir's cached model; else the init
-    checkpoint's (copied into the cache, so resuming and --eval_only find
-    it); else one trained on the training data and cached."""
-    tcfg = cfg.tokenizer
-    if tcfg.path:
-        return tok.load(tcfg.path, tcfg.extra_ids)
-    cache = os.path.join(workdir, "tokenizer", "spm.model")
-    inherited = None
-    if cfg.init_checkpoint and not epath.Path(cache).exists():
-        inherited = tokenizer_of(cfg.init_checkpoint)
-        if not inherited:  # a new tokenizer's ids would not match the checkpoint's embeddings
-            raise ValueError(f"init_checkpoint {cfg.init_checkpoint!r} has no tokenizer (a run "
-                             f"pretrained with tokenizer.path keeps none in its workdir); set "
-                             f"tokenizer.path to the SentencePiece model it was trained with")
-    if jax.process_index() == 0 and not epath.Path(cache).exists():
-        if inherited:
-            write_atomic(cache, epath.Path(inherited).read_bytes())
-        else:
-            source = make_source(cfg.data, "train", 0, num_shards)
-            texts = (item if isinstance(item, str) else " ".join(item)  # task items are pairs
-                     for _, (_, item) in zip(range(tcfg.train_documents), source.iterate(0, 0)))
-            try:
-                tok.train(texts, tcfg.vocab_size, tcfg.extra_ids, cache)
-            except ValueError as e:
-                raise ValueError(f"tokenizer (vocab_size={tcfg.vocab_size}, train_documents="
-                                 f"{tcfg.train_documents}): {e}") from None
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("moejax tokenizer")
-    return tok.load(cache, tcfg.extra_ids)
 
 
 def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
@@ -131,7 +100,7 @@ def setup(cfg: TrainConfig, workdir: str, for_training: bool = True) -> Setup:
         check_paths(cfg.data, ("train", "eval") if cfg.eval_every_steps else ("train",))
     else:
         check_eval_data(cfg.data.task, cfg.data.eval_split, cfg.data.tfds_data_dir)
-    vocab = _vocabulary(cfg, workdir, num_shards)
+    vocab = vocabulary(cfg, workdir, num_shards)
     if vocab.size > cfg.model.vocab_size:
         raise ValueError(f"the tokenizer has {vocab.size} ids (pieces + {cfg.tokenizer.extra_ids} "
                          f"sentinels) but model.vocab_size={cfg.model.vocab_size}; raise "
@@ -183,30 +152,6 @@ def _init_fns(s: Setup, optimizer) -> tuple[Callable, Callable]:
     return (jax.jit(init, out_shardings=out),
             jax.jit(state_from, in_shardings=(param_shardings,), out_shardings=out,
                     donate_argnums=0))
-
-
-class Prefetch:
-    """Builds the next batches (and their pipeline positions) in a thread
-    while the device runs the current step."""
-
-    def __init__(self, pipeline: Pipeline, depth: int = 2):
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.pipeline = pipeline
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        try:
-            for batch in self.pipeline:
-                self.queue.put((batch, self.pipeline.state()))
-        except Exception as e:  # surfaced in the training thread
-            self.queue.put(e)
-
-    def next(self):
-        item = self.queue.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
 
 
 def global_batch(s: Setup, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
