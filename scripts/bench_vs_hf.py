@@ -33,6 +33,7 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from moejax import convert
+from moejax.layers import MOE_COLLECTION
 from moejax.models import Transformer, moe_outputs
 from moejax.models.decoding import generate
 
@@ -103,8 +104,8 @@ def main():
 
     def loss_fn(p, e, d, y):
         logits, state = model.apply({"params": p}, e, d, y, enable_dropout=True,
-                                    mutable=["moe"])
-        aux, _ = moe_outputs(state["moe"])
+                                    mutable=[MOE_COLLECTION])
+        aux, _ = moe_outputs(state[MOE_COLLECTION], cfg)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + aux
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn))

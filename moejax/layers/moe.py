@@ -14,14 +14,10 @@ from moejax.dispatch import check_dispatch, moe_ffn
 from moejax.dispatch.grouped import Kernel
 from moejax.ffn import check_activations, input_kernel_names
 from moejax.layers.ffn import MlpBlock
+from moejax.layers.names import EXPERT_AXIS, MOE_COLLECTION, ROUTER_STATE
 from moejax.layers.scorers import get_scorer
 from moejax.routing import RouterConfig, RoutingResult, route, update_selection_bias
 
-# Collection the layer sows its aux loss and routing metrics into.
-MOE_COLLECTION = "moe"
-# Collection of routing state that is not a parameter: the selection bias of
-# auxiliary-loss-free balancing (RouterConfig.bias_update_rate).
-ROUTER_STATE = "router_state"
 expert_kernel_init = nn.initializers.variance_scaling(
     1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,))
 # Switch Transformers: a reduced router init scale keeps early routing stable.
@@ -97,9 +93,9 @@ class MoeLayer(nn.Module):
 
     def _expert_params(self, d):
         e = self.router.num_experts
-        shapes = {name: ((e, d, self.d_ff), ("expert", "embed", "mlp"))
+        shapes = {name: ((e, d, self.d_ff), (EXPERT_AXIS, "embed", "mlp"))
                   for name in input_kernel_names(self.activations)}
-        shapes["wo"] = ((e, self.d_ff, d), ("expert", "mlp", "embed"))
+        shapes["wo"] = ((e, self.d_ff, d), (EXPERT_AXIS, "mlp", "embed"))
         init = functools.partial(nn.with_logical_partitioning, self.kernel_init)
         return {name: jnp.asarray(self.param(name, init(axes), shape, self.param_dtype), self.dtype)
                 for name, (shape, axes) in shapes.items()}

@@ -14,15 +14,8 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from moejax.layers.names import FIXED_ROUTER_AXIS
 from moejax.routing.scores import cosine_logits, hash_logits, linear_logits
-
-# Logical axes that only router params carry: freezing selects params by
-# their axes (moejax/train/optim.py: a router by these, experts by 'expert'),
-# so the optimizer never needs to know a scorer's param names. A router that
-# never trains (router 'frozen') marks its kernel FIXED_ROUTER_AXIS instead
-# of 'router_experts', so one mechanism freezes it and freeze_router alike.
-FIXED_ROUTER_AXIS = "router_fixed"
-ROUTER_AXES = ("router_experts", "router_proj", "router_scale", FIXED_ROUTER_AXIS)
 
 
 def linear(layer, x, token_ids, rng, train):

@@ -28,7 +28,7 @@ from flax import traverse_util
 
 from moejax import models
 from moejax.files import absolute
-from moejax.layers import ROUTER_AXES
+from moejax.layers import EXPERT_AXIS, ROUTER_AXES
 from moejax.models.scan import is_scanned, match_layout
 from moejax.train.checkpoint import (
     CheckpointError,
@@ -192,12 +192,12 @@ def _upcycled_on_host(spec: str, model_cfg, noise: float, seed: int) -> dict:
     """upcycled_params's values as numpy arrays, for unscanned `model_cfg`."""
     target = traverse_util.flatten_dict(models.abstract_params(model_cfg, boxed=True), sep="/")
     routers = {p for p, box in target.items() if set(box.names) & set(ROUTER_AXES)}
-    experts = {p for p, box in target.items() if p not in routers and "expert" in box.names}
+    experts = {p for p, box in target.items() if p not in routers and EXPERT_AXIS in box.names}
     if not experts:
         raise ValueError("upcycle=True needs a model with MoE layers (model.encoder_moe / "
                          "decoder_moe.interval > 0) to copy the dense FFNs into")
     for p in experts:
-        if target[p].names[0] != "expert":
+        if target[p].names[0] != EXPERT_AXIS:
             raise ValueError(f"expert kernel {p} has axes {target[p].names}; upcycling copies "
                              "along a leading 'expert' axis")
     want = {p: tuple(box.value.shape[1:] if p in experts else box.value.shape)

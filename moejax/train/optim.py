@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from moejax.layers import FIXED_ROUTER_AXIS, ROUTER_AXES
+from moejax.layers import EXPERT_AXIS, FIXED_ROUTER_AXIS, ROUTER_AXES
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
@@ -36,7 +36,7 @@ def frozen_labels(boxed_params, freeze_router: bool = False, freeze_experts: boo
     def label(leaf):
         names = set(leaf.names if isinstance(leaf, nn.Partitioned) else ())
         frozen = (FIXED_ROUTER_AXIS in names or (freeze_router and names & set(ROUTER_AXES))
-                  or (freeze_experts and "expert" in names))
+                  or (freeze_experts and EXPERT_AXIS in names))
         return "frozen" if frozen else "trained"
 
     return jax.tree.map(label, boxed_params, is_leaf=lambda v: isinstance(v, nn.Partitioned))
