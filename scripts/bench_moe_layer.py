@@ -254,17 +254,52 @@ def target_lines(layer, raw):
     return lines
 
 
-def report(paths):
+def markdown(data: dict) -> str:
+    """The docs' table of one run (docs/benchmarks.md quotes it; a test keeps
+    them equal): per (E, router), MoE time / dense time (MoE MB) per mode,
+    dropless with the blocked kernel, auto with the mode it chose."""
+    modes = ("einsum", "scatter", "dropless", "auto")
+    rows = [r for r in data["rows"] if "ratio" in r
+            and r["grouped_matmul"] in (None, "blocks")]
+    lines = ["| E | router | einsum | scatter | dropless (blocks) | auto |",
+             "|---|---|---|---|---|---|"]
+    for e, router in dict.fromkeys((r["experts"], r["router"]) for r in rows):
+        cells = []
+        for mode in modes:
+            r = next((r for r in rows if (r["experts"], r["router"], r["mode"]) ==
+                      (e, router, mode)), None)
+            cell = "-" if r is None else f"{r['ratio']:.2f} ({r['moe_mb']:.0f})"
+            cells.append(cell + (f" = {r['resolved']}" if r and mode == "auto" else ""))
+        lines.append(f"| {e} | {router} | " + " | ".join(cells) + " |")
+    dense = {}
+    for r in rows:  # top1 runs the dense FFN at d_ff x1, the others at x2
+        dense.setdefault(r["dense_mb"], []).append(r["dense_ms"])
+    programs = ", ".join(f"{mb:.0f} MB, {statistics.median(ms):.0f} ms"
+                         for mb, ms in sorted(dense.items()))
+    a = data["args"]
+    return "\n".join([
+        f"{data['device']} (jax {data['jax']}, {a['batch'] * a['length']} tokens, d_model="
+        f"{a['d_model']}, d_ff={a['d_ff']} per expert, groups of {a['group_size']}, "
+        f"forward+backward, median of {a['repeats']} alternating runs). Cells: MoE time / "
+        "dense time (MoE MB of the compiled program); `auto` shows the mode it chose.", "",
+        *lines, "", f"Dense FFN programs (d_ff x1, x2; median step): {programs}."])
+
+
+def report(paths, as_markdown: bool = False):
     """Tables and targets of benchmark JSON files written by this script."""
     layer, raw = [], []
     for path in paths:
         with open(path) as f:
             data = json.load(f)
+        if as_markdown:
+            print(markdown(data))
+            continue
         print(f"{path}: {data['device']}, jax {data['jax']}, {data['args']['dtype']}")
         layer += data["rows"]
         raw += data["raw"]
-    print_tables(layer, raw)
-    print("\n".join(["", *target_lines(layer, raw)]))
+    if not as_markdown:
+        print_tables(layer, raw)
+        print("\n".join(["", *target_lines(layer, raw)]))
 
 
 def main():
@@ -288,9 +323,11 @@ def main():
     parser.add_argument("--out", default="results/bench/bench_moe_layer.json")
     parser.add_argument("--report", nargs="+", metavar="JSON",
                         help="print the tables and targets of earlier runs' files and exit")
+    parser.add_argument("--markdown", action="store_true",
+                        help="with --report: the markdown table docs/benchmarks.md quotes")
     args = parser.parse_args()
     if args.report:
-        return report(args.report)
+        return report(args.report, args.markdown)
     preset = PRESETS[args.preset]
     for name in ("batch", "length", "group_size", "d_model", "d_ff"):
         if getattr(args, name) is None:

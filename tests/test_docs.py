@@ -203,3 +203,65 @@ def test_benchmark_figures_are_the_committed_ones():
         text = " ".join(_read(page).split())
         for sentence in sentences:
             assert sentence in text, f"{page} does not say {sentence!r}"
+
+
+def test_the_moe_layer_table_is_the_committed_run():
+    """docs/benchmarks.md's MoE-layer table is what scripts/bench_moe_layer.py
+    --report --markdown renders from results/bench/moe_layer_cpu_2cores.json."""
+    import json
+
+    from script_util import load_script
+
+    bench = load_script("bench_moe_layer")
+    with open(os.path.join(ROOT, "results", "bench", "moe_layer_cpu_2cores.json")) as f:
+        want = bench.markdown(json.load(f))
+    text = _read("docs/benchmarks.md")
+    start, end = "<!-- bench_moe_layer:start -->\n", "\n<!-- bench_moe_layer:end -->"
+    assert text[text.index(start) + len(start):text.index(end)] == want
+    with open(os.path.join(ROOT, "results", "bench", "fine_grained_cpu_2cores.json")) as f:
+        ratio = {(r["experts"], r["router"]): r["ratio"] for r in json.load(f)["rows"]}
+    fine = ("fine4_top8_shared1", "top2")
+    sentence = (f"{ratio[(32, fine[0])]:.2f}x dense at 32 experts (top-2 of 8 experts in the same "
+                f"run: {ratio[(8, fine[1])]:.2f}x) and {ratio[(128, fine[0])]:.2f}x at 128 "
+                f"(top-2 of 32: {ratio[(32, fine[1])]:.2f}x)")
+    assert sentence in " ".join(text.split()), sentence
+
+
+def test_the_h100_dispatch_figures_are_the_measured_rows():
+    """docs/dispatch.md's H100 row quotes results/bench/h100_2026-12-05.jsonl:
+    the layer's ratio to dense per mode, or the failure where it failed."""
+    import json
+
+    with open(os.path.join(ROOT, "results", "bench", "h100_2026-12-05.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    layer = {(r["experts"], r["mode"]): r for r in rows
+             if r["section"] == "layer" and r.get("router") == "top2"}
+    text = _read("docs/dispatch.md")
+    for experts in (8, 64):
+        cells = []
+        for mode in ("dropless", "scatter", "einsum"):
+            r = layer[(experts, mode)]
+            cells.append(f"{r['ratio']:.2f}" if "ratio" in r else
+                         "out of memory" if "RESOURCE_EXHAUSTED" in r["error"] else r["error"])
+        assert f"| {experts} | {' | '.join(cells)} | pending |" in text, (experts, cells)
+
+
+def test_the_hf_comparison_is_the_committed_run():
+    """docs/benchmarks.md's moejax-vs-HF figures are results/bench/vs_hf_cpu_2cores.json's."""
+    import json
+
+    with open(os.path.join(ROOT, "results", "bench", "vs_hf_cpu_2cores.json")) as f:
+        run = json.load(f)
+    train, decode, flops = run["train"], run["decode"], run["train_matmul_flops"]
+    text = " ".join(_read("docs/benchmarks.md").split())
+    for sentence in [
+            f"(forward+backward) {train['ratio']:.2f}x HF's time (rounds "
+            f"{min(train['round_ratios']):.2f}-{max(train['round_ratios']):.2f}; "
+            f"{train['moejax_tokens_per_s'] / 1e3:.1f}k against "
+            f"{train['hf_tokens_per_s'] / 1e3:.1f}k tokens/s)",
+            f"greedy decoding of 32 tokens {decode['ratio']:.2f}x (rounds "
+            f"{min(decode['round_ratios']):.2f}-{max(decode['round_ratios']):.2f})",
+            f"{flops['moejax'] / 1e9:.1f} GFLOP of matmuls per moejax step against HF's "
+            f"{flops['hf'] / 1e9:.1f}",
+            f"moejax's step time is {train['ratio_per_flop']:.2f}x HF's"]:
+        assert sentence in text, sentence
