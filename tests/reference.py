@@ -208,15 +208,24 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def sqrtsoftplus(x):
+    """DeepSeek-V4's expert score sqrt(log(1 + e^x)), written as the released
+    inference code's `F.softplus(logits).sqrt()`, in float64."""
+    x = np.asarray(x, np.float64)
+    return np.sqrt(np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20)))))
+
+
 def deepseek_choices(logits, k, score_fn="sigmoid", bias=None, groups=1, topk_groups=None,
                      scaling=1.0, normalize=False):
     """DeepSeek-V3 routing, token by token: scores s = sigmoid(logits) (or
-    softmax); the experts are ranked by s + bias; with groups, only experts
-    of the topk_groups groups with the largest sum of their two best
-    (s + bias) stay eligible; weights are the chosen *unbiased* scores,
-    normalised to sum to 1 for sigmoid (or when `normalize`), times
-    `scaling`. Returns choices[g][t] = [(expert, weight), ...] in rank order."""
-    scores = sigmoid(logits) if score_fn == "sigmoid" else softmax(logits)
+    sqrtsoftplus, DeepSeek-V4's; or softmax); the experts are ranked by
+    s + bias; with groups, only experts of the topk_groups groups with the
+    largest sum of their two best (s + bias) stay eligible; weights are the
+    chosen *unbiased* scores, normalised to sum to 1 for per-expert scores
+    (or when `normalize`), times `scaling`. Returns choices[g][t] =
+    [(expert, weight), ...] in rank order."""
+    scores = {"sigmoid": sigmoid, "sqrtsoftplus": sqrtsoftplus,
+              "softmax": softmax}[score_fn](logits)
     e_ = logits.shape[-1]
     bias = np.zeros(e_) if bias is None else np.asarray(bias)
     size = e_ // groups
@@ -231,7 +240,7 @@ def deepseek_choices(logits, k, score_fn="sigmoid", bias=None, groups=1, topk_gr
                        for e in range(j * size, (j + 1) * size)}
             idx = sorted(allowed, key=lambda e: -b[e])[:k]
             w = np.array([s[e] for e in idx])
-            if score_fn == "sigmoid" or normalize:
+            if score_fn != "softmax" or normalize:
                 w = w / w.sum()
             rows.append(list(zip(idx, (w * scaling).tolist())))
         out.append(rows)

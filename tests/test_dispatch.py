@@ -46,13 +46,15 @@ def output_and_grads(layer, variables, x, ids, train):
 
 # No drops for every router (expert choice always has a capacity: 4.0 lets
 # each of 8 experts see half the group), then with drops for some.
-@pytest.mark.parametrize("name,cf",
-                         [(n, 4.0 if n == "expert_choice" else None) for n in sorted(ROUTERS)]
-                         + [(n, 1.0) for n in ("top_k", "gshard_top2", "top_p", "expert_choice")])
-def test_all_modes_same_output_and_gradients(name, cf):
+@pytest.mark.parametrize("name,cf,kw",
+                         [(n, 4.0 if n == "expert_choice" else None, {}) for n in sorted(ROUTERS)]
+                         + [(n, 1.0, {}) for n in ("top_k", "gshard_top2", "top_p",
+                                                   "expert_choice")]
+                         + [("top_k", 1.0, dict(k=2, score_fn="sqrtsoftplus"))])
+def test_all_modes_same_output_and_gradients(name, cf, kw):
     results = {}
-    for mode, matmul in MODES + [MEGABLOX] * (name in MEGABLOX_ROUTERS):
-        layer, variables, x, ids = layer_and_vars(name, mode, matmul, cf)
+    for mode, matmul in MODES + [MEGABLOX] * (name in MEGABLOX_ROUTERS and not kw):
+        layer, variables, x, ids = layer_and_vars(name, mode, matmul, cf, **kw)
         results[(mode, matmul)] = output_and_grads(layer, variables, x, ids, train=True)
     y0, g0 = results[MODES[0]]
     assert float(jnp.max(jnp.abs(y0))) > 0

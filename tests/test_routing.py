@@ -511,7 +511,8 @@ def test_a_new_router_is_one_kernel_and_one_registration():
 @pytest.mark.parametrize("score_fn,groups,topk_groups,k,scaling,with_bias", [
     ("sigmoid", 1, None, 2, 1.0, False), ("sigmoid", 3, 1, 2, 2.5, False),
     ("sigmoid", 3, 2, 3, 1.0, True), ("softmax", 2, 1, 2, 1.0, True),
-    ("sigmoid", 6, 2, 2, 1.0, True)])
+    ("sigmoid", 6, 2, 2, 1.0, True), ("sqrtsoftplus", 1, None, 2, 1.0, False),
+    ("sqrtsoftplus", 3, 2, 3, 1.5, True)])
 def test_deepseek_routing_matches_reference(logits, mask, score_fn, groups, topk_groups, k,
                                             scaling, with_bias):
     bias = np.linspace(-0.3, 0.4, E).astype(np.float32) if with_bias else None
@@ -521,12 +522,33 @@ def test_deepseek_routing_matches_reference(logits, mask, score_fn, groups, topk
                       bias=None if bias is None else jnp.asarray(bias))
     choices = ref.deepseek_choices(logits, k, score_fn, bias, groups, topk_groups, scaling)
     assert_same(as_dict(r), ref.claim_places(choices, mask, ref.capacity(T, E, k, 1.0)))
-    if score_fn == "sigmoid":
-        # The balance loss's P_e are the normalised sigmoid scores (DeepSeek-V3).
-        s = ref.sigmoid(logits)
+    if score_fn != "softmax":
+        # The balance loss's P_e are the normalised per-expert scores (DeepSeek-V3).
+        s = {"sigmoid": ref.sigmoid, "sqrtsoftplus": ref.sqrtsoftplus}[score_fn](logits)
         picked = [[[e for e, _ in row] for row in group] for group in choices]
         want = ref.load_balancing_loss(s / s.sum(-1, keepdims=True), picked, mask)
         assert float(r.metrics["load_balance_loss"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_sqrtsoftplus_scores_keep_gradients_finite_at_extreme_logits():
+    """sqrt(softplus(x)) has an infinite slope where softplus underflows to 0;
+    the router's gradient stays finite there, and equals the analytic one,
+    sigmoid(x) / (2 sqrt(softplus(x))), at ordinary logits."""
+    cfg = RouterConfig("top_k", num_experts=4, k=2, score_fn="sqrtsoftplus",
+                       capacity_factor=None, eval_capacity_factor=None)
+    x = jnp.asarray([[[-200.0, -90.0, 0.5, 300.0], [0.1, -0.2, 0.3, 1.0]]])
+
+    def total_weight_on_expert_2(lg):
+        r = routing.route(cfg, lg)
+        return jnp.sum(jnp.where(r.valid & (r.expert == 2), r.weight, 0.0))
+
+    g = jax.grad(total_weight_on_expert_2)(x)
+    assert bool(jnp.all(jnp.isfinite(g)))
+    # Second token: experts 3 and 2 chosen; d w_2 / d x_2 from the quotient rule.
+    s = ref.sqrtsoftplus(np.asarray(x[0, 1]))
+    ds = ref.sigmoid(np.asarray(x[0, 1], np.float64)) / (2 * s)
+    want = ds[2] * s[3] / (s[2] + s[3]) ** 2
+    assert float(g[0, 1, 2]) == pytest.approx(want, rel=1e-4)
 
 
 def test_selection_bias_moves_choices_not_weights(logits):
@@ -563,7 +585,8 @@ def test_balance_diagnostics_hand_computed():
 
 
 @pytest.mark.parametrize("kw,message", [
-    (dict(score_fn="tanh"), r"score_fn must be one of \('softmax', 'sigmoid'\), got 'tanh'"),
+    (dict(score_fn="tanh"),
+     r"score_fn must be one of \('softmax', 'sigmoid', 'sqrtsoftplus'\), got 'tanh'"),
     (dict(expert_groups=4), "expert_groups must be >= 1 and divide num_experts=6, got 4"),
     (dict(expert_groups=3, topk_groups=4), r"topk_groups must be in \[1, expert_groups=3\], got 4"),
     (dict(expert_groups=3, topk_groups=1, k=3),

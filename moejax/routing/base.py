@@ -131,12 +131,13 @@ class TokenChoiceInputs:
     """What every token-choice router starts from (see `token_choice_inputs`).
 
     mask: bool [G, T]; logits / probs: float32 [G, T, E]; probs is a
-    distribution over experts (softmax, or the sigmoid scores normalised to
-    sum to 1: DeepSeek-V3's affinities for its balance loss); scores: float32
-    [G, T, E], what experts are selected by and weighted with (the softmax
-    itself, or the sigmoid scores); capacity: static int, places per expert
-    and group for cfg.k experts per token; balance_segment: static int,
-    tokens per load-balance segment (cfg.balance_scope)."""
+    distribution over experts (softmax, or the per-expert scores normalised
+    to sum to 1: DeepSeek-V3's affinities for its balance loss); scores:
+    float32 [G, T, E], what experts are selected by and weighted with (the
+    softmax itself, or the per-expert sigmoid / sqrt(softplus) scores);
+    capacity: static int, places per expert and group for cfg.k experts per
+    token; balance_segment: static int, tokens per load-balance segment
+    (cfg.balance_scope)."""
 
     mask: Array
     logits: Array
@@ -146,7 +147,7 @@ class TokenChoiceInputs:
     balance_segment: int | None = flax.struct.field(pytree_node=False, default=None)
 
 
-SCORE_FNS = ("softmax", "sigmoid")
+SCORE_FNS = ("softmax", "sigmoid", "sqrtsoftplus")
 BALANCE_SCOPES = ("group", "sequence", "batch")
 
 
@@ -175,11 +176,14 @@ def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool,
     mask = check_logits(logits, mask, cfg.num_experts)
     logits = logits.astype(jnp.float32)
     t, e = logits.shape[1:]
-    if cfg.score_fn == "sigmoid":
-        scores = jax.nn.sigmoid(logits)
-        probs = scores / jnp.maximum(jnp.sum(scores, axis=-1, keepdims=True), 1e-9)
-    else:
+    if cfg.score_fn == "softmax":
         scores = probs = jax.nn.softmax(logits, axis=-1)
+    else:  # per-expert scores: DeepSeek-V3's sigmoid, DeepSeek-V4's sqrt(softplus)
+        # softplus underflows to 0 for very negative logits, where sqrt's
+        # gradient is infinite: the floor keeps the router's gradient finite.
+        scores = (jax.nn.sigmoid(logits) if cfg.score_fn == "sigmoid" else jnp.sqrt(
+            jnp.maximum(jax.nn.softplus(logits), jnp.finfo(jnp.float32).tiny)))
+        probs = scores / jnp.maximum(jnp.sum(scores, axis=-1, keepdims=True), 1e-9)
     return TokenChoiceInputs(mask, logits, probs, scores,
                              compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train)),
                              segment or t)

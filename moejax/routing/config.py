@@ -38,8 +38,9 @@ class RouterConfig:
     sampling / sample_weighting: MOESART choices, see moejax/routing/moesart.py.
     xmoe_dim / xmoe_temperature: X-MoE hypersphere dimension and initial
       temperature (1.0: routing starts near uniform; the temperature is learned).
-    score_fn: 'softmax' (over experts) or 'sigmoid' (per expert; the combine
-      weights are then the chosen scores normalised to sum to 1, DeepSeek-V3).
+    score_fn: 'softmax' (over experts), or per expert 'sigmoid' (DeepSeek-V3)
+      or 'sqrtsoftplus', sqrt(softplus(logit)) (DeepSeek-V4); with per-expert
+      scores the combine weights are the chosen scores normalised to sum to 1.
     routed_scaling: factor on the combine weights (DeepSeek-V2/V3's
       routed_scaling_factor; 1.0 = none).
     expert_groups / topk_groups: group-limited routing (DeepSeek-V2/V3):

@@ -21,11 +21,13 @@ def top_k_route(logits, *, mask, rng, cfg, train, bias=None, segment=None) -> Ro
     logits: float [G, T, E]; mask: bool [G, T] (False = padding); bias:
     float [E] or None, added to the scores for selection only (auxiliary-
     loss-free balancing, Wang et al. 2024), never to the weights.
-    Scores are softmax probabilities or, with cfg.score_fn = 'sigmoid',
-    per-expert sigmoids (DeepSeek-V3). With cfg.expert_groups > 1 a token
+    Scores are softmax probabilities or per-expert scores: cfg.score_fn =
+    'sigmoid' (DeepSeek-V3) or 'sqrtsoftplus', sqrt(softplus(logit))
+    (DeepSeek-V4, as MaxText's and the released inference code's
+    `scoring_func`). With cfg.expert_groups > 1 a token
     picks among the experts of its cfg.topk_groups best groups only
     (`limit_to_groups`). Weights are the chosen scores, renormalised over
-    the k when cfg.normalize_weights (always for sigmoid scores), times
+    the k when cfg.normalize_weights (always for per-expert scores), times
     cfg.routed_scaling. Places at an expert go to first choices before
     second ones, by position or, with cfg.batch_prioritized, by descending
     max probability. Aux losses: load balance over every chosen expert
@@ -80,8 +82,9 @@ def limit_to_groups(choice, num_groups: int, keep: int):
 
 def normalize(weight, cfg):
     """Combine weights [G, T, K]: renormalised to sum to 1 per token when
-    cfg.normalize_weights or with sigmoid scores, times cfg.routed_scaling."""
-    if cfg.normalize_weights or cfg.score_fn == "sigmoid":
+    cfg.normalize_weights or with per-expert (sigmoid, sqrtsoftplus) scores,
+    times cfg.routed_scaling."""
+    if cfg.normalize_weights or cfg.score_fn != "softmax":
         weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
     return weight * cfg.routed_scaling if cfg.routed_scaling != 1.0 else weight
 
