@@ -17,6 +17,7 @@ init checkpoint's workdir.
 """
 import os
 
+import moejax.tasks  # noqa: F401  (registers data.source='task', which this config names)
 from moejax.structured import config_dict, from_mapping, load_config_file
 from moejax.train.config import (
     CheckpointConfig,
