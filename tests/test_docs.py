@@ -265,3 +265,21 @@ def test_the_hf_comparison_is_the_committed_run():
             f"{flops['hf'] / 1e9:.1f}",
             f"moejax's step time is {train['ratio_per_flop']:.2f}x HF's"]:
         assert sentence in text, sentence
+
+
+def test_the_readme_leaderboard_figures_are_the_committed_ones():
+    """The README's leaderboard sentence quotes results/leaderboard/results.json."""
+    import json
+
+    from experiments.harness import stats
+
+    with open(os.path.join(ROOT, "results", "leaderboard", "results.json")) as f:
+        board = json.load(f)
+    pre = board["precondition"]
+    loss = {a: [r["eval_loss"] for r in v["seeds"]] for a, v in board["arms"].items()}
+    behind = stats.fmt_ci(stats.paired(loss["top_k"], loss["testbed_top2"]), sign=False)
+    text = " ".join(_read("README.md").split())
+    assert f"The reference beats dense by {-pre['diff'] / pre['se']:.1f} SE" in text
+    assert f"is {behind} behind it, level with dense" in text
+    assert stats.paired(loss["top_k"], loss["dense"])["ci95"][0] < 0 < \
+        stats.paired(loss["top_k"], loss["dense"])["ci95"][1]  # "level with dense"
