@@ -281,5 +281,5 @@ def test_the_readme_leaderboard_figures_are_the_committed_ones():
     text = " ".join(_read("README.md").split())
     assert f"The reference beats dense by {-pre['diff'] / pre['se']:.1f} SE" in text
     assert f"is {behind} behind it, level with dense" in text
-    assert stats.paired(loss["top_k"], loss["dense"])["ci95"][0] < 0 < \
-        stats.paired(loss["top_k"], loss["dense"])["ci95"][1]  # "level with dense"
+    lo, hi = stats.paired(loss["top_k"], loss["dense"])["ci95"]
+    assert lo < 0 < hi  # "level with dense"

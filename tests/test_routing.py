@@ -478,7 +478,7 @@ def test_a_new_router_is_one_kernel_and_one_registration():
     from moejax.routing.base import load_balance_loss, token_choice_inputs, token_choice_result
 
     def lowest_index_route(logits, *, mask, rng, cfg, train, bias=None, segment=None):
-        inputs = token_choice_inputs(logits, mask, cfg, train, segment)  # expert 0, weight 1
+        inputs = token_choice_inputs(logits, mask, cfg, train)  # expert 0, weight 1
         expert = jnp.zeros(logits.shape[:2] + (1,), jnp.int32)
         losses = {"load_balance_loss": load_balance_loss(inputs.probs, expert, inputs.mask)}
         ones = jnp.ones(expert.shape)

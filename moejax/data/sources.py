@@ -112,7 +112,7 @@ def held_out_documents(cfg, count: int):
     return source.held_out(cfg, count)
 
 
-def generated(texts: Callable[[int, int], Sequence[str]]) -> Callable:
+def generated(texts: Callable[..., Sequence[str]]) -> Callable:
     """make() of a generated corpus: texts(cfg, doc_seed, count) of one corpus
     (fixed by cfg.seed); the train split draws documents with cfg.seed, the
     held-out split with cfg.seed + EVAL_SEED_OFFSET."""

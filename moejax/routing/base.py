@@ -136,15 +136,13 @@ class TokenChoiceInputs:
     float32 [G, T, E], what experts are selected by and weighted with (the
     softmax itself, or the per-expert sigmoid / sqrt(softplus) scores);
     capacity: static int, places per expert and group for cfg.k experts per
-    token; balance_segment: static int, tokens per load-balance segment
-    (cfg.balance_scope)."""
+    token. (The load-balance segment is the kernel's own `segment`.)"""
 
     mask: Array
     logits: Array
     probs: Array
     scores: Array
     capacity: int = flax.struct.field(pytree_node=False)
-    balance_segment: int | None = flax.struct.field(pytree_node=False, default=None)
 
 
 SCORE_FNS = ("softmax", "sigmoid", "sqrtsoftplus")
@@ -167,12 +165,11 @@ def balance_segment(cfg, num_groups: int, group_size: int, sequence_length: int 
     return group_size
 
 
-def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool,
-                        segment: int | None = None) -> TokenChoiceInputs:
+def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool
+                        ) -> TokenChoiceInputs:
     """The shared prologue of token-choice routers: checks the inputs, casts
-    to float32, scores with cfg.score_fn, the capacity
-    C = ceil(cf * T * k / E) of the train or eval capacity factor, and the
-    load-balance segment (the kernel's `segment`; None: a group of T)."""
+    to float32, scores with cfg.score_fn, and the capacity
+    C = ceil(cf * T * k / E) of the train or eval capacity factor."""
     mask = check_logits(logits, mask, cfg.num_experts)
     logits = logits.astype(jnp.float32)
     t, e = logits.shape[1:]
@@ -185,8 +182,7 @@ def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool,
             jnp.maximum(jax.nn.softplus(logits), jnp.finfo(jnp.float32).tiny)))
         probs = scores / jnp.maximum(jnp.sum(scores, axis=-1, keepdims=True), 1e-9)
     return TokenChoiceInputs(mask, logits, probs, scores,
-                             compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train)),
-                             segment or t)
+                             compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train)))
 
 
 def assign_slots(expert: Array, request: Array, capacity: int, num_experts: int,

@@ -31,7 +31,7 @@ def gshard_top2_route(logits, *, mask, rng, cfg, train, bias=None, segment=None
     top-2 experts, as GShard's and flaxformer's do (before random routing),
     per `segment` tokens. `bias` is unused (the registry refuses one).
     """
-    inputs = token_choice_inputs(logits, mask, cfg, train, segment)
+    inputs = token_choice_inputs(logits, mask, cfg, train)
     gates, expert = jax.lax.top_k(inputs.probs, 2)
     if train:
         u = jax.random.uniform(require_rng(rng, cfg.name), gates.shape[:-1])
@@ -42,5 +42,5 @@ def gshard_top2_route(logits, *, mask, rng, cfg, train, bias=None, segment=None
     weight = jnp.where(request, gates, 0.0)
     weight = weight / jnp.sum(weight, axis=-1, keepdims=True)
     losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert,
-                            segment=inputs.balance_segment)
+                            segment=segment)
     return token_choice_result(inputs, expert, weight, request, losses, cfg)

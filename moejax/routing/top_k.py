@@ -37,11 +37,11 @@ def top_k_route(logits, *, mask, rng, cfg, train, bias=None, segment=None) -> Ro
     computed by `route`). `rng` is unused (Switch jitter acts on the
     router's inputs, in the scorer).
     """
-    inputs = token_choice_inputs(logits, mask, cfg, train, segment)
+    inputs = token_choice_inputs(logits, mask, cfg, train)
     expert = select_experts(inputs.scores, cfg, bias)
     weight = jnp.take_along_axis(inputs.scores, expert, axis=-1)
     losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert,
-                            segment=inputs.balance_segment)
+                            segment=segment)
     return token_choice_result(inputs, expert, normalize(weight, cfg),
                                jnp.ones(expert.shape, bool), losses, cfg)
 

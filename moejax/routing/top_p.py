@@ -35,13 +35,13 @@ def top_p_route(logits, *, mask, rng, cfg, train, bias=None, segment=None) -> Ro
     needed; the balance loss per `segment` tokens. `rng` and `bias` are
     unused.
     """
-    inputs = token_choice_inputs(logits, mask, cfg, train, segment)
+    inputs = token_choice_inputs(logits, mask, cfg, train)
     max_k = cfg.max_experts_per_token or cfg.num_experts
     sorted_p, expert = jax.lax.top_k(inputs.probs, max_k)
     before = jnp.cumsum(sorted_p, axis=-1) - sorted_p
     request = before < cfg.threshold
     weight = normalize(jnp.where(request, sorted_p, 0.0), cfg)
     losses = {**balance_losses(inputs.logits, inputs.probs, inputs.mask, expert, request,
-                               inputs.balance_segment),
+                               segment),
               "entropy_loss": masked_mean(entropy(inputs.probs), inputs.mask)}
     return token_choice_result(inputs, expert, weight, request, losses, cfg)

@@ -32,7 +32,7 @@ PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 UPCYCLE = flags.DEFINE_bool(
     "upcycle", None, "Start this MoE model from the dense init_checkpoint (sparse upcycling: "
     "experts copy the dense FFNs, routers start fresh); overrides config.upcycle.")
-_PRINTCONFIG = flags.DEFINE_bool(
+PRINT_CONFIG = flags.DEFINE_bool(
     "print_config", False, "Print every config field with its value (after the overrides), one "
     "per line as --config.FIELD=VALUE, and exit; needs no --workdir.")
 flags.mark_flags_as_required(["config"])
@@ -55,7 +55,7 @@ def run_job(argv, job: Callable[[TrainConfig, str], dict], **overrides) -> None:
     with cli.input_errors(ValueError, TypeError, OSError, explain=explain):
         cfg = from_mapping(TrainConfig, CONFIG.value)
         cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    if _PRINTCONFIG.value:
+    if PRINT_CONFIG.value:
         for field, value in flat_fields(to_mapping(cfg)):
             print(f"--config.{field}={value}")
         return
