@@ -17,7 +17,8 @@ def capacity(tokens, experts, k, factor):
 
 
 def claim_places(choices, mask, cap, priority=None):
-    """choices[g][t] = list of (expert, weight) in preference order.
+    """choices[g][t] = list of (expert, weight) in preference order (expert
+    None: a null expert, which keeps its rank but takes no place).
     Returns {(g, t, e): (slot, weight)} of the kept assignments: all first
     choices claim places before any second choice; tokens go in position
     order or by descending priority (stable)."""
@@ -32,6 +33,8 @@ def claim_places(choices, mask, cap, priority=None):
                 if not mask[g][t] or rank >= len(group[t]):
                     continue
                 e, w = group[t][rank]
+                if e is None:  # a null expert: chosen, but claims no place
+                    continue
                 if used.get(e, 0) < cap:
                     kept[(g, t, e)] = (used.get(e, 0), w)
                     used[e] = used.get(e, 0) + 1
@@ -245,3 +248,63 @@ def deepseek_choices(logits, k, score_fn="sigmoid", bias=None, groups=1, topk_gr
             rows.append(list(zip(idx, (w * scaling).tolist())))
         out.append(rows)
     return out
+
+
+def quantile_balanced_bias(scores, mask, bias, k, ema=0.0):
+    """Quantile balancing as the Kimi K3 report (sec. 2.3.3, app. D)
+    describes it and torchtitan PR #4577 implements it (with exact
+    quantiles instead of its 1000-bin histogram): every real token's
+    cutoff is its (k+1)-th largest biased score; expert e's bias is the
+    k/E quantile of (cutoff - score_e) over the real tokens, mean-centred,
+    then mixed with the old bias by `ema`."""
+    e_ = scores.shape[-1]
+    required = []
+    for g in range(scores.shape[0]):
+        for t in range(scores.shape[1]):
+            if mask[g][t]:
+                cutoff = sorted(scores[g, t] + bias, reverse=True)[k]
+                required.append(cutoff - scores[g, t])
+    solved = np.quantile(np.array(required), k / e_, axis=0)
+    solved = solved - solved.mean()
+    return ema * np.asarray(bias) + (1 - ema) * solved
+
+
+def null_expert_choices(probs, k, num_experts, normalize):
+    """MoE++ (Jin et al. 2024) with zero-computation experts: the top k of
+    all columns (real experts first, then the null ones), weights the
+    probabilities (normalised over the k when `normalize`); a null choice
+    is (None, weight): it keeps its rank and computes nothing."""
+    out = []
+    for group in probs:
+        rows = []
+        for p in group:
+            idx = np.argsort(-p, kind="stable")[:k]
+            w = p[idx] / (p[idx].sum() if normalize else 1.0)
+            rows.append([(int(e) if e < num_experts else None, float(x))
+                         for e, x in zip(idx, w)])
+        out.append(rows)
+    return out
+
+
+def relu_routing(logits, mask, k):
+    """ReMoE (Wang et al. 2024, eq. 4, and the L1 penalty of the authors'
+    Megatron fork, thu-ml/ReMoE: Megatron's Switch balance loss applied to
+    the ReLU gates, E / (T^2 k) * sum_e (sum_t R_te) * (#t with R_te > 0),
+    here per group over its real tokens, averaged over groups).
+    Returns (choices[g][t] = [(expert, gate), ...] by descending gate,
+    l1, active fraction of experts over real tokens)."""
+    gates = np.maximum(logits, 0.0)
+    e_ = logits.shape[-1]
+    choices, l1, active = [], 0.0, []
+    for g in range(logits.shape[0]):
+        rows = []
+        for t in range(logits.shape[1]):
+            order = np.argsort(-gates[g, t], kind="stable")
+            rows.append([(int(e), float(gates[g, t, e])) for e in order if gates[g, t, e] > 0])
+        choices.append(rows)
+        real = [t for t in range(logits.shape[1]) if mask[g][t]]
+        r = gates[g, real]
+        count = (r > 0).sum(0)
+        l1 += e_ / (len(real) ** 2 * k) * np.sum(r.sum(0) * count) / logits.shape[0]
+        active += [float((r[i] > 0).mean()) for i in range(len(real))]
+    return choices, l1, float(np.mean(active))

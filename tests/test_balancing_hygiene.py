@@ -1,12 +1,14 @@
 """Balancing statistics that users of other frameworks found wrong (padding
 counted, evaluation moving the bias, a sequence loss that depends on the
 batch size, a bias that drifts): each checked for moejax's balance loss
-(every scope) and auxiliary-loss-free bias."""
+(every scope), auxiliary-loss-free bias, quantile balancing and the ReLU
+router's adaptive L1 coefficient."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as ref
 
 from moejax import routing
 from moejax.layers import MOE_COLLECTION, ROUTER_STATE, MoeLayer
@@ -115,3 +117,53 @@ def test_a_common_shift_of_the_bias_changes_no_choice(score_fn, groups):
     for field in ("token", "expert", "slot", "valid"):
         np.testing.assert_array_equal(getattr(runs[0], field), getattr(runs[1], field))
     np.testing.assert_allclose(runs[0].weight, runs[1].weight, rtol=1e-6)
+
+
+def _stateful_layer(**router):
+    cfg = RouterConfig(num_experts=E, capacity_factor=None, eval_capacity_factor=None, **router)
+    return MoeLayer(cfg, d_ff=8, activations=("relu",), group_size=2 * L)
+
+
+@pytest.mark.parametrize("router", [
+    dict(name="top_k", k=2, score_fn="sigmoid", quantile_balancing=True),
+    dict(name="top_k", k=2, score_fn="sigmoid", quantile_balancing=True,
+         quantile_balancing_ema=0.5),
+    dict(name="relu", k=2)], ids=["quantile", "quantile_ema", "relu_l1"])
+def test_padding_and_evaluation_never_move_router_state(router):
+    """Quantile balancing's solved bias and the ReLU router's L1 coefficient
+    (and the penalty it weighs) depend on the real tokens only, and
+    evaluation leaves the state where it is. The quantile bias equals the
+    numpy reference on the real tokens' scores and is mean-centred."""
+    layer = _stateful_layer(**router)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 2 * L, 16)) + 0.5
+    mask = jnp.asarray(np.arange(2 * L) < 3 * L // 2)[None].repeat(2, 0)
+    variables = nn.unbox(layer.init(jax.random.PRNGKey(1), x, mask=mask))
+    variables.pop(MOE_COLLECTION)
+    start = variables[ROUTER_STATE]
+    if "relu" not in router["name"]:  # route the batch with a bias already off zero
+        variables[ROUTER_STATE] = start = {"selection_bias": jnp.linspace(-0.1, 0.1, E)}
+
+    def step(inputs, train=True):
+        _, state = layer.apply(variables, inputs, mask=mask, deterministic=not train,
+                               mutable=[MOE_COLLECTION, ROUTER_STATE])
+        return state[ROUTER_STATE], state[MOE_COLLECTION]
+
+    state, moe = step(x)
+    other = jnp.where(mask[..., None], x, 100.0 * jax.random.normal(jax.random.PRNGKey(2),
+                                                                      x.shape))
+    state2, moe2 = step(other)
+    for name in state:
+        np.testing.assert_array_equal(state2[name], state[name], err_msg=name)
+        assert np.any(np.asarray(state[name]) != np.asarray(start[name])), name
+    np.testing.assert_allclose(moe2["aux_loss"][0], moe["aux_loss"][0], rtol=1e-6)
+    frozen, _ = step(x, train=False)
+    for name in start:
+        np.testing.assert_array_equal(frozen[name], start[name], err_msg=name)
+    if "selection_bias" in state:
+        logits = np.asarray(x @ variables["params"]["router_kernel"]).reshape(-1, 2 * L, E)
+        scores = 1 / (1 + np.exp(-logits))
+        ema = router.get("quantile_balancing_ema", 0.0)
+        want = ref.quantile_balanced_bias(scores, np.asarray(mask).reshape(-1, 2 * L),
+                                          np.asarray(start["selection_bias"]), 2, ema)
+        np.testing.assert_allclose(state["selection_bias"], want, rtol=1e-5, atol=1e-6)
+        assert float(np.sum(state["selection_bias"])) == pytest.approx(0.0, abs=1e-5)

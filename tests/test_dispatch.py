@@ -50,7 +50,11 @@ def output_and_grads(layer, variables, x, ids, train):
                          [(n, 4.0 if n == "expert_choice" else None, {}) for n in sorted(ROUTERS)]
                          + [(n, 1.0, {}) for n in ("top_k", "gshard_top2", "top_p",
                                                    "expert_choice")]
-                         + [("top_k", 1.0, dict(k=2, score_fn="sqrtsoftplus"))])
+                         + [("top_k", 1.0, dict(k=2, score_fn="sqrtsoftplus")),
+                            ("top_k", 1.0, dict(k=2, num_null_experts=3)),
+                            ("top_k", None, dict(k=2, score_fn="sigmoid",
+                                                 quantile_balancing=True)),
+                            ("relu", 1.0, {})])
 def test_all_modes_same_output_and_gradients(name, cf, kw):
     results = {}
     for mode, matmul in MODES + [MEGABLOX] * (name in MEGABLOX_ROUTERS and not kw):

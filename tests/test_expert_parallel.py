@@ -10,41 +10,57 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from moejax.dispatch import expert_parallel_ffn
-from moejax.layers import MOE_COLLECTION, MoeLayer
+from moejax.layers import MOE_COLLECTION, ROUTER_STATE, MoeLayer
 from moejax.layers.moe import expert_dropout
 from moejax.routing import RouterConfig
 
 
-def run(layer, params, x, mask):
+def run(layer, params, x, mask, state=None):
+    """(output, gradients, router_state after the training step)."""
+    state = state or {}
+
     def loss(params, x):
-        y, _ = layer.apply({"params": params}, x, mask=mask, deterministic=False,
-                           rngs={"router": jax.random.PRNGKey(9)}, mutable=[MOE_COLLECTION])
-        return jnp.sum(jnp.sin(y)), y
-    (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
-    return y, grads
+        y, new = layer.apply({"params": params, **state}, x, mask=mask, deterministic=False,
+                             rngs={"router": jax.random.PRNGKey(9)},
+                             mutable=[MOE_COLLECTION, ROUTER_STATE])
+        return jnp.sum(jnp.sin(y)), (y, new.get(ROUTER_STATE, {}))
+    (_, (y, new)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+        params, x)
+    return y, grads, new
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 8), (2, 4), (4, 2)])
-@pytest.mark.parametrize("name,mode", [("top_k", "auto"), ("gshard_top2", "einsum"),
-                                       ("expert_choice", "scatter")])
-def test_sharded_layer_equals_single_device(mesh_shape, name, mode):
+@pytest.mark.parametrize("name,mode,kw", [
+    ("top_k", "auto", {}), ("gshard_top2", "einsum", {}), ("expert_choice", "scatter", {}),
+    # The 2026 routing rules: null experts, quantile balancing (its bias solved
+    # from the global batch), ReLU routing (its L1 coefficient steered by it).
+    ("top_k", "auto", dict(k=2, num_null_experts=3)),
+    ("top_k", "einsum", dict(k=2, score_fn="sigmoid", quantile_balancing=True)),
+    ("relu", "scatter", {})])
+def test_sharded_layer_equals_single_device(mesh_shape, name, mode, kw):
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape), ("data", "expert"))
-    cfg = RouterConfig(name=name, num_experts=8, capacity_factor=1.0)
+    cfg = RouterConfig(name=name, num_experts=8, capacity_factor=1.0, **kw)
     x = jax.random.normal(jax.random.PRNGKey(0), (16, 8, 12))
     mask = jnp.arange(8)[None, :] < jnp.arange(16)[:, None] % 8 + 1  # varied padding
     single = MoeLayer(cfg, d_ff=20, dispatch=mode)
-    params = nn.unbox(single.init(jax.random.PRNGKey(1), x))["params"]
-    y0, g0 = run(single, params, x, mask)
+    variables = nn.unbox(single.init(jax.random.PRNGKey(1), x))
+    params, state = variables["params"], {k: v for k, v in variables.items()
+                                          if k == ROUTER_STATE}
+    y0, g0, s0 = run(single, params, x, mask, state)
     sharded = MoeLayer(cfg, d_ff=20, dispatch=mode, mesh=mesh, expert_axis="expert")
     xs = jax.device_put(x, NamedSharding(mesh, P(("data", "expert"))))
     ps = {k: jax.device_put(v, NamedSharding(mesh, P("expert") if v.ndim == 3 else P()))
           for k, v in params.items()}
-    y1, g1 = run(sharded, ps, xs, mask)
+    y1, g1, s1 = run(sharded, ps, xs, mask, state)
     assert len(y1.sharding.device_set) == 8
     np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert bool(state) == bool(s0)  # stateful routers moved their state, equally
+    for a, b, before in zip(jax.tree.leaves(s1), jax.tree.leaves(s0), jax.tree.leaves(state)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert np.any(np.asarray(a) != np.asarray(before))
 
 
 def test_all_to_all_is_in_the_compiled_program():

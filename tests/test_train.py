@@ -94,7 +94,13 @@ BIAS = ("--config.model.decoder_moe.router.score_fn=sigmoid",
         "--config.model.decoder_moe.router.bias_update_rate=0.01")
 
 
-@pytest.mark.parametrize("extra", [(), BIAS], ids=["plain", "selection_bias"])
+QUANTILE = ("--config.model.decoder_moe.router.score_fn=sigmoid",
+            "--config.model.decoder_moe.router.quantile_balancing=True",
+            "--config.model.decoder_moe.router.quantile_balancing_ema=0.5")
+
+
+@pytest.mark.parametrize("extra", [(), BIAS, QUANTILE],
+                         ids=["plain", "selection_bias", "quantile_balancing"])
 def test_resume_after_kill_9_is_exact(tmp_path, extra):
     """Params (and a selection bias, which is checkpointed state) after a
     kill -9 and resume equal those of an uninterrupted run, bit for bit."""

@@ -16,7 +16,8 @@ from moejax.ffn import check_activations, input_kernel_names
 from moejax.layers.ffn import MlpBlock
 from moejax.layers.names import EXPERT_AXIS, MOE_COLLECTION, ROUTER_STATE
 from moejax.layers.scorers import get_scorer
-from moejax.routing import RouterConfig, RoutingResult, route, update_selection_bias
+from moejax.routing import RouterConfig, RoutingResult, route
+from moejax.routing import state as router_state
 
 expert_kernel_init = nn.initializers.variance_scaling(
     1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,))
@@ -50,10 +51,11 @@ class MoeLayer(nn.Module):
     so capacity and expert choice act per group. `mask` [batch, length]
     marks real tokens (padding is never routed); `token_ids` [batch,
     length] are needed by the hash router.
-    Sows `aux_loss` and `metrics` into the 'moe' collection. With
-    router.bias_update_rate > 0 it keeps its selection bias [E] in the
-    'router_state' collection and, in training when that collection is
-    mutable, moves it by `update_selection_bias` after routing.
+    Sows `aux_loss` and `metrics` into the 'moe' collection. A router with
+    state (a selection bias: bias_update_rate or quantile_balancing; the
+    relu router's L1 coefficient; see moejax.routing.state) keeps it in
+    the 'router_state' collection and, in training when that collection is
+    mutable, moves it by `moejax.routing.state.update_state` after routing.
     Needs a 'router' rng in training for routers that sample or jitter, and
     a 'dropout' rng when `dropout_rate` > 0 (dropout on the experts' hidden
     activations in training: Switch's "expert dropout").
@@ -121,19 +123,20 @@ class MoeLayer(nn.Module):
         train = not deterministic
         rng = self.make_rng("router") if train and self.has_rng("router") else None
         jitter_rng, route_rng = jax.random.split(rng) if rng is not None else (None, None)
-        bias = None
-        if self.router.bias_update_rate > 0:
-            bias = self.variable(ROUTER_STATE, "selection_bias", jnp.zeros,
-                                 (self.router.num_experts,), jnp.float32)
+        kept = {name: self.variable(ROUTER_STATE, name, jnp.full, shape, value, jnp.float32)
+                for name, (shape, value) in router_state.state_shapes(self.router).items()}
+        state = {name: v.value for name, v in kept.items()}
         with jax.named_scope("route"):
             logits = self.router_logits(xg, ids, jitter_rng, train)
             result: RoutingResult = route(self.router, logits, mask=maskg, rng=route_rng,
-                                          train=train, bias=None if bias is None else bias.value,
+                                          train=train, bias=router_state.selection_bias(state),
                                           sequence_length=l)
-        if (bias is not None and train and self.is_mutable_collection(ROUTER_STATE)
+            aux_loss = result.aux_loss + router_state.state_loss(state, result)
+        if (kept and train and self.is_mutable_collection(ROUTER_STATE)
                 and not self.is_initializing()):
-            bias.value = update_selection_bias(bias.value, result.metrics["expert_load"],
-                                               self.router.bias_update_rate)
+            for name, value in router_state.update_state(state, self.router, logits, maskg,
+                                                         result).items():
+                kept[name].value = value
         hidden_dropout = None
         if train and self.dropout_rate > 0:
             hidden_dropout = functools.partial(expert_dropout, self.make_rng("dropout"),
@@ -148,6 +151,6 @@ class MoeLayer(nn.Module):
                 width = self.num_shared_experts * (self.shared_d_ff or self.d_ff)
                 y = y + MlpBlock(width, activations, dtype=self.dtype, param_dtype=self.param_dtype,
                                  name="shared_experts")(x)
-        self.sow(MOE_COLLECTION, "aux_loss", result.aux_loss)
+        self.sow(MOE_COLLECTION, "aux_loss", aux_loss)
         self.sow(MOE_COLLECTION, "metrics", result.metrics)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))

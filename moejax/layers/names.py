@@ -7,7 +7,8 @@ on its own."""
 # Collection the MoE layer sows its aux loss and routing metrics into.
 MOE_COLLECTION = "moe"
 # Collection of routing state that is not a parameter: the selection bias of
-# auxiliary-loss-free balancing (RouterConfig.bias_update_rate).
+# auxiliary-loss-free or quantile balancing, the relu router's L1 coefficient
+# (moejax.routing.state).
 ROUTER_STATE = "router_state"
 
 # The logical axis of routed experts: expert kernels are [E, ...] along it,

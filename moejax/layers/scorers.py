@@ -19,13 +19,13 @@ from moejax.routing.scores import cosine_logits, hash_logits, linear_logits
 
 
 def linear(layer, x, token_ids, rng, train):
-    """x @ W_r [d, E] (Switch jitter on x in training); W_r's expert axis is
-    FIXED_ROUTER_AXIS when the router is not trainable."""
+    """x @ W_r [d, E + null experts] (Switch jitter on x in training); W_r's
+    expert axis is FIXED_ROUTER_AXIS when the router is not trainable."""
     del token_ids
     cfg = layer.router
     axes = ("embed", "router_experts" if cfg.spec.trainable else FIXED_ROUTER_AXIS)
     kernel = layer.param("router_kernel", nn.with_logical_partitioning(layer.router_init, axes),
-                         (x.shape[-1], cfg.num_experts), jnp.float32)
+                         (x.shape[-1], cfg.num_choices), jnp.float32)
     return linear_logits(x, kernel, jitter_eps=cfg.jitter_eps, rng=rng, train=train)
 
 
@@ -36,7 +36,7 @@ def cosine(layer, x, token_ids, rng, train):
     routing starts near uniform; log tau is learned."""
     del token_ids, rng, train
     cfg = layer.router
-    d, r, e = x.shape[-1], cfg.xmoe_dim, cfg.num_experts
+    d, r, e = x.shape[-1], cfg.xmoe_dim, cfg.num_choices
     proj = layer.param("router_projection", nn.with_logical_partitioning(
         layer.router_init, ("embed", "router_proj")), (d, r), jnp.float32)
     emb = layer.param("router_expert_embeddings", nn.with_logical_partitioning(

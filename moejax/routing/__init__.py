@@ -9,13 +9,14 @@ by writing one kernel with that signature and registering it:
 after which `RouterConfig(name="my_router")` and `--config.model.router.name`
 accept it.
 """
-from moejax.routing import expert_choice, moesart, top_k, top_p
+from moejax.routing import expert_choice, moesart, relu, state, top_k, top_p
 from moejax.routing.base import RoutingResult, compute_capacity
 from moejax.routing.config import RouterConfig
 from moejax.routing.expert_choice import expert_choice_route
 from moejax.routing.gshard import gshard_top2_route
 from moejax.routing.moesart import moesart_route
 from moejax.routing.registry import ROUTERS, RouterSpec, get_router, register_router, route
+from moejax.routing.relu import relu_route
 from moejax.routing.top_k import top_k_route, update_selection_bias, vmoe_route
 from moejax.routing.top_p import top_p_route
 
@@ -35,10 +36,12 @@ register_router("top_p", top_p_route, default_k=2, validate=top_p.validate, **sc
 register_router("frozen", top_k_route, trainable=False, default_k=1, score_options=True,
                 **scoped)
 register_router("hash", top_k_route, scorer="hash", default_k=1, fixed_k=True, **scoped)
+# k: the experts per token the L1 coefficient steers toward (on average).
+register_router("relu", relu_route, default_k=2, validate=relu.validate)
 
 __all__ = [
     "ROUTERS", "RouterConfig", "RouterSpec", "RoutingResult", "compute_capacity",
     "expert_choice_route", "get_router", "gshard_top2_route", "moesart_route",
-    "register_router", "route", "top_k_route", "top_p_route", "update_selection_bias",
-    "vmoe_route",
+    "register_router", "relu_route", "route", "state", "top_k_route", "top_p_route",
+    "update_selection_bias", "vmoe_route",
 ]

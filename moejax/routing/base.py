@@ -170,19 +170,26 @@ def token_choice_inputs(logits: Array, mask: Array | None, cfg, train: bool
     """The shared prologue of token-choice routers: checks the inputs, casts
     to float32, scores with cfg.score_fn, and the capacity
     C = ceil(cf * T * k / E) of the train or eval capacity factor."""
-    mask = check_logits(logits, mask, cfg.num_experts)
+    mask = check_logits(logits, mask, cfg.num_choices)
     logits = logits.astype(jnp.float32)
-    t, e = logits.shape[1:]
-    if cfg.score_fn == "softmax":
-        scores = probs = jax.nn.softmax(logits, axis=-1)
-    else:  # per-expert scores: DeepSeek-V3's sigmoid, DeepSeek-V4's sqrt(softplus)
-        # softplus underflows to 0 for very negative logits, where sqrt's
-        # gradient is infinite: the floor keeps the router's gradient finite.
-        scores = (jax.nn.sigmoid(logits) if cfg.score_fn == "sigmoid" else jnp.sqrt(
-            jnp.maximum(jax.nn.softplus(logits), jnp.finfo(jnp.float32).tiny)))
-        probs = scores / jnp.maximum(jnp.sum(scores, axis=-1, keepdims=True), 1e-9)
-    return TokenChoiceInputs(mask, logits, probs, scores,
-                             compute_capacity(t, e, cfg.k, cfg.capacity_factor_for(train)))
+    scores, probs = score(logits, cfg.score_fn)
+    return TokenChoiceInputs(mask, logits, probs, scores, compute_capacity(
+        logits.shape[1], cfg.num_experts, cfg.k, cfg.capacity_factor_for(train)))
+
+
+def score(logits: Array, score_fn: str) -> tuple[Array, Array]:
+    """(scores, probs), both float32 [..., E], of float32 logits [..., E]:
+    the softmax over experts (scores = probs), or per-expert scores
+    (DeepSeek-V3's sigmoid, DeepSeek-V4's sqrt(softplus)) with probs their
+    normalisation to sum 1."""
+    if score_fn == "softmax":
+        probs = jax.nn.softmax(logits, axis=-1)
+        return probs, probs
+    # softplus underflows to 0 for very negative logits, where sqrt's
+    # gradient is infinite: the floor keeps the router's gradient finite.
+    scores = (jax.nn.sigmoid(logits) if score_fn == "sigmoid" else jnp.sqrt(
+        jnp.maximum(jax.nn.softplus(logits), jnp.finfo(jnp.float32).tiny)))
+    return scores, scores / jnp.maximum(jnp.sum(scores, axis=-1, keepdims=True), 1e-9)
 
 
 def assign_slots(expert: Array, request: Array, capacity: int, num_experts: int,
@@ -221,9 +228,13 @@ def experts_per_token(token: Array, valid: Array, num_tokens: int) -> Array:
 
 
 def routing_metrics(probs: Array, mask: Array, token: Array, expert: Array,
-                    valid: Array, losses: dict[str, Array]) -> dict[str, Array]:
-    """Statistics every router reports (see RoutingResult.metrics)."""
-    g, t, e = probs.shape
+                    valid: Array, losses: dict[str, Array], num_experts: int | None = None
+                    ) -> dict[str, Array]:
+    """Statistics every router reports (see RoutingResult.metrics) over
+    `num_experts` real experts (None: probs' last axis; fewer with null
+    experts, whose choices are never valid)."""
+    g, t = probs.shape[:2]
+    e = num_experts or probs.shape[-1]
     per_token = experts_per_token(token, valid, t)
     load = jnp.zeros((e,), jnp.float32).at[expert.reshape(-1)].add(
         valid.reshape(-1).astype(jnp.float32))
@@ -248,22 +259,29 @@ def routing_metrics(probs: Array, mask: Array, token: Array, expert: Array,
 
 def token_choice_result(inputs: TokenChoiceInputs, expert: Array, weight: Array,
                         request: Array, losses: dict[str, Array], cfg,
-                        prioritized: bool | None = None) -> RoutingResult:
+                        prioritized: bool | None = None,
+                        extra_metrics: dict[str, Array] | None = None) -> RoutingResult:
     """Builds the RoutingResult of a token-choice router.
 
     inputs: the router's `token_choice_inputs`; expert, weight, request
     [G, T, K] (each token's K choices, their combine weights and which of
-    them are wanted); losses: the unweighted aux losses, weighted by
+    them are wanted; a choice of a null expert, index >= cfg.num_experts,
+    must not request); losses: the unweighted aux losses, weighted by
     cfg.loss_weights(). Padding tokens never request. Places are given by
     `assign_slots`, in order of each token's max probability when
     `prioritized` (None: cfg.batch_prioritized; V-MoE), else by position.
+    extra_metrics: the router's own statistics, added to the metrics.
     """
     probs, mask, capacity = inputs.probs, inputs.mask, inputs.capacity
+    e = cfg.num_experts
     g, t, k = expert.shape
     request = request & mask[..., None]
+    # Null experts' choices never request a place: index 0 keeps every
+    # dispatch mode's gathers in range.
+    expert = jnp.where(expert < e, expert, 0)
     prioritized = cfg.batch_prioritized if prioritized is None else prioritized
     priority = jnp.max(probs, axis=-1) if prioritized else None
-    slot, kept = assign_slots(expert, request, capacity, probs.shape[-1], priority)
+    slot, kept = assign_slots(expert, request, capacity, e, priority)
     flat = lambda a: a.reshape(g, t * k)
     token = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :, None], (g, t, k))
     weight = jnp.where(kept, weight, 0.0).astype(jnp.float32)
@@ -271,8 +289,9 @@ def token_choice_result(inputs: TokenChoiceInputs, expert: Array, weight: Array,
         token=flat(token), expert=flat(expert).astype(jnp.int32),
         slot=flat(jnp.where(kept, slot, 0)), weight=flat(weight), valid=flat(kept),
         aux_loss=weighted_sum(losses, cfg.loss_weights()),
-        metrics=routing_metrics(probs, mask, flat(token), flat(expert), flat(kept), losses),
-        num_experts=probs.shape[-1], capacity=capacity)
+        metrics={**routing_metrics(probs, mask, flat(token), flat(expert), flat(kept), losses, e),
+                 **(extra_metrics or {})},
+        num_experts=e, capacity=capacity)
 
 
 def weighted_sum(losses: dict[str, Array], weights: dict[str, float]) -> Array:
@@ -282,12 +301,14 @@ def weighted_sum(losses: dict[str, Array], weights: dict[str, float]) -> Array:
 
 
 def check_logits(logits: Array, mask: Array | None, num_experts: int) -> Array:
-    """Validates router inputs; returns the token mask (all true when None)."""
+    """Validates router inputs (`num_experts`: the columns the router
+    scores, RouterConfig.num_choices); returns the token mask (all true
+    when None)."""
     if logits.ndim != 3:
         raise ValueError(f"logits must be [groups, tokens, experts], got shape {logits.shape}")
     if logits.shape[-1] != num_experts:
-        raise ValueError(f"logits have {logits.shape[-1]} experts on the last axis but "
-                         f"num_experts={num_experts}")
+        raise ValueError(f"logits have {logits.shape[-1]} experts on the last axis but the "
+                         f"router scores {num_experts} (num_experts + num_null_experts)")
     if mask is None:
         return jnp.ones(logits.shape[:2], bool)
     if mask.shape != logits.shape[:2]:

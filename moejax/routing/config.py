@@ -51,9 +51,32 @@ class RouterConfig:
       selection only, moves by bias_update_rate * sign(mean load - load_e)
       after every training step (MoeLayer keeps it in the 'router_state'
       collection, outside the optimizer's reach; evaluation uses it frozen).
-    score_fn, routed_scaling, expert groups and bias_update_rate are read by
-    the routers registered with `score_options=True` (top_k, switch, frozen,
-    xmoe).
+    quantile_balancing / quantile_balancing_ema: quantile balancing (Kimi
+      K3 report, sec. 2.3.3 and app. D; Megatron-Core's and torchtitan's
+      `quantile_balancing`), the alternative to bias_update_rate: after
+      every training step the selection bias is solved rather than nudged.
+      Each real token's cutoff is its (k+1)-th best score + bias; expert
+      e's new bias is the k/E quantile over the batch's tokens of
+      (cutoff - score_e), so that k/E of them would pick e, mean-centred,
+      and mixed as ema * old + (1 - ema) * solved (ema 0: no memory).
+      Needs k < num_experts and expert_groups = 1.
+    num_null_experts: zero-computation experts among the routed ones
+      (MoE++, Jin et al. 2024; LongCat-Flash): the router scores
+      num_experts + num_null_experts columns and takes its k best; a choice
+      of a null expert computes nothing and adds nothing (its combine
+      weight is spent on a zero output), so a token uses 0..k real experts
+      (metric `null_expert_share`: the fraction of choices that were null;
+      `experts_per_token` counts real experts). The load-balance loss
+      counts null experts like real ones. At most num_experts; not with a
+      selection bias or expert groups.
+    score_fn, routed_scaling, expert groups, bias_update_rate,
+    quantile_balancing and num_null_experts are read by the routers
+    registered with `score_options=True` (top_k, switch, frozen, xmoe).
+    relu_active_fraction / relu_l1_init / relu_l1_growth: the `relu` router
+      (ReMoE, Wang et al. 2024): the target fraction of experts active per
+      token (1 - ReMoE's target sparsity; None: k / num_experts), the L1
+      coefficient's starting value and its factor per step (see
+      moejax/routing/relu.py).
     balance_scope: what the load-balance loss balances: each routing
       'group' (flaxformer, T5X), each 'sequence' (DeepSeek-V3's
       sequence-wise loss) or the whole 'batch' (Megatron-Core / Qwen's
@@ -89,7 +112,13 @@ class RouterConfig:
     expert_groups: int = 1
     topk_groups: int | None = None
     bias_update_rate: float = 0.0
+    quantile_balancing: bool = False
+    quantile_balancing_ema: float = 0.0
+    num_null_experts: int = 0
     balance_scope: str = "group"
+    relu_active_fraction: float | None = None
+    relu_l1_init: float = 1e-8
+    relu_l1_growth: float = 1.2
 
     def __post_init__(self):
         spec = get_router(self.name)
@@ -107,6 +136,9 @@ class RouterConfig:
             raise ValueError(f"k={k} exceeds the {reachable} experts that topk_groups="
                              f"{self.kept_groups} of expert_groups={self.expert_groups} hold")
         object.__setattr__(self, "k", k)
+        if self.quantile_balancing and k >= self.num_experts:
+            raise ValueError(f"quantile_balancing needs k < num_experts={self.num_experts} (its "
+                             f"cutoff is each token's (k+1)-th best score), got k={k}")
         for field in ("capacity_factor", "eval_capacity_factor"):
             value = getattr(self, field)
             if value is not None and not value > 0:
@@ -140,6 +172,23 @@ class RouterConfig:
         if self.bias_update_rate < 0:
             raise ValueError(f"bias_update_rate must be >= 0 (0 = off), got "
                              f"{self.bias_update_rate}")
+        if not 0 <= self.quantile_balancing_ema < 1:
+            raise ValueError(f"quantile_balancing_ema must be in [0, 1), got "
+                             f"{self.quantile_balancing_ema}")
+        if self.quantile_balancing and self.bias_update_rate > 0:
+            raise ValueError("quantile_balancing and bias_update_rate both set the selection "
+                             f"bias: use one (bias_update_rate={self.bias_update_rate})")
+        nulls = self.num_null_experts
+        if not 0 <= nulls <= self.num_experts:
+            raise ValueError(f"num_null_experts must be in [0, num_experts={self.num_experts}], "
+                             f"got {nulls}")
+        if nulls and (self.has_selection_bias or self.expert_groups > 1):
+            raise ValueError(f"num_null_experts={nulls} works without a selection bias and "
+                             "expert groups (bias_update_rate=0, quantile_balancing=False, "
+                             "expert_groups=1)")
+        if self.quantile_balancing and self.expert_groups > 1:
+            raise ValueError(f"quantile_balancing needs expert_groups=1, got "
+                             f"{self.expert_groups}")
         if not self.routed_scaling > 0:
             raise ValueError(f"routed_scaling must be > 0, got {self.routed_scaling}")
         groups = self.expert_groups
@@ -151,12 +200,24 @@ class RouterConfig:
             raise ValueError(f"topk_groups must be in [1, expert_groups={groups}], got {top}")
         used = [f"{name}={getattr(self, name)!r}" for name, default in
                 (("score_fn", "softmax"), ("routed_scaling", 1.0), ("expert_groups", 1),
-                 ("bias_update_rate", 0.0))
+                 ("bias_update_rate", 0.0), ("quantile_balancing", False),
+                 ("num_null_experts", 0))
                 if getattr(self, name) != default]
         if used and not spec.score_options:
             takers = ", ".join(sorted(n for n, r in ROUTERS.items() if r.score_options))
             raise ValueError(f"router {self.name!r} does not read {', '.join(used)}; "
                              f"routers that do: {takers}")
+
+    @property
+    def num_choices(self) -> int:
+        """Columns the router scores: the real experts and the null ones."""
+        return self.num_experts + self.num_null_experts
+
+    @property
+    def has_selection_bias(self) -> bool:
+        """The router selects with a per-expert bias kept as state
+        (bias_update_rate > 0 or quantile_balancing)."""
+        return self.bias_update_rate > 0 or self.quantile_balancing
 
     @property
     def kept_groups(self) -> int:

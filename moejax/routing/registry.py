@@ -100,7 +100,7 @@ def route(cfg, logits, *, mask=None, rng=None, train: bool = False,
     segment of cfg.balance_scope (`balance_segment`)."""
     if bias is not None and not cfg.spec.score_options:
         raise ValueError(f"router {cfg.name!r} takes no selection bias")
-    check_logits(logits, mask, cfg.num_experts)
+    check_logits(logits, mask, cfg.num_choices)
     g, t = logits.shape[:2]
     return cfg.spec.kernel(logits, mask=mask, rng=rng, cfg=cfg, train=train, bias=bias,
                            segment=balance_segment(cfg, g, t, sequence_length))

@@ -36,14 +36,23 @@ def top_k_route(logits, *, mask, rng, cfg, train, bias=None, segment=None) -> Ro
     router z-loss; the balance loss per `segment` tokens (cfg.balance_scope,
     computed by `route`). `rng` is unused (Switch jitter acts on the
     router's inputs, in the scorer).
+    With cfg.num_null_experts = N > 0 (MoE++) logits are [G, T, E + N]:
+    the k best of all E + N columns are chosen and weighted as above, and
+    a choice of column >= E (a null expert) asks for no expert, so its
+    weight multiplies a zero output; metric `null_expert_share`.
     """
     inputs = token_choice_inputs(logits, mask, cfg, train)
     expert = select_experts(inputs.scores, cfg, bias)
     weight = jnp.take_along_axis(inputs.scores, expert, axis=-1)
     losses = balance_losses(inputs.logits, inputs.probs, inputs.mask, expert,
                             segment=segment)
-    return token_choice_result(inputs, expert, normalize(weight, cfg),
-                               jnp.ones(expert.shape, bool), losses, cfg)
+    real = expert < cfg.num_experts
+    extra = None
+    if cfg.num_null_experts:
+        extra = {"null_expert_share": masked_mean(
+            1.0 - jnp.mean(real.astype(jnp.float32), axis=-1), inputs.mask)}
+    return token_choice_result(inputs, expert, normalize(weight, cfg), real, losses, cfg,
+                               extra_metrics=extra)
 
 
 def select_experts(scores, cfg, bias=None):
@@ -64,6 +73,38 @@ def update_selection_bias(bias, expert_load, rate: float):
     with a capacity limit, after drops)."""
     load = jax.lax.stop_gradient(expert_load)
     return bias + rate * jnp.sign(jnp.mean(load) - load)
+
+
+def quantile_balanced_bias(scores, mask, bias, k: int, ema: float = 0.0):
+    """Quantile balancing (Kimi K3 report, sec. 2.3.3 and app. D): the
+    selection bias [E] that would have given every expert k/E of the
+    batch's real tokens, solved from this batch rather than nudged.
+
+    scores: float32 [G, T, E] the selection scores (no bias); mask: bool
+    [G, T]; bias: [E] the bias the batch was routed with. A token's cutoff
+    c_t is its (k+1)-th best score + bias (the best score not chosen);
+    expert e is chosen by the tokens whose c_t - s_te < b_e, so b_e = the
+    k/E quantile over real tokens of c_t - s_te (linear interpolation, as
+    np.quantile) gives it k/E of them. The solved bias is mean-centred (a
+    common shift changes no choice, and the cutoffs move with it, so
+    without centring it could drift) and returned as ema * bias + (1 -
+    ema) * solved. Every token of the call counts: under jit the arrays
+    span the global batch. With no real token the bias is unchanged.
+    """
+    e = scores.shape[-1]
+    scores = jax.lax.stop_gradient(scores).reshape(-1, e)
+    mask = mask.reshape(-1)
+    cutoff = jax.lax.top_k(scores + bias, k + 1)[0][:, -1]
+    required = jnp.where(mask[:, None], cutoff[:, None] - scores, jnp.inf)
+    ordered = jnp.sort(required, axis=0)  # real tokens first
+    n = jnp.sum(mask)
+    position = (k / e) * (jnp.maximum(n, 1) - 1).astype(jnp.float32)
+    low = jnp.floor(position).astype(jnp.int32)
+    high = jnp.minimum(low + 1, jnp.maximum(n, 1) - 1)
+    frac = position - low
+    solved = ordered[low] * (1.0 - frac) + ordered[high] * frac
+    solved = solved - jnp.mean(solved)
+    return jnp.where(n > 0, ema * bias + (1.0 - ema) * solved, bias)
 
 
 def limit_to_groups(choice, num_groups: int, keep: int):

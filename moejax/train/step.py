@@ -1,7 +1,7 @@
 """The jitted train and eval steps: pure functions of (state, batch).
 
 state = {'step', 'params', 'opt_state'}, plus 'router_state' when a router
-keeps a selection bias (RouterConfig.bias_update_rate): updated by the
+keeps state (moejax.routing.state: a selection bias, an L1 coefficient): updated by the
 forward pass, never by the optimizer, saved with the rest. Randomness
 (dropout, router noise) is folded from (seed, step), so a resumed run draws
 the same numbers.
