@@ -7,8 +7,9 @@ from moejax.layers.names import (
                                  MOE_COLLECTION,
                                  ROUTER_AXES,
                                  ROUTER_STATE,
+                                 TRACE_COLLECTION,
 )
 from moejax.layers.scorers import SCORERS, register_scorer
 
 __all__ = ["EXPERT_AXIS", "FIXED_ROUTER_AXIS", "MOE_COLLECTION", "MlpBlock", "MoeLayer",
-           "ROUTER_AXES", "ROUTER_STATE", "SCORERS", "register_scorer"]
+           "ROUTER_AXES", "ROUTER_STATE", "SCORERS", "TRACE_COLLECTION", "register_scorer"]

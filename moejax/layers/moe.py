@@ -14,7 +14,7 @@ from moejax.dispatch import check_dispatch, moe_ffn
 from moejax.dispatch.grouped import Kernel
 from moejax.ffn import check_activations, input_kernel_names
 from moejax.layers.ffn import MlpBlock
-from moejax.layers.names import EXPERT_AXIS, MOE_COLLECTION, ROUTER_STATE
+from moejax.layers.names import EXPERT_AXIS, MOE_COLLECTION, ROUTER_STATE, TRACE_COLLECTION
 from moejax.layers.scorers import get_scorer
 from moejax.routing import RouterConfig, RoutingResult, route
 from moejax.routing import state as router_state
@@ -151,6 +151,15 @@ class MoeLayer(nn.Module):
                 width = self.num_shared_experts * (self.shared_d_ff or self.d_ff)
                 y = y + MlpBlock(width, activations, dtype=self.dtype, param_dtype=self.param_dtype,
                                  name="shared_experts")(x)
+        if self.is_mutable_collection(TRACE_COLLECTION):
+            # Shape: [batch, length, E], each token's combine weight per
+            # expert (0 = not routed there): what routing traces record.
+            g = result.token.shape[0]
+            dense = jnp.zeros((g, xg.shape[1], self.router.num_experts), jnp.float32).at[
+                jnp.arange(g)[:, None], result.token, result.expert].add(
+                jnp.where(result.valid, result.weight, 0.0))
+            self.sow(TRACE_COLLECTION, "trace", {"weights": dense.reshape(b, l, -1)})
         self.sow(MOE_COLLECTION, "aux_loss", aux_loss)
-        self.sow(MOE_COLLECTION, "metrics", result.metrics)
+        self.sow(MOE_COLLECTION, "metrics", {**result.metrics,
+                                             **router_state.state_metrics(state)})
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))

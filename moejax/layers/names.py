@@ -10,6 +10,9 @@ MOE_COLLECTION = "moe"
 # auxiliary-loss-free or quantile balancing, the relu router's L1 coefficient
 # (moejax.routing.state).
 ROUTER_STATE = "router_state"
+# Collection of routing decisions, sown only where the caller makes it
+# mutable (moejax.train.traces): each MoE layer's combine weights per token.
+TRACE_COLLECTION = "routing_trace"
 
 # The logical axis of routed experts: expert kernels are [E, ...] along it,
 # freeze_experts freezes the params that carry it, upcycling fills it.

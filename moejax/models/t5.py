@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from moejax.layers import MOE_COLLECTION, ROUTER_STATE, MlpBlock, MoeLayer
+from moejax.layers import MOE_COLLECTION, ROUTER_STATE, TRACE_COLLECTION, MlpBlock, MoeLayer
 from moejax.layers.attention import (
     MultiHeadAttention,
     RelativePositionBias,
@@ -217,7 +217,7 @@ class _Stack(nn.Module):
             block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
         extra = (decode_position,) if decode else ()
         scanned = nn.scan(block, variable_axes={"params": 0, ROUTER_STATE: 0, MOE_COLLECTION: 0,
-                                                "cache": 0},
+                                                TRACE_COLLECTION: 0, "cache": 0},
                           split_rngs={"params": True, "dropout": True, "router": True},
                           in_axes=(nn.broadcast,) * (len(args) + len(extra)), length=count // k,
                           metadata_params={nn.PARTITION_NAME: "layers"})

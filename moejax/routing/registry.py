@@ -28,8 +28,9 @@ class RouterSpec:
       not: which tokens an expert takes depends on later tokens.
     validate: checks the RouterConfig fields only this router reads (raises
       ValueError naming the field); called when a RouterConfig is built.
-    score_options: the kernel reads RouterConfig.score_fn, routed_scaling
-      and expert_groups / topk_groups, and selects with a `bias` (see
+    score_options: the kernel reads RouterConfig.score_fn, routed_scaling,
+      expert_groups / topk_groups and num_null_experts, and selects with a
+      `bias` (bias_update_rate, quantile_balancing; see
       `moejax.routing.top_k`); config validation and `route` refuse those
       for other routers.
     balance_scopes: the kernel's load-balance loss is taken per `segment`

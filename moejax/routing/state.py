@@ -45,6 +45,12 @@ def state_loss(state: dict, result):
     return state[L1_COEFFICIENT] * result.metrics["relu_l1_loss"]
 
 
+def state_metrics(state: dict) -> dict:
+    """Scalar state worth plotting, for the layer's metrics: the L1
+    coefficient (the selection bias shows in expert_load)."""
+    return {L1_COEFFICIENT: state[L1_COEFFICIENT]} if L1_COEFFICIENT in state else {}
+
+
 def update_state(state: dict, cfg, logits, mask, result) -> dict:
     """The state after one training step that routed `logits` float32
     [G, T, E] (mask bool [G, T] or None) into `result`. Statistics span

@@ -189,7 +189,11 @@ class TrainConfig:
     freeze_router / freeze_experts: keep the MoE router weights / routed
       expert FFN weights at their initial values (the optimizer skips them;
       chosen by logical axis, see optim.frozen_labels; shared experts train).
-      Router 'frozen' is always kept fixed."""
+      Router 'frozen' is always kept fixed.
+    trace_routing_every_steps: every this many steps (and at the first and
+      last step) save each MoE layer's routing of one fixed held-out batch
+      to <workdir>/routing_traces (moejax.train.traces; 0 = off); draw
+      them with `python scripts/routing_report.py <workdir>`."""
 
     model: T5Config = T5Config()
     data: DataConfig = DataConfig()
@@ -211,6 +215,7 @@ class TrainConfig:
     upcycle_noise: float = 0.0
     freeze_router: bool = False
     freeze_experts: bool = False
+    trace_routing_every_steps: int = 0
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
@@ -228,6 +233,9 @@ class TrainConfig:
         if self.eval_every_steps and self.eval_batches < 1:
             raise ValueError(f"eval_batches must be >= 1 when evaluating (eval_every_steps="
                              f"{self.eval_every_steps}), got {self.eval_batches}")
+        if self.trace_routing_every_steps < 0:
+            raise ValueError(f"trace_routing_every_steps must be >= 0 (0 = no traces), got "
+                             f"{self.trace_routing_every_steps}")
         if self.upcycle and not self.init_checkpoint:
             raise ValueError("upcycle=True needs init_checkpoint: the dense model to upcycle")
         if self.upcycle_noise < 0:

@@ -15,7 +15,8 @@ from moejax.files import AppendLog, is_local
 # Routing metrics are logged per MoE layer and averaged over layers.
 LAYER_AVERAGED = ("dropped_fraction", "experts_per_token", "router_entropy",
                   "load_balance_loss", "z_loss", "entropy_loss", "max_violation",
-                  "dead_experts")
+                  "dead_experts", "null_expert_share", "active_fraction", "relu_l1_loss",
+                  "l1_coefficient")
 
 
 def flatten(metrics: dict, prefix: str = "") -> dict[str, float | list[float]]:

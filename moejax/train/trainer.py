@@ -47,6 +47,7 @@ from moejax.train.lock import WorkdirLock, WorkdirLocked
 from moejax.train.metrics import MetricWriter, flatten
 from moejax.train.partitioning import Layout
 from moejax.train.step import make_eval_step, make_train_step, model_variables
+from moejax.train.traces import RoutingTracer
 from moejax.train.vocabulary import vocabulary
 
 log = logging.getLogger("moejax.train")
@@ -377,6 +378,12 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
     last, held_out, window_start, window_steps = {}, None, time.perf_counter(), 0
     began, done = time.perf_counter(), start
     say = bar.write if jax.process_index() == 0 else lambda _: None
+    every_trace = cfg.trace_routing_every_steps
+    tracer = None
+    if every_trace:
+        tracer = RoutingTracer(s, lambda: eval_batches(s)[0])
+        if start == 0:
+            tracer(0, model_variables(state))
     try:
         for step in range(start, cfg.steps):
             batch, data_state = prefetch.next()
@@ -411,6 +418,8 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
                 writer.write(done, eval_metrics)
                 last.update(eval_metrics)
                 say(console.eval_line(done, eval_metrics))
+            if tracer and (done % every_trace == 0 or done == cfg.steps):
+                tracer(done, model_variables(state))
             bar.update(1)
             if lock:
                 lock.refresh()
