@@ -208,3 +208,111 @@ def test_logits_must_include_the_null_experts():
     with pytest.raises(ValueError, match="logits have 8 experts on the last axis but the router "
                                          r"scores 10 \(num_experts \+ num_null_experts\)"):
         routing.route(cfg, jnp.zeros((1, 4, E)))
+
+
+def _murmur(h):
+    h = np.uint64(h) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x85EBCA6B)) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0xC2B2AE35)) & np.uint64(0xFFFFFFFF)
+    return int(h ^ (h >> np.uint64(16)))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_hash_router_k_experts_per_token_id(k):
+    """k = 1: murmur3(id) mod E, as before; k > 1: the k experts with the
+    largest murmur3(id * E + e), each with weight 1/k; the same id always
+    gets the same experts."""
+    from moejax.routing.scores import hash_experts
+
+    ids = np.array([[3, 17, 3, 250, 1023, 17]], np.int32)
+    got = np.asarray(hash_experts(jnp.asarray(ids), E, k))
+    for t, i in enumerate(ids[0]):
+        if k == 1:
+            want = [_murmur(i) % E]
+        else:
+            want = sorted(range(E), key=lambda e: -(_murmur(int(i) * E + e) >> 1))[:k]
+        assert list(got[0, t]) == want
+    layer = MoeLayer(RouterConfig("hash", num_experts=E, k=k, eval_capacity_factor=None),
+                     d_ff=4, activations=("relu",))
+    x = jnp.ones((1, 6, 8))
+    variables = layer.init(jax.random.PRNGKey(0), x, token_ids=jnp.asarray(ids))
+    _, state = layer.apply(variables, x, token_ids=jnp.asarray(ids),
+                           mutable=[MOE_COLLECTION, "routing_trace"])
+    w = np.asarray(state["routing_trace"]["trace"][0]["weights"])[0]
+    for t in range(6):
+        assert sorted(np.nonzero(w[t])[0]) == sorted(got[0, t])
+        np.testing.assert_allclose(w[t][w[t] > 0], 1 / k, rtol=1e-6)
+
+
+def _stack_config(tmp_path, table):
+    from moejax.models import MoeConfig, T5Config
+
+    path = str(tmp_path / "tid2eid.npy")
+    np.save(path, table)
+    first = RouterConfig("hash", num_experts=4, k=2, hash_table=path, eval_capacity_factor=None)
+    moe = MoeConfig(interval=1, router=RouterConfig("top_k", num_experts=4, k=2,
+                                                    eval_capacity_factor=None),
+                    first_router=first, first_router_layers=1)
+    return dict(vocab_size=40, d_model=16, num_heads=4, d_ff=32, num_encoder_layers=3,
+                num_decoder_layers=2, encoder_moe=moe, decoder_moe=moe), T5Config
+
+
+def test_hash_table_routes_the_first_layers_and_a_learned_router_the_rest(tmp_path):
+    """DeepSeek-V4's stack: the first MoE layer routes each token id to its
+    row of a fixed table (weights 1/k), the later layers with their learned
+    router (which has a kernel; the hash layer has none)."""
+    from moejax.models import Transformer
+
+    table = np.stack([np.arange(40) % 4, (np.arange(40) + 1) % 4], 1).astype(np.int32)
+    kw, T5Config = _stack_config(tmp_path, table)
+    cfg = T5Config(**kw)
+    model = Transformer(cfg)
+    enc = jnp.asarray(np.random.RandomState(0).randint(1, 40, (2, 7)), jnp.int32)
+    dec = jnp.asarray(np.random.RandomState(1).randint(1, 40, (2, 5)), jnp.int32)
+    variables = nn.unbox(model.init(jax.random.PRNGKey(0), enc, dec))
+    params = variables["params"]
+    assert "router_kernel" not in params["encoder"]["layers_0"]["mlp"]
+    assert "router_kernel" in params["encoder"]["layers_1"]["mlp"]
+    _, state = model.apply({"params": params}, enc, dec, mutable=[MOE_COLLECTION,
+                                                                  "routing_trace"])
+    trace = state["routing_trace"]
+    first = np.asarray(trace["encoder"]["layers_0"]["mlp"]["trace"][0]["weights"])
+    for b in range(2):
+        for t in range(7):
+            assert sorted(np.nonzero(first[b, t])[0]) == sorted(table[int(enc[b, t])])
+    later = np.asarray(trace["encoder"]["layers_2"]["mlp"]["trace"][0]["weights"])
+    assert not np.allclose(later[later > 0], 0.5)  # learned weights, not 1/k
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t: t[:30], r"hash_table='.*' has shape \(30, 2\); it must be \[vocab_size, k\] = "
+                       r"\[40, 2\]"),
+    (lambda t: t + 3, r"hash_table='.*' must hold integer experts in \[0, num_experts=4\), got "
+                      r"int32 in \[3, 6\]"),
+    (lambda t: np.stack([t[:, 0], t[:, 0]], 1), "hash_table='.*' names an expert twice in a row"),
+])
+def test_hash_table_bad_input(tmp_path, change, message):
+    table = np.stack([np.arange(40) % 4, (np.arange(40) + 1) % 4], 1).astype(np.int32)
+    kw, T5Config = _stack_config(tmp_path, change(table))
+    with pytest.raises(ValueError, match="encoder_moe.first_router." + message):
+        T5Config(**kw)
+
+
+def test_per_layer_routers_bad_input(tmp_path):
+    from moejax.models import MoeConfig
+
+    table = np.stack([np.arange(40) % 4, (np.arange(40) + 1) % 4], 1).astype(np.int32)
+    kw, T5Config = _stack_config(tmp_path, table)
+    with pytest.raises(ValueError, match="first_router_layers=1 gives layers different routers, "
+                                         "which scan_layers cannot scan"):
+        T5Config(**kw, scan_layers=True)
+    with pytest.raises(ValueError, match="first_router.num_experts=8 must equal "
+                                         "router.num_experts=4"):
+        MoeConfig(interval=1, router=RouterConfig("top_k", num_experts=4, k=2),
+                  first_router=RouterConfig("hash", num_experts=8), first_router_layers=1)
+    with pytest.raises(ValueError, match="router 'top_k' does not read hash_table='x.npy'"):
+        RouterConfig("top_k", hash_table="x.npy")
+    with pytest.raises(ValueError, match="hash_table='/nonexistent.npy' cannot be read"):
+        RouterConfig("hash", num_experts=4, hash_table="/nonexistent.npy").check_hash_table(40)

@@ -16,7 +16,9 @@ is the precondition (it is the testbed's MoE run, so after
 construction:
 - equal active FLOPs: E=16 experts of d_ff = 128 / k in every FFN, k the
   router's default (expert choice: capacity factor 2, i.e. 2 experts per
-  token on average, d_ff 64; top-p: d_ff 64, its experts per token shown);
+  token on average, d_ff 64; top-p: d_ff 64, its experts per token shown;
+  relu: its target of k = 2 experts per token, d_ff 64, no capacity limit,
+  as ReMoE trains);
 - only the encoder's router changes: the decoder routes with the testbed's
   top-2 in every arm (non-causal routers cannot route a decoder), encoder
   tokens in groups of 512;
@@ -78,6 +80,9 @@ def router_config(name: str) -> RouterConfig:
     if name == "expert_choice":
         return RouterConfig(name, num_experts=TESTBED_EXPERTS, capacity_factor=2.0,
                             eval_capacity_factor=2.0)
+    if name == "relu":  # ReMoE trains dropless: early on about half the experts are on
+        return RouterConfig(name, num_experts=TESTBED_EXPERTS, capacity_factor=None,
+                            eval_capacity_factor=None)
     return RouterConfig(name, num_experts=TESTBED_EXPERTS)
 
 

@@ -151,7 +151,7 @@ class MoeLayer(nn.Module):
                 width = self.num_shared_experts * (self.shared_d_ff or self.d_ff)
                 y = y + MlpBlock(width, activations, dtype=self.dtype, param_dtype=self.param_dtype,
                                  name="shared_experts")(x)
-        if self.is_mutable_collection(TRACE_COLLECTION):
+        if self.is_mutable_collection(TRACE_COLLECTION) and not self.is_initializing():
             # Shape: [batch, length, E], each token's combine weight per
             # expert (0 = not routed there): what routing traces record.
             g = result.token.shape[0]

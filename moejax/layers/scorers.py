@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from moejax.layers.names import FIXED_ROUTER_AXIS
-from moejax.routing.scores import cosine_logits, hash_logits, linear_logits
+from moejax.routing.scores import cosine_logits, hash_logits, linear_logits, load_hash_table
 
 
 def linear(layer, x, token_ids, rng, train):
@@ -49,11 +49,14 @@ def cosine(layer, x, token_ids, rng, train):
 
 
 def hashed(layer, x, token_ids, rng, train):
-    """A fixed expert per token id (Roller et al. 2021); no params."""
+    """k fixed experts per token id (Roller et al. 2021; DeepSeek-V4's
+    token-id table when router.hash_table is set); no params."""
     del x, rng, train
+    cfg = layer.router
     if token_ids is None:
-        raise ValueError(f"router {layer.router.name!r} needs token_ids [batch, length]")
-    return hash_logits(token_ids, layer.router.num_experts)
+        raise ValueError(f"router {cfg.name!r} needs token_ids [batch, length]")
+    table = load_hash_table(cfg.hash_table) if cfg.hash_table else None
+    return hash_logits(token_ids, cfg.num_experts, cfg.k, table)
 
 
 SCORERS: dict[str, Callable] = {"linear": linear, "cosine": cosine, "hash": hashed}

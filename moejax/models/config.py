@@ -44,6 +44,12 @@ class MoeConfig:
     num_shared_experts / shared_d_ff: always-active experts (DeepSeekMoE)
       of shared_d_ff hidden units each (None: d_ff), added to the routed
       output; 0 = none.
+    first_router / first_router_layers: the stack's first
+      `first_router_layers` MoE layers route with `first_router` instead of
+      `router` (DeepSeek-V4: hash routing by a token-id table in the first
+      layers, learned routing after); 0 = every MoE layer uses `router`.
+      Same num_experts as `router`; not with scan_layers (scanned blocks
+      repeat one layer pattern).
     """
 
     interval: int = 0
@@ -57,8 +63,17 @@ class MoeConfig:
     expert_dropout: float = 0.0
     num_shared_experts: int = 0
     shared_d_ff: int | None = None
+    first_router: RouterConfig = RouterConfig("hash")
+    first_router_layers: int = 0
 
     def __post_init__(self):
+        if self.first_router_layers < 0:
+            raise ValueError(f"first_router_layers must be >= 0 (0 = every MoE layer uses "
+                             f"router), got {self.first_router_layers}")
+        if self.first_router_layers and (self.first_router.num_experts
+                                         != self.router.num_experts):
+            raise ValueError(f"first_router.num_experts={self.first_router.num_experts} must "
+                             f"equal router.num_experts={self.router.num_experts}")
         if self.num_shared_experts < 0:
             raise ValueError(f"num_shared_experts must be >= 0, got {self.num_shared_experts}")
         if self.shared_d_ff is not None and self.shared_d_ff < 1:
@@ -81,6 +96,16 @@ class MoeConfig:
     def is_moe_layer(self, i: int) -> bool:
         offset = self.interval - 1 if self.offset is None else self.offset
         return self.interval > 0 and i % self.interval == offset
+
+    def router_of(self, i: int) -> RouterConfig:
+        """The router of MoE layer i: first_router for the stack's first
+        first_router_layers MoE layers, router after."""
+        earlier = sum(self.is_moe_layer(j) for j in range(i))
+        return self.first_router if earlier < self.first_router_layers else self.router
+
+    def routers(self) -> tuple[RouterConfig, ...]:
+        """The routers the stack's MoE layers use."""
+        return (self.first_router, self.router) if self.first_router_layers else (self.router,)
 
     @property
     def block_size(self) -> int:
@@ -167,6 +192,15 @@ class T5Config:
             raise ValueError(f"attention {self.attention!r} has no dropout on the attention "
                              f"weights, so it takes dropout_rate=0, got {self.dropout_rate}; use "
                              f"'auto' or 'einsum'")
+        for stack in ("encoder", "decoder"):
+            moe = getattr(self, f"{stack}_moe")
+            if moe.first_router_layers and self.scan_layers:
+                raise ValueError(f"{stack}_moe.first_router_layers={moe.first_router_layers} "
+                                 "gives layers different routers, which scan_layers cannot "
+                                 "scan: set scan_layers=False")
+            for field, router in (("router", moe.router), ("first_router", moe.first_router)):
+                if router.hash_table and (field == "router" or moe.first_router_layers):
+                    router.check_hash_table(self.vocab_size, f"{stack}_moe.{field}.")
         if self.scan_layers:
             for stack in ("encoder", "decoder"):
                 layers, k = getattr(self, f"num_{stack}_layers"), getattr(self,
@@ -174,7 +208,8 @@ class T5Config:
                 if layers % k:
                     raise ValueError(f"scan_layers scans blocks of {stack}_moe.interval={k} "
                                      f"layers, which must divide num_{stack}_layers={layers}")
-        router = self.decoder_moe.router
+        router = next((r for r in self.decoder_moe.routers() if not r.is_causal),
+                      self.decoder_moe.router)
         if self.decoder_moe.interval and self.num_decoder_layers and not router.is_causal:
             what = (f"router {router.name!r}" + (" with batch_prioritized=True"
                                                   if router.batch_prioritized else ""))
@@ -199,6 +234,7 @@ class T5Config:
         """This model with no evaluation capacity limit in any MoE layer
         (RouterConfig.dropless): the canonical eval loss that runs differing
         in eval capacity compare on. The params are the same."""
-        lift = lambda moe: dataclasses.replace(moe, router=moe.router.dropless())
+        lift = lambda moe: dataclasses.replace(moe, router=moe.router.dropless(),
+                                               first_router=moe.first_router.dropless())
         return dataclasses.replace(self, encoder_moe=lift(self.encoder_moe),
                                    decoder_moe=lift(self.decoder_moe))

@@ -80,7 +80,7 @@ class _Layer(nn.Module):
         if not stack.is_moe_layer(self.index):
             y = MlpBlock(cfg.d_ff, cfg.activations, dtype=cfg.compute_dtype, name="mlp")(y)
         else:
-            y = MoeLayer(stack.router, d_ff=stack.d_ff or cfg.d_ff,
+            y = MoeLayer(stack.router_of(self.index), d_ff=stack.d_ff or cfg.d_ff,
                          activations=stack.activations or cfg.activations,
                          # One decode step is one token per sequence: route it alone.
                          group_size=None if decode else stack.group_size,

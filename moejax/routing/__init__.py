@@ -35,7 +35,7 @@ register_router("moesart", moesart_route, default_k=2, validate=moesart.validate
 register_router("top_p", top_p_route, default_k=2, validate=top_p.validate, **scoped)
 register_router("frozen", top_k_route, trainable=False, default_k=1, score_options=True,
                 **scoped)
-register_router("hash", top_k_route, scorer="hash", default_k=1, fixed_k=True, **scoped)
+register_router("hash", top_k_route, scorer="hash", default_k=1, **scoped)
 # k: the experts per token the L1 coefficient steers toward (on average).
 register_router("relu", relu_route, default_k=2, validate=relu.validate)
 

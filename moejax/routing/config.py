@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from moejax.routing.base import BALANCE_SCOPES, SCORE_FNS
 from moejax.routing.registry import ROUTERS, get_router
 
@@ -72,6 +74,10 @@ class RouterConfig:
     score_fn, routed_scaling, expert groups, bias_update_rate,
     quantile_balancing and num_null_experts are read by the routers
     registered with `score_options=True` (top_k, switch, frozen, xmoe).
+    hash_table: the `hash` router's token-id -> experts table, a .npy file
+      of ints [vocab_size, k] in [0, num_experts) (DeepSeek-V4's tid2eid;
+      any path etils.epath reads); None: each id's k experts are the k
+      largest of a murmur3 hash of (id, expert) (k = 1: murmur3(id) mod E).
     relu_active_fraction / relu_l1_init / relu_l1_growth: the `relu` router
       (ReMoE, Wang et al. 2024): the target fraction of experts active per
       token (1 - ReMoE's target sparsity; None: k / num_experts), the L1
@@ -116,6 +122,7 @@ class RouterConfig:
     quantile_balancing_ema: float = 0.0
     num_null_experts: int = 0
     balance_scope: str = "group"
+    hash_table: str | None = None
     relu_active_fraction: float | None = None
     relu_l1_init: float = 1e-8
     relu_l1_growth: float = 1.2
@@ -154,8 +161,30 @@ class RouterConfig:
         if cap is not None and not 1 <= cap <= self.num_experts:
             raise ValueError(f"max_experts_per_token must be in [1, num_experts="
                              f"{self.num_experts}] or None, got {cap}")
+        if self.hash_table is not None and spec.scorer != "hash":
+            raise ValueError(f"router {self.name!r} does not read hash_table="
+                             f"{self.hash_table!r}; the router that does: hash")
         if spec.validate is not None:
             spec.validate(self)
+
+    def check_hash_table(self, vocab_size: int, where: str = "") -> None:
+        """Raises a ValueError naming `where`hash_table unless its table is
+        ints [vocab_size, k] in [0, num_experts)."""
+        from moejax.routing.scores import load_hash_table
+
+        table = load_hash_table(self.hash_table)
+        name = f"{where}hash_table={self.hash_table!r}"
+        if table.ndim != 2 or table.shape != (vocab_size, self.k):
+            raise ValueError(f"{name} has shape {table.shape}; it must be [vocab_size, k] = "
+                             f"[{vocab_size}, {self.k}]")
+        if not np.issubdtype(table.dtype, np.integer) or table.min() < 0 or \
+                table.max() >= self.num_experts:
+            raise ValueError(f"{name} must hold integer experts in [0, num_experts="
+                             f"{self.num_experts}), got {table.dtype} in [{table.min()}, "
+                             f"{table.max()}]")
+        if any(len(set(row)) < self.k for row in table.tolist()):
+            raise ValueError(f"{name} names an expert twice in a row; each token id needs k "
+                             f"distinct experts")
 
     def _check_scoring(self, spec) -> None:
         """score_fn, routed_scaling, expert_groups / topk_groups, balance_scope."""

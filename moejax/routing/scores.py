@@ -1,8 +1,12 @@
 """Scorers: how tokens become router logits [G, T, E] (always float32)."""
 from __future__ import annotations
 
+import functools
+import io
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def linear_logits(x, kernel, *, jitter_eps: float = 0.0, rng=None, train: bool = False):
@@ -35,19 +39,44 @@ def cosine_logits(x, projection, expert_embeddings, log_temperature):
     return (h @ w) / jnp.exp(log_temperature.astype(jnp.float32))
 
 
-def hash_experts(token_ids, num_experts: int):
-    """Fixed expert per token id: murmur3's 32-bit finaliser, then mod E."""
-    h = token_ids.astype(jnp.uint32)
+def _murmur(h):
+    """murmur3's 32-bit finaliser of uint32 `h`."""
     h = h ^ (h >> 16)
     h = h * jnp.uint32(0x85EBCA6B)
     h = h ^ (h >> 13)
     h = h * jnp.uint32(0xC2B2AE35)
-    h = h ^ (h >> 16)
-    return (h % jnp.uint32(num_experts)).astype(jnp.int32)
+    return h ^ (h >> 16)
 
 
-def hash_logits(token_ids, num_experts: int):
-    """Logits [G, T, E] that put probability 1 on the hashed expert of each
-    token id [G, T]: 0 there and -1e9 elsewhere (finite, so losses stay finite)."""
-    onehot = jax.nn.one_hot(hash_experts(token_ids, num_experts), num_experts, dtype=bool)
-    return jnp.where(onehot, 0.0, -1e9).astype(jnp.float32)
+def hash_experts(token_ids, num_experts: int, k: int = 1):
+    """int32 [..., k]: k distinct fixed experts per token id [...]. k = 1:
+    murmur3(id) mod E; k > 1: the k experts e with the largest
+    murmur3(id * E + e) (a random ranking of the experts per id)."""
+    ids = token_ids.astype(jnp.uint32)
+    if k == 1:
+        return (_murmur(ids) % jnp.uint32(num_experts)).astype(jnp.int32)[..., None]
+    keys = ids[..., None] * jnp.uint32(num_experts) + jnp.arange(num_experts, dtype=jnp.uint32)
+    # The top 31 bits as int32: top_k ranks signed values.
+    return jax.lax.top_k((_murmur(keys) >> 1).astype(jnp.int32), k)[1]
+
+
+@functools.lru_cache(maxsize=8)
+def load_hash_table(path: str) -> np.ndarray:
+    """The token-id -> experts table at `path` (.npy, any etils.epath path)."""
+    from etils import epath
+
+    try:
+        return np.load(io.BytesIO(epath.Path(path).read_bytes()), allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"hash_table={path!r} cannot be read as a .npy array: {e}") from None
+
+
+def hash_logits(token_ids, num_experts: int, k: int = 1, table: np.ndarray | None = None):
+    """Logits [G, T, E] that split probability evenly over each token id's
+    k fixed experts ([G, T] ids; `table` [vocab, k] or None for
+    `hash_experts`): 0 there and -1e9 elsewhere (finite, so losses stay
+    finite)."""
+    experts = (hash_experts(token_ids, num_experts, k) if table is None
+               else jnp.asarray(table, jnp.int32)[token_ids])
+    chosen = jnp.any(jax.nn.one_hot(experts, num_experts, dtype=bool), axis=-2)
+    return jnp.where(chosen, 0.0, -1e9).astype(jnp.float32)
