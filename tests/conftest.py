@@ -54,3 +54,23 @@ SLOW_FIRST = ("test_experiment_runs_end_to_end", "test_leaderboard_ranks_a_user_
 
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: not any(name in item.nodeid for name in SLOW_FIRST))
+
+
+@pytest.fixture
+def logits(request):
+    """Router logits [G, T, E] (the test module's G, T, E), scale 2."""
+    import numpy as np
+
+    m = request.module
+    return np.random.default_rng(0).normal(size=(m.G, m.T, m.E)).astype(np.float32) * 2
+
+
+@pytest.fixture
+def mask(request):
+    """bool [G, T]: group 1 has a padded tail, group 2 every fourth token padded."""
+    import numpy as np
+
+    m = np.ones((request.module.G, request.module.T), bool)
+    m[1, -5:] = False
+    m[2, ::4] = False
+    return m

@@ -270,20 +270,11 @@ def quantile_balanced_bias(scores, mask, bias, k, ema=0.0):
 
 
 def null_expert_choices(probs, k, num_experts, normalize):
-    """MoE++ (Jin et al. 2024) with zero-computation experts: the top k of
-    all columns (real experts first, then the null ones), weights the
-    probabilities (normalised over the k when `normalize`); a null choice
-    is (None, weight): it keeps its rank and computes nothing."""
-    out = []
-    for group in probs:
-        rows = []
-        for p in group:
-            idx = np.argsort(-p, kind="stable")[:k]
-            w = p[idx] / (p[idx].sum() if normalize else 1.0)
-            rows.append([(int(e) if e < num_experts else None, float(x))
-                         for e, x in zip(idx, w)])
-        out.append(rows)
-    return out
+    """MoE++ (Jin et al. 2024) with zero-computation experts: `top_k_choices`
+    over all columns (the real experts first, then the null ones); a null
+    choice is (None, weight): it keeps its rank and computes nothing."""
+    return [[[(e if e < num_experts else None, w) for e, w in row] for row in group]
+            for group in top_k_choices(probs, k, normalize)]
 
 
 def relu_routing(logits, mask, k):

@@ -467,3 +467,49 @@ def test_the_documented_experiment_runs_on_the_harness(tmp_path):
     (out_dir / "eval_loss.png").unlink()
     _run_module(["my_question", "--replot", "--out", str(out_dir)], tmp_path)
     assert (out_dir / "eval_loss.png").stat().st_size > 0
+
+
+def test_frontier_arms_share_runs_and_its_analysis_gives_verdicts(tmp_path):
+    """The frontier's shared arms are the other experiments' configs (so
+    their runs are copied, not retrained), and its analysis turns per-seed
+    numbers into the claims the README states: fake runs in which quantile
+    balancing balances best and null experts save experts at a higher loss."""
+    import types
+
+    from experiments.balancing.__main__ import balance_config
+    from experiments.dynamic_top_p.__main__ import lang_config
+    from experiments.frontier import __main__ as frontier
+    from experiments.harness.runs import fingerprint
+    from experiments.harness.testbed import testbed_config, testbed_moe
+
+    same = {frontier.DENSE: testbed_config("smoke", 2),
+            frontier.TOP2: testbed_moe(testbed_config("smoke", 2)),
+            frontier.LOSS: balance_config("smoke", 2, "load-balance loss"),
+            frontier.BIAS: balance_config("smoke", 2, "aux-loss-free bias"),
+            frontier.TOPP: lang_config("smoke", 2, "top-p 0.4")}
+    for arm, cfg in same.items():
+        assert fingerprint(frontier.arm_config("smoke", 2, arm)) == fingerprint(cfg), arm
+
+    rng = np.random.default_rng(0)
+    loss = {frontier.DENSE: 2.0, frontier.LOSS: 1.9, frontier.BIAS: 1.85,
+            frontier.QUANTILE: 1.82, frontier.TOP2: 1.8, frontier.NULL: 1.83,
+            frontier.TOPP: 1.78, frontier.REMOE: 1.83}
+    maxvio = {frontier.LOSS: 0.3, frontier.BIAS: 0.3, frontier.QUANTILE: 0.05}
+    per_token = {frontier.NULL: 1.6, frontier.TOPP: 2.9, frontier.REMOE: 2.1}
+
+    def run(arm, seed):
+        noise = 0.002 * rng.normal()
+        return {"eval": [(400, loss[arm] + 0.3), (800, loss[arm] + 0.01 * seed + noise)],
+                "last_eval": {"eval_moe/max_violation": maxvio.get(arm, 0.5) + noise,
+                              "eval_moe/experts_per_token": per_token.get(arm, 2.0) + noise,
+                              "eval_moe/null_expert_share": 0.2}}
+    runs = {arm: [run(arm, s) for s in range(3)] for arm in loss}
+    report = frontier.analyse(types.SimpleNamespace(size="quick"), runs)
+    verdicts = {c["claim"]: c["verdict"] for c in report.claims}
+    assert report.precondition["balancing"]["passed"]
+    assert report.precondition["adaptive compute"]["passed"]
+    assert list(verdicts.values()) == ["reproduced", "reproduced", "reproduced",
+                                       "not reproduced", "reproduced", "not reproduced"]
+    frontier.plots(report.results, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "adaptive_eval_loss.png", "balancing_eval_loss.png", "loss_vs_experts_per_token.png"]

@@ -18,19 +18,6 @@ from moejax.routing.top_k import quantile_balanced_bias
 G, T, E = 3, 24, 8
 
 
-@pytest.fixture
-def logits():
-    return np.random.default_rng(0).normal(size=(G, T, E)).astype(np.float32) * 2
-
-
-@pytest.fixture
-def mask():
-    m = np.ones((G, T), bool)
-    m[1, -5:] = False  # padded tail
-    m[2, ::4] = False
-    return m
-
-
 def as_dict(r):
     """{(g, t, e): (slot, weight)} of the valid assignments."""
     tok, exp, slot, w, v = (np.asarray(a) for a in (r.token, r.expert, r.slot, r.weight, r.valid))

@@ -41,19 +41,6 @@ def assert_same(got, want):
         assert got[key][1] == pytest.approx(w, rel=1e-5, abs=1e-6), key
 
 
-@pytest.fixture
-def logits():
-    return np.random.default_rng(0).normal(size=(G, T, E)).astype(np.float32) * 2
-
-
-@pytest.fixture
-def mask():
-    m = np.ones((G, T), bool)
-    m[1, -5:] = False  # padded tail
-    m[2, ::4] = False
-    return m
-
-
 @pytest.mark.parametrize("k,cf,normalize,prioritized", [
     (1, 1.0, False, False), (1, 0.5, False, True), (2, 1.0, True, False),
     (2, 0.75, False, True), (3, 1.25, True, True), (2, None, False, False)])
