@@ -54,7 +54,7 @@ def output_and_grads(layer, variables, x, ids, train):
                             ("top_k", 1.0, dict(k=2, num_null_experts=3)),
                             ("top_k", None, dict(k=2, score_fn="sigmoid",
                                                  quantile_balancing=True)),
-                            ("relu", 1.0, {})])
+                            ("relu", 1.0, {}), ("hash", 1.0, dict(k=2))])
 def test_all_modes_same_output_and_gradients(name, cf, kw):
     results = {}
     for mode, matmul in MODES + [MEGABLOX] * (name in MEGABLOX_ROUTERS and not kw):

@@ -15,12 +15,13 @@ from moejax.layers.moe import expert_dropout
 from moejax.routing import RouterConfig
 
 
-def run(layer, params, x, mask, state=None):
+def run(layer, params, x, mask, state=None, ids=None):
     """(output, gradients, router_state after the training step)."""
     state = state or {}
 
     def loss(params, x):
-        y, new = layer.apply({"params": params, **state}, x, mask=mask, deterministic=False,
+        y, new = layer.apply({"params": params, **state}, x, mask=mask, token_ids=ids,
+                             deterministic=False,
                              rngs={"router": jax.random.PRNGKey(9)},
                              mutable=[MOE_COLLECTION, ROUTER_STATE])
         return jnp.sum(jnp.sin(y)), (y, new.get(ROUTER_STATE, {}))
@@ -36,23 +37,24 @@ def run(layer, params, x, mask, state=None):
     # from the global batch), ReLU routing (its L1 coefficient steered by it).
     ("top_k", "auto", dict(k=2, num_null_experts=3)),
     ("top_k", "einsum", dict(k=2, score_fn="sigmoid", quantile_balancing=True)),
-    ("relu", "scatter", {})])
+    ("relu", "scatter", {}), ("hash", "auto", dict(k=2))])
 def test_sharded_layer_equals_single_device(mesh_shape, name, mode, kw):
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape), ("data", "expert"))
     cfg = RouterConfig(name=name, num_experts=8, capacity_factor=1.0, **kw)
     x = jax.random.normal(jax.random.PRNGKey(0), (16, 8, 12))
     mask = jnp.arange(8)[None, :] < jnp.arange(16)[:, None] % 8 + 1  # varied padding
+    ids = jax.random.randint(jax.random.PRNGKey(2), (16, 8), 1, 500)
     single = MoeLayer(cfg, d_ff=20, dispatch=mode)
-    variables = nn.unbox(single.init(jax.random.PRNGKey(1), x))
+    variables = nn.unbox(single.init(jax.random.PRNGKey(1), x, token_ids=ids))
     params, state = variables["params"], {k: v for k, v in variables.items()
                                           if k == ROUTER_STATE}
-    y0, g0, s0 = run(single, params, x, mask, state)
+    y0, g0, s0 = run(single, params, x, mask, state, ids)
     sharded = MoeLayer(cfg, d_ff=20, dispatch=mode, mesh=mesh, expert_axis="expert")
     xs = jax.device_put(x, NamedSharding(mesh, P(("data", "expert"))))
     ps = {k: jax.device_put(v, NamedSharding(mesh, P("expert") if v.ndim == 3 else P()))
           for k, v in params.items()}
-    y1, g1, s1 = run(sharded, ps, xs, mask, state)
+    y1, g1, s1 = run(sharded, ps, xs, mask, state, ids)
     assert len(y1.sharding.device_set) == 8
     np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
