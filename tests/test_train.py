@@ -372,3 +372,22 @@ def test_the_eval_line_shows_task_scores_and_mixture_averages():
     assert eval_line(4, mixture).endswith("; glue_average 51.50, glue_t0/score 50.00, "
                                           "glue_t1/score 51.00, glue_t2/score 52.00, "
                                           "glue_t3/score 53.00")
+
+
+def test_relu_router_state_starts_at_its_init_through_the_trainer(tmp_path):
+    """The relu router's L1 coefficient is router state that starts at
+    relu_l1_init (not at 0, where the controller's factor could never move
+    it) and is multiplied by relu_l1_growth^(+-1) every step."""
+    from moejax.routing import RouterConfig
+
+    router = RouterConfig("relu", num_experts=8, capacity_factor=None, relu_l1_init=1e-3)
+    cfg = small(steps=6, eval_every_steps=0, log_every_steps=1)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, decoder_moe=MoeConfig(interval=2, router=router)))
+    train(cfg, str(tmp_path))
+    rows, _ = read_metrics(str(tmp_path))
+    coefficients = [rows[s]["decoder/layers_1/l1_coefficient"] for s in range(1, 7)]
+    # Logged after routing with the step's coefficient: step 1's is the init.
+    assert coefficients[0] == pytest.approx(1e-3, rel=1e-6)
+    for a, b in zip(coefficients, coefficients[1:]):
+        assert b / a == pytest.approx(1.2, rel=1e-5) or a / b == pytest.approx(1.2, rel=1e-5)

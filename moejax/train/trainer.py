@@ -132,15 +132,17 @@ def _init_fns(s: Setup, optimizer) -> tuple[Callable, Callable]:
     plain = Transformer(s.cfg.model)
     tokens = jnp.ones((1, 1), jnp.int32)
     make = lambda rng: plain.init({"params": rng, "router": rng}, tokens, tokens)
-    # A selection bias (router_state) starts at 0, fine-tuning included.
     router_state = nn.unbox(jax.eval_shape(make, jax.random.key(0))).get(ROUTER_STATE)
 
     def state_from(params):
         state = {"step": jnp.zeros((), jnp.int32), "params": params,
                  "opt_state": optimizer.init(params)}
         if router_state:
-            state[ROUTER_STATE] = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                               router_state)
+            # Router state starts at its initial values (moejax.routing.state:
+            # a zero selection bias, the relu router's relu_l1_init), fine-tuning
+            # included. They do not depend on the key, and under jit only
+            # those constants of the init survive.
+            state[ROUTER_STATE] = nn.unbox(make(jax.random.key(0)))[ROUTER_STATE]
         return state
 
     def init(rng):
