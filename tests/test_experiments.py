@@ -439,7 +439,9 @@ def test_live_runs_shows_the_latest_step_of_the_newest_runs(tmp_path):
     assert live_runs(str(tmp_path), 2) == "compiling"
     for i, name in enumerate(["old_0", "mid_0", "new_0"]):
         (tmp_path / name).mkdir()
-        rows = [{"step": s, "loss": 5.0 - s / 100} for s in range(1, 40 + i)]
+        # Rows as long as a many-layer model's (per-layer load vectors).
+        rows = [{"step": s, "loss": 5.0 - s / 100, "load": [0.1] * 2000}
+                for s in range(1, 40 + i)]
         rows.append({"step": 39 + i, "eval_loss": 1.0})
         (tmp_path / name / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
         os.utime(tmp_path / name / "metrics.jsonl", (time.time() + i, time.time() + i))

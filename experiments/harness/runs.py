@@ -147,7 +147,9 @@ def live_runs(log_dir: str, count: int) -> str:
     for path in files[::-1][:count]:
         try:
             with open(path, "rb") as f:
-                start = max(0, os.path.getsize(path) - 4096)
+                # Rows of a model with many MoE layers run to several KB
+                # (per-layer load vectors): read enough for the last few.
+                start = max(0, os.path.getsize(path) - 65536)
                 f.seek(start)
                 lines = f.read().decode(errors="ignore").splitlines()[1 if start else 0:]
             rows = [json.loads(line) for line in lines if line.strip().startswith("{")]
