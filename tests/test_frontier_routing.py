@@ -1,6 +1,8 @@
 """The 2026 routing rules against numpy references written from their
 papers and reference code: quantile balancing (Kimi K3), null experts
 (MoE++), ReLU routing with an adaptive L1 coefficient (ReMoE)."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -271,6 +273,12 @@ def test_hash_table_routes_the_first_layers_and_a_learned_router_the_rest(tmp_pa
             assert sorted(np.nonzero(first[b, t])[0]) == sorted(table[int(enc[b, t])])
     later = np.asarray(trace["encoder"]["layers_2"]["mlp"]["trace"][0]["weights"])
     assert not np.allclose(later[later > 0], 0.5)  # learned weights, not 1/k
+    # The dropless evaluation model lifts the first layers' router too.
+    moe = kw["encoder_moe"]
+    capped = dataclasses.replace(moe, first_router=dataclasses.replace(
+        moe.first_router, eval_capacity_factor=2.0))
+    lifted = T5Config(**{**kw, "encoder_moe": capped}).dropless().encoder_moe
+    assert lifted.first_router.eval_capacity_factor is None
 
 
 @pytest.mark.parametrize("change,message", [

@@ -76,3 +76,28 @@ def test_report_says_when_there_are_no_traces(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "no routing traces in" in out.stderr and "trace_routing_every_steps" in out.stderr
+
+
+def test_a_scanned_model_traces_the_same_routing():
+    """With scan_layers the sown weights carry a leading block axis;
+    moe_outputs names them per layer, and they equal the unscanned model's
+    (same params, restacked)."""
+    from model_util import init, run, tiny_config, tokens
+
+    from moejax.layers import MOE_COLLECTION, TRACE_COLLECTION
+    from moejax.models import moe_outputs
+    from moejax.models.scan import scan_tree
+
+    cfg = tiny_config(encoder_router="top_k", num_encoder_layers=4, num_decoder_layers=2)
+    scanned = dataclasses.replace(cfg, scan_layers=True)
+    _, params = init(cfg)
+    enc, dec = tokens(0, (2, 6), 40), tokens(1, (2, 5), 40)
+    traced = {}
+    for c, p in ((cfg, params), (scanned, scan_tree(params, {"encoder": 2, "decoder": 2}))):
+        _, state = run(init(c)[0], p, enc, dec, mutable=[MOE_COLLECTION, TRACE_COLLECTION])
+        traced[c.scan_layers] = moe_outputs(state[TRACE_COLLECTION], c)[1]
+    assert sorted(traced[True]) == sorted(traced[False]) == [
+        "decoder/layers_1/weights", "encoder/layers_1/weights", "encoder/layers_3/weights"]
+    for key, w in traced[False].items():
+        assert w.shape == (*(enc if key.startswith("encoder") else dec).shape, 4)
+        np.testing.assert_allclose(traced[True][key], w, rtol=1e-5, atol=1e-6)

@@ -234,7 +234,8 @@ class T5Config:
         """This model with no evaluation capacity limit in any MoE layer
         (RouterConfig.dropless): the canonical eval loss that runs differing
         in eval capacity compare on. The params are the same."""
-        lift = lambda moe: dataclasses.replace(moe, router=moe.router.dropless(),
-                                               first_router=moe.first_router.dropless())
+        lift = lambda moe: dataclasses.replace(
+            moe, router=moe.router.dropless(), first_router=(
+                moe.first_router.dropless() if moe.first_router_layers else moe.first_router))
         return dataclasses.replace(self, encoder_moe=lift(self.encoder_moe),
                                    decoder_moe=lift(self.decoder_moe))
