@@ -10,6 +10,7 @@ import optax
 from flax import traverse_util
 from sklearn.metrics import normalized_mutual_info_score
 
+from moejax.data.pipeline import shift_right
 from moejax.data.sources import held_out_documents
 from moejax.layers import MOE_COLLECTION
 
@@ -43,10 +44,7 @@ def t5_routing_nmi(cfg, workdir: str, documents: int = 256) -> list[float]:
     d = cfg.data
     vocab, variables, model = _trained(cfg, workdir)
     docs = held_out_documents(cfg.data, documents)
-    tokens = np.zeros((documents, d.inputs_length), np.int32)
-    for row, doc in enumerate(docs):
-        ids = vocab.encode(doc.text)[:d.inputs_length]
-        tokens[row, :len(ids)] = ids
+    tokens = vocab.encode_rows([doc.text for doc in docs], d.inputs_length)
     _, state = model.apply(variables, jnp.asarray(tokens), method=Transformer.encode,
                            capture_intermediates=lambda m, name: name == "router_logits",
                            mutable=["intermediates", MOE_COLLECTION])
@@ -85,8 +83,7 @@ def cloze_batch(vocab, docs, inputs_length: int, targets_length: int):
     weights = np.zeros((len(rows), targets_length), np.float32)
     for r, (x, y, n) in enumerate(rows):
         enc[r, :len(x)], tgt[r, :len(y)], weights[r, 1:1 + n] = x, y, 1
-    dec = np.concatenate([np.zeros_like(tgt[:, :1]), tgt[:, :-1]], 1)
-    return enc, dec, tgt, weights
+    return enc, shift_right(tgt), tgt, weights
 
 
 def t5_fact_recall(cfg, workdir: str, documents: int = 256) -> dict:

@@ -29,6 +29,12 @@ FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
             "decoder_positions")
 
 
+
+def shift_right(targets: np.ndarray) -> np.ndarray:
+    """Teacher-forced decoder inputs of `targets` [..., L]: 0 (the start
+    token), then the targets but the last."""
+    return np.concatenate([np.zeros_like(targets[..., :1]), targets[..., :-1]], -1)
+
 @dataclasses.dataclass(frozen=True)
 class Position:
     epoch: int = 0
@@ -103,7 +109,7 @@ class Packer:
                 self.batch["encoder_input_tokens"][r, s] = tokens
             else:
                 self.batch["decoder_target_tokens"][r, s] = tokens
-                self.batch["decoder_input_tokens"][r, s] = np.concatenate([[0], tokens[:-1]])
+                self.batch["decoder_input_tokens"][r, s] = shift_right(tokens)
             self.fill[r, col] += len(tokens)
         return True
 

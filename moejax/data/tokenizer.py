@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -48,6 +48,15 @@ class Vocabulary:
         """int32 [<= length]: the text's tokens, truncated before EOS so a
         long text still ends in EOS (fine-tuning inputs and targets)."""
         return np.append(self.encode(text)[:length - 1], EOS_ID).astype(np.int32)
+
+    def encode_rows(self, texts: Sequence[str], length: int) -> np.ndarray:
+        """int32 [len(texts), length]: each text's first `length` tokens, one
+        row each, 0 (padding) after (no EOS: documents read as they are)."""
+        rows = np.zeros((len(texts), length), np.int32)
+        for r, text in enumerate(texts):
+            ids = self.encode(text)[:length]
+            rows[r, :len(ids)] = ids
+        return rows
 
     def decode(self, ids: Iterable[int]) -> str:
         pieces = self.processor.get_piece_size()

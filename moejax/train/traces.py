@@ -23,6 +23,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from moejax.data.pipeline import shift_right
 from moejax.data.sources import get_source, held_out_documents
 from moejax.layers import MOE_COLLECTION, TRACE_COLLECTION
 from moejax.models import moe_outputs
@@ -39,15 +40,11 @@ def _documents_batch(s, rows: int) -> dict[str, np.ndarray]:
     """`rows` held-out documents with their domains, one a row."""
     d = s.cfg.data
     docs = held_out_documents(d, rows)
-    enc = np.zeros((rows, d.inputs_length), np.int32)
-    tgt = np.zeros((rows, d.targets_length), np.int32)
-    for r, doc in enumerate(docs):
-        ids = s.vocab.encode(doc.text)
-        enc[r, :min(len(ids), d.inputs_length)] = ids[:d.inputs_length]
-        tgt[r, :min(len(ids), d.targets_length)] = ids[:d.targets_length]
+    texts = [doc.text for doc in docs]
+    tgt = s.vocab.encode_rows(texts, d.targets_length)
     names = sorted({doc.domain for doc in docs})
-    return {"encoder_input_tokens": enc, "decoder_target_tokens": tgt,
-            "decoder_input_tokens": np.concatenate([np.zeros_like(tgt[:, :1]), tgt[:, :-1]], 1),
+    return {"encoder_input_tokens": s.vocab.encode_rows(texts, d.inputs_length),
+            "decoder_target_tokens": tgt, "decoder_input_tokens": shift_right(tgt),
             "domain": np.array([names.index(doc.domain) for doc in docs], np.int32),
             "domain_names": np.array(names)}
 
