@@ -103,9 +103,10 @@ class MoeConfig:
         earlier = sum(self.is_moe_layer(j) for j in range(i))
         return self.first_router if earlier < self.first_router_layers else self.router
 
-    def routers(self) -> tuple[RouterConfig, ...]:
-        """The routers the stack's MoE layers use."""
-        return (self.first_router, self.router) if self.first_router_layers else (self.router,)
+    def routers(self) -> dict[str, RouterConfig]:
+        """field name -> router, of the routers the stack's MoE layers use."""
+        used = {"first_router": self.first_router} if self.first_router_layers else {}
+        return {**used, "router": self.router}
 
     @property
     def block_size(self) -> int:
@@ -198,8 +199,8 @@ class T5Config:
                 raise ValueError(f"{stack}_moe.first_router_layers={moe.first_router_layers} "
                                  "gives layers different routers, which scan_layers cannot "
                                  "scan: set scan_layers=False")
-            for field, router in (("router", moe.router), ("first_router", moe.first_router)):
-                if router.hash_table and (field == "router" or moe.first_router_layers):
+            for field, router in moe.routers().items():
+                if router.hash_table:
                     router.check_hash_table(self.vocab_size, f"{stack}_moe.{field}.")
         if self.scan_layers:
             for stack in ("encoder", "decoder"):
@@ -208,7 +209,7 @@ class T5Config:
                 if layers % k:
                     raise ValueError(f"scan_layers scans blocks of {stack}_moe.interval={k} "
                                      f"layers, which must divide num_{stack}_layers={layers}")
-        router = next((r for r in self.decoder_moe.routers() if not r.is_causal),
+        router = next((r for r in self.decoder_moe.routers().values() if not r.is_causal),
                       self.decoder_moe.router)
         if self.decoder_moe.interval and self.num_decoder_layers and not router.is_causal:
             what = (f"router {router.name!r}" + (" with batch_prioritized=True"
@@ -235,7 +236,6 @@ class T5Config:
         (RouterConfig.dropless): the canonical eval loss that runs differing
         in eval capacity compare on. The params are the same."""
         lift = lambda moe: dataclasses.replace(
-            moe, router=moe.router.dropless(), first_router=(
-                moe.first_router.dropless() if moe.first_router_layers else moe.first_router))
+            moe, **{field: router.dropless() for field, router in moe.routers().items()})
         return dataclasses.replace(self, encoder_moe=lift(self.encoder_moe),
                                    decoder_moe=lift(self.decoder_moe))
