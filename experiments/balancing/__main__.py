@@ -45,7 +45,7 @@ import numpy as np
 from experiments.harness import stats
 from experiments.harness.experiment import Experiment, Report, main
 from experiments.harness.plots import plot_curves
-from experiments.harness.report import slug
+from experiments.harness.report import paired_table, slug
 from experiments.harness.runs import run_t5
 from experiments.harness.testbed import TESTBED_EXPERTS, testbed_config, testbed_moe, testbed_router
 
@@ -85,28 +85,6 @@ def upcycle_config(size: str, seed: int, arm: str, pretrained: str):
 
 def violation(run: dict) -> float:
     return float(run["last_eval"]["eval_moe/max_violation"])
-
-
-def rows_table(final: dict, arms, baseline: str, extra=None) -> list[str]:
-    head = f"| arm | eval loss (95% CI) | arm - {baseline} (paired, 95% CI) | diff / SE |"
-    cols = "|---|---|---|---|"
-    if extra:
-        head += f" {extra[0]} (95% CI) |"
-        cols += "---|"
-    rows = [head, cols]
-    for arm in arms:
-        own = stats.fmt_ci(stats.mean_ci(final[arm]), sign=False)
-        if arm == baseline:
-            diff, z = "-", "-"
-        else:
-            d = stats.paired(final[arm], final[baseline])
-            diff, z = stats.fmt_ci(d), f"{d['z']:+.1f}"
-        row = f"| {arm} | {own} | {diff} | {z} |"
-        if extra:
-            values = extra[1].get(arm)
-            row += f" {stats.fmt_ci(stats.mean_ci(values), sign=False) if values else '-'} |"
-        rows.append(row)
-    return rows
 
 
 def arms(args):
@@ -150,11 +128,11 @@ def analyse(args, runs) -> Report:
         f"{cfg.model.d_ff // 2}, sigmoid scores, no capacity limit; load-balance weight "
         f"{BALANCE_WEIGHT:g}, bias update rate {BIAS_RATE:g}). max_violation: eval, averaged "
         "over the MoE layers (0 = balanced).", "",
-        *rows_table(final, BALANCE_ARMS, LOSS, ("eval max_violation", maxvio)), "",
+        *paired_table(final, BALANCE_ARMS, LOSS, {"eval max_violation": maxvio}), "",
         stats.precondition_line(pre_balance, "balancing"), "",
         f"**Upcycling** (dense pretrained {pre_steps} steps, then {up_steps} steps each; MoE: "
         f"E={TESTBED_EXPERTS}, top-1 of d_ff {cfg.model.d_ff}).", "",
-        *rows_table(final, UPCYCLE_ARMS, SCRATCH), "",
+        *paired_table(final, UPCYCLE_ARMS, SCRATCH), "",
         stats.precondition_line(pre_upcycle, "upcycling"), ""]
     return Report(
         {"balancing": pre_balance, "upcycling": pre_upcycle}, claims,

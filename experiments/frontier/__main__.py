@@ -41,7 +41,7 @@ import numpy as np
 from experiments.harness import stats
 from experiments.harness.experiment import Experiment, Report, main
 from experiments.harness.plots import figure, plot_curves
-from experiments.harness.report import slug
+from experiments.harness.report import paired_table, slug
 from experiments.harness.runs import run_t5
 from experiments.harness.testbed import TESTBED_EXPERTS, testbed_config, testbed_moe, testbed_router
 
@@ -85,21 +85,6 @@ def eval_metric(run: dict, name: str) -> float:
     return float(run["last_eval"][f"eval_moe/{name}"])
 
 
-def arm_table(final: dict, per_token: dict, maxvio: dict, arms_, baseline: str) -> list[str]:
-    rows = [f"| arm | eval loss (95% CI) | arm - {baseline} (paired, 95% CI) | diff / SE | "
-            "experts per token | eval max_violation |", "|---|---|---|---|---|---|"]
-    for arm in arms_:
-        if arm == baseline:
-            diff, z = "-", "-"
-        else:
-            d = stats.paired(final[arm], final[baseline])
-            diff, z = stats.fmt_ci(d), f"{d['z']:+.1f}"
-        cell = lambda values: stats.fmt_ci(stats.mean_ci(values), sign=False) if values else "-"
-        rows.append(f"| {arm} | {cell(final[arm])} | {diff} | {z} | {cell(per_token.get(arm))} "
-                    f"| {cell(maxvio.get(arm))} |")
-    return rows
-
-
 def analyse(args, runs) -> Report:
     final = {arm: [r["eval"][-1][1] for r in rs] for arm, rs in runs.items()}
     moe = [a for a in runs if a != DENSE]
@@ -135,6 +120,7 @@ def analyse(args, runs) -> Report:
                     part="adaptive compute",
                     evidence=f"experts per token {ept(REMOE)} vs {ept(TOP2)}"),
     ]
+    extras = {"experts per token": per_token, "eval max_violation": maxvio}
     cfg = testbed_config(args.size, 0)
     common = (f"{cfg.steps} steps; E={TESTBED_EXPERTS} experts of d_ff {cfg.model.d_ff // 2}, "
               "no capacity limit")
@@ -143,13 +129,13 @@ def analyse(args, runs) -> Report:
         f"{BALANCE_WEIGHT:g}, bias sign step {BIAS_RATE:g}, quantile balancing without EMA). "
         "Experts per token and max_violation (the busiest expert's load over the mean, minus "
         "1): eval, averaged over the MoE layers.", "",
-        *arm_table(final, per_token, maxvio, (DENSE, *BALANCE_ARMS), LOSS), "",
+        *paired_table(final, (DENSE, *BALANCE_ARMS), LOSS, extras), "",
         stats.precondition_line(pre_balance, "balancing"), "",
         f"**Adaptive compute** ({common}; softmax scores, no aux loss but top-p's entropy "
         f"loss and ReMoE's L1; null experts: {NULL_EXPERTS} beside the {TESTBED_EXPERTS}, "
         f"{np.mean(null_share):.3f} of the choices null at eval). Experts per token counts real "
         "experts.", "",
-        *arm_table(final, per_token, maxvio, (DENSE, *COMPUTE_ARMS), TOP2), "",
+        *paired_table(final, (DENSE, *COMPUTE_ARMS), TOP2, extras), "",
         stats.precondition_line(pre_compute, "adaptive compute"), ""]
     return Report(
         {"balancing": pre_balance, "adaptive compute": pre_compute}, claims,

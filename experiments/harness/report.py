@@ -20,6 +20,30 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | Non
     return None
 
 
+def paired_table(final: dict[str, Sequence[float]], arms: Sequence[str], baseline: str,
+                 extras: dict[str, dict[str, Sequence[float]]] | None = None) -> list[str]:
+    """Markdown rows: per arm its eval loss (95% CI over seeds), the paired
+    difference to `baseline` with its interval and SE multiple, and one
+    column per `extras` entry, name -> {arm: per-seed values} ('-' for an
+    arm without values)."""
+    from experiments.harness import stats
+
+    extras = extras or {}
+    cell = lambda values: stats.fmt_ci(stats.mean_ci(values), sign=False) if values else "-"
+    rows = [f"| arm | eval loss (95% CI) | arm - {baseline} (paired, 95% CI) | diff / SE |"
+            + "".join(f" {name} (95% CI) |" for name in extras),
+            "|---|---|---|---|" + "---|" * len(extras)]
+    for arm in arms:
+        if arm == baseline:
+            diff, z = "-", "-"
+        else:
+            d = stats.paired(final[arm], final[baseline])
+            diff, z = stats.fmt_ci(d), f"{d['z']:+.1f}"
+        rows.append(f"| {arm} | {cell(final[arm])} | {diff} | {z} |"
+                    + "".join(f" {cell(values.get(arm))} |" for values in extras.values()))
+    return rows
+
+
 def slug(arm: str) -> str:
     """A run directory name for an arm: 'top-1 (Switch)' -> 'top_1_switch'."""
     return re.sub(r"[^a-z0-9]+", "_", arm.lower()).strip("_")
