@@ -278,6 +278,44 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):
         train(small(steps=20, eval_every_steps=0, model=other_model), str(fresh))
 
 
+def test_unretrieved_orbax_read_errors_are_not_logged(monkeypatch):
+    # A failed restore leaves its other reads' asyncio tasks with errors
+    # nobody retrieves; when they are collected (at a time the scheduler
+    # picks) asyncio logs each with a traceback and the TensorStore spec.
+    # They echo the one-line error, so they are dropped; a task of any
+    # other code still logs.
+    import asyncio
+    import gc
+    import logging
+
+    from moejax.train.checkpoint import quiet_orbax_threads
+
+    monkeypatch.delenv("MOEJAX_DEBUG", raising=False)
+    quiet_orbax_threads()
+    scope = {}
+    for name, where in (("orbax_read", "site-packages/orbax/checkpoint/_src/fake.py"),
+                        ("user_task", "user_code.py")):
+        exec(compile(f"async def {name}():\n    raise ValueError('OUT_OF_RANGE')\n", where,
+                     "exec"), scope)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addHandler(handler)
+    try:
+        for name in ("orbax_read", "user_task"):
+            loop = asyncio.new_event_loop()
+            task = loop.create_task(scope[name]())
+            loop.run_until_complete(asyncio.sleep(0.01))
+            assert task.done()
+            loop.close()
+            del task
+            gc.collect()
+    finally:
+        asyncio_logger.removeHandler(handler)
+    assert len(seen) == 1 and "user_task" in seen[0], seen
+
+
 def test_gradient_accumulation_equals_one_batch(tmp_path):
     dense = dataclasses.replace(small().model, encoder_moe=MoeConfig(interval=0),
                                 decoder_moe=MoeConfig(interval=0))

@@ -43,13 +43,27 @@ def describe(e: BaseException, limit: int = 400) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def _in_orbax(tb) -> bool:
+    while tb is not None:
+        if "orbax" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 class _OrbaxThreadReports(logging.Filter):
     """Drops the tracebacks orbax logs from its background threads (the
     failure reaches the trainer as an exception and is reported there,
-    once), and its warning that an item directory (<step>/state, which
-    init checkpoints read) has no step metadata: that lives one level up."""
+    once); asyncio's "Task exception was never retrieved" for the other
+    reads of a failed orbax restore (one per array, each with the whole
+    TensorStore spec), logged whenever those tasks are collected; and
+    orbax's warning that an item directory (<step>/state, which init
+    checkpoints read) has no step metadata: that lives one level up."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "asyncio":
+            unretrieved = str(record.msg).startswith("Task exception was never retrieved")
+            return not (unretrieved and record.exc_info and _in_orbax(record.exc_info[2]))
         if "orbax" not in record.pathname:
             return True
         if record.levelno >= logging.ERROR:
@@ -70,16 +84,16 @@ def _echo(unraisable) -> bool:
 
 
 def quiet_orbax_threads() -> None:
-    """Installs _OrbaxThreadReports on absl's logger and drops the `_echo`es
-    of failures from sys.unraisablehook (each once, and again if replaced;
-    not with MOEJAX_DEBUG=1)."""
+    """Installs _OrbaxThreadReports on absl's and asyncio's loggers and
+    drops the `_echo`es of failures from sys.unraisablehook (each once, and
+    again if replaced; not with MOEJAX_DEBUG=1)."""
     from moejax.cli import debug
 
     if debug():
         return
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxThreadReports) for f in absl_logger.filters):
-        absl_logger.addFilter(_OrbaxThreadReports())
+    for logger in (logging.getLogger("absl"), logging.getLogger("asyncio")):
+        if not any(isinstance(f, _OrbaxThreadReports) for f in logger.filters):
+            logger.addFilter(_OrbaxThreadReports())
     if not getattr(sys.unraisablehook, "drops_checkpoint_echoes", False):
         previous = sys.unraisablehook
 
