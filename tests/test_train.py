@@ -271,6 +271,7 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path):
     with pytest.raises(CheckpointError, match=r"checkpoints/10 cannot be restored") as err:
         train(small(steps=20, eval_every_steps=0), str(workdir))
     assert "\n" not in str(err.value) and "TensorStore" not in str(err.value)
+    assert "cache_pool" not in str(err.value)  # no piece of the spec either
     after = sorted((str(p), p.stat().st_size) for p in (workdir / "checkpoints").rglob("*"))
     assert after == before
     other_model = dataclasses.replace(small().model, d_ff=96)
@@ -287,11 +288,15 @@ def test_unretrieved_orbax_read_errors_are_not_logged(monkeypatch):
     import asyncio
     import gc
     import logging
+    import warnings
 
     from moejax.train.checkpoint import quiet_orbax_threads
 
     monkeypatch.delenv("MOEJAX_DEBUG", raising=False)
     quiet_orbax_threads()
+    with warnings.catch_warnings():  # earlier tests' failed reads, never awaited
+        warnings.simplefilter("ignore")
+        gc.collect()
     scope = {}
     for name, where in (("orbax_read", "site-packages/orbax/checkpoint/_src/fake.py"),
                         ("user_task", "user_code.py")):
@@ -310,10 +315,33 @@ def test_unretrieved_orbax_read_errors_are_not_logged(monkeypatch):
             assert task.done()
             loop.close()
             del task
-            gc.collect()
+            gc.collect()  # the task's traceback holds a cycle
     finally:
         asyncio_logger.removeHandler(handler)
     assert len(seen) == 1 and "user_task" in seen[0], seen
+
+
+def test_describe_keeps_tensorstores_cause_and_drops_its_spec():
+    # A damaged manifest: the cause is before a JSON spec long enough that
+    # the old pattern (no [1] index) kept it, and the cut showed only JSON.
+    from moejax.train.checkpoint import describe
+
+    spec = "{" + ",".join(f'\\"k{i}\\":{{\\"chunks\\":[64,64]}}' for i in range(40)) + "}"
+    cause = ValueError(
+        'DATA_LOSS: Error reading "step/.zarray": Error decoding manifest: Encoded length (7) '
+        f"is less than minimum length (16) [tensorstore_spec[1]='{spec}'] "
+        "[source locations='tensorstore/kvstore/ocdbt/format/manifest.cc:178\ntensorstore/"
+        "driver/zarr/driver.cc:30'] [os_error_code=2]")
+    try:
+        try:
+            raise cause
+        except ValueError as e:
+            raise RuntimeError("Encountered error while reading array index. See full "
+                               "TensorStore details: {...}") from e
+    except RuntimeError as e:
+        text = describe(e)
+    assert text == ('ValueError: DATA_LOSS: Error reading "step/.zarray": Error decoding '
+                    'manifest: Encoded length (7) is less than minimum length (16)'), text
 
 
 def test_gradient_accumulation_equals_one_batch(tmp_path):

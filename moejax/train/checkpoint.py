@@ -36,7 +36,9 @@ def describe(e: BaseException, limit: int = 400) -> str:
     while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
         e = e.__cause__ or e.__context__
     text = str(e).split("See full TensorStore details")[0]
-    text = re.sub(r"\s*\[\w+=[^\]]*\]", "", text)  # [source locations='...'], [os_error_code=..]
+    # TensorStore's annotations: [source locations='...'], [os_error_code=2] and
+    # [tensorstore_spec[1]='{...}'], whose JSON holds brackets of its own.
+    text = re.sub(r"\s*\[[\w ]+(?:\[\d+\])?=('.*?'|[^\]'][^\]]*)\]", "", text, flags=re.S)
     text = " ".join(text.split()).rstrip(" .")
     if len(text) > limit:  # the OS's reason comes last: keep both ends
         text = f"{text[:limit // 2]} ... {text[-limit // 2:]}"
