@@ -34,12 +34,13 @@ def _duration(seconds: float) -> str:
 
 
 def summary(workdir: str, first: int, done: int, total: int, seconds: float,
-            tokens_per_step: int, last: dict[str, float], latest_checkpoint: int | None,
+            tokens_per_s: float | None, last: dict[str, float], latest_checkpoint: int | None,
             stopped: bool) -> str:
-    """The closing lines: steps and wall time, tokens/s, the last train and
-    eval figures, and the paths of metrics, checkpoints, TensorBoard and plots."""
+    """The closing lines: steps and wall time, tokens/s in the train steps
+    (None: no step was timed), the last train and eval figures, and the
+    paths of metrics, checkpoints, TensorBoard and plots."""
     steps = done - first
-    rate = f", {tokens_per_step * steps / seconds:,.0f} tokens/s" if steps and seconds else ""
+    rate = f", {tokens_per_s:,.0f} tokens/s in the train steps" if tokens_per_s else ""
     how = f"stopped by SIGTERM at step {done} of {total}" if stopped else f"trained to step {done}"
     lines = [f"{how}: {steps} steps in {_duration(seconds)}{rate}"]
     figures = [f"{name} {last[key]:.4f}" for key, name in

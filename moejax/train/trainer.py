@@ -377,8 +377,11 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
     bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=jax.process_index() != 0,
                dynamic_ncols=True)
     tokens_per_step = cfg.batch_size * (cfg.data.inputs_length + cfg.data.targets_length)
+    # Step time and tokens/s count the train steps only: the first window
+    # starts after this process's first step (compilation), and the time of
+    # evaluations, traces and checkpoint saves is taken out of the window.
     last, held_out, window_start, window_steps = {}, None, time.perf_counter(), 0
-    began, done = time.perf_counter(), start
+    began, done, timed_s, timed_steps = time.perf_counter(), start, 0.0, 0
     say = bar.write if jax.process_index() == 0 else lambda _: None
     every_trace = cfg.trace_routing_every_steps
     tracer = None
@@ -401,14 +404,20 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
                 raise NonFiniteLoss(f"non-finite loss ({loss}) or params at step {step + 1}; "
                                     f"stopped without saving. {where}")
             done = step + 1
+            if step == start:
+                window_start, window_steps = time.perf_counter(), 0
             if done % cfg.log_every_steps == 0 or done == cfg.steps:
                 elapsed = time.perf_counter() - window_start
                 last = flatten(jax.device_get(metrics))
-                last.update(step_time_s=elapsed / window_steps,
-                            tokens_per_s=tokens_per_step * window_steps / elapsed)
+                if window_steps:
+                    last.update(step_time_s=elapsed / window_steps,
+                                tokens_per_s=tokens_per_step * window_steps / elapsed)
+                    timed_s, timed_steps = timed_s + elapsed, timed_steps + window_steps
                 writer.write(done, last)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{last['tokens_per_s']:,.0f}")
+                bar.set_postfix(loss=f"{loss:.3f}", **({"tok_s": f"{last['tokens_per_s']:,.0f}"}
+                                                        if window_steps else {}))
                 window_start, window_steps = time.perf_counter(), 0
+            aside = time.perf_counter()
             eval_metrics = None
             if cfg.eval_every_steps and (done % cfg.eval_every_steps == 0 or done == cfg.steps):
                 held_out = held_out or eval_batches(s)
@@ -431,14 +440,15 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
                                  {BEST_METRIC: eval_metrics["eval_loss"]} if eval_metrics else None)
             else:
                 checkpoints.check()  # a background save that failed stops the run now
+            window_start += time.perf_counter() - aside
             if stop.is_set():
                 log.warning("SIGTERM: saved step %d, exiting", done)
                 break
         checkpoints.wait()  # the run ends when its last checkpoint is complete
         bar.close()
         say(console.summary(workdir, start, done, cfg.steps, time.perf_counter() - began,
-                            tokens_per_step, last, checkpoints.latest_step(),
-                            stopped=stop.is_set()))
+                            tokens_per_step * timed_steps / timed_s if timed_s else None, last,
+                            checkpoints.latest_step(), stopped=stop.is_set()))
     finally:
         bar.close()
         checkpoints.close()
