@@ -29,11 +29,11 @@ FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
             "decoder_positions")
 
 
-
 def shift_right(targets: np.ndarray) -> np.ndarray:
     """Teacher-forced decoder inputs of `targets` [..., L]: 0 (the start
     token), then the targets but the last."""
     return np.concatenate([np.zeros_like(targets[..., :1]), targets[..., :-1]], -1)
+
 
 @dataclasses.dataclass(frozen=True)
 class Position:

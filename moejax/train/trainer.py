@@ -409,13 +409,14 @@ def _loop(s: Setup, steps: Steps, checkpoints: Checkpoints, initial, stop: threa
             if done % cfg.log_every_steps == 0 or done == cfg.steps:
                 elapsed = time.perf_counter() - window_start
                 last = flatten(jax.device_get(metrics))
+                postfix = {"loss": f"{loss:.3f}"}
                 if window_steps:
                     last.update(step_time_s=elapsed / window_steps,
                                 tokens_per_s=tokens_per_step * window_steps / elapsed)
                     timed_s, timed_steps = timed_s + elapsed, timed_steps + window_steps
+                    postfix["tok_s"] = f"{last['tokens_per_s']:,.0f}"
                 writer.write(done, last)
-                bar.set_postfix(loss=f"{loss:.3f}", **({"tok_s": f"{last['tokens_per_s']:,.0f}"}
-                                                        if window_steps else {}))
+                bar.set_postfix(**postfix)
                 window_start, window_steps = time.perf_counter(), 0
             aside = time.perf_counter()
             eval_metrics = None
